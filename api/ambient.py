@@ -1,0 +1,29 @@
+"""Istio ambient's user-facing labels, and who is enrolled (pure).
+
+Same semantics as Istio: a namespace label `istio.io/dataplane-mode=ambient` enrolls its pods; a pod
+label overrides it (`none` opts the pod out, `ambient` opts it in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+DATAPLANE_MODE = "istio.io/dataplane-mode"
+MODE_AMBIENT = "ambient"
+MODE_NONE = "none"
+USE_WAYPOINT = "istio.io/use-waypoint"
+
+
+def _labels(obj: Mapping[str, Any] | None) -> Mapping[str, str]:
+    if not obj:
+        return {}
+    return obj.get("metadata", {}).get("labels") or {}
+
+
+def enrolled(pod: Mapping[str, Any], namespace: Mapping[str, Any] | None) -> bool:
+    """Whether the pod's traffic belongs in the mesh."""
+    mode = _labels(pod).get(DATAPLANE_MODE)
+    if mode is not None:
+        return mode == MODE_AMBIENT
+    return _labels(namespace).get(DATAPLANE_MODE) == MODE_AMBIENT

@@ -1,0 +1,264 @@
+"""The kinds `ambientctl` and the controller understand, and their validation.
+
+`validate(obj)` takes one decoded manifest object and returns a normalized deep copy (defaults
+filled in as the Kubernetes API server would) or raises ObjectError naming the object and field.
+Fields we do not use (a container's `image`, `ports`, `resources` ...) are kept, not rejected, so
+manifests written for a real cluster apply unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from api import names
+from api.errors import ObjectError
+
+Obj = dict[str, Any]
+
+ISTIO_SECURITY_VERSIONS = frozenset({"security.istio.io/v1", "security.istio.io/v1beta1"})
+DEFAULT_NAMESPACE = "default"
+DEFAULT_SERVICE_ACCOUNT = "default"
+RESTART_POLICIES = ("Always", "OnFailure", "Never")
+AUTHZ_ACTIONS = ("ALLOW", "DENY", "AUDIT", "CUSTOM")
+MTLS_MODES = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")
+MAX_PORT = 65535
+
+
+@dataclass(frozen=True, order=True)
+class ObjectRef:
+    """Identifies one object: kind, namespace ("" when cluster-scoped) and name."""
+
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        where = f"{self.namespace}/{self.name}" if self.namespace else self.name
+        return f'{self.kind} "{where}"'
+
+
+class _Checker:
+    """Raises ObjectError for one object, so each validator reads as a list of rules."""
+
+    def __init__(self, ref: ObjectRef) -> None:
+        self.ref = str(ref)
+
+    def fail(self, field: str, reason: str) -> None:
+        raise ObjectError(self.ref, field, reason)
+
+    def check(self, field: str, reason: str | None) -> None:
+        if reason is not None:
+            self.fail(field, reason)
+
+    def mapping(self, field: str, value: object, *, required: bool = False) -> Mapping[str, Any]:
+        if value is None and not required:
+            return {}
+        if not isinstance(value, Mapping):
+            self.fail(field, "must be a mapping")
+        assert isinstance(value, Mapping)
+        return value
+
+    def seq(self, field: str, value: object) -> list[Any]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.fail(field, "must be a list")
+        assert isinstance(value, list)
+        return value
+
+    def strings(self, field: str, value: object, *, non_empty: bool = False) -> list[str]:
+        items = self.seq(field, value)
+        if non_empty and not items:
+            self.fail(field, "must be a non-empty list of strings")
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                self.fail(f"{field}[{i}]", f"must be a string, got {item!r}")
+        return items
+
+    def port(self, field: str, value: object) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_PORT:
+            self.fail(field, f"must be a port number 1-{MAX_PORT}, got {value!r}")
+
+
+def _validate_namespace(_obj: Obj, _c: _Checker) -> None:
+    """A Namespace has nothing beyond metadata that we use."""
+
+
+def _validate_pod(obj: Obj, c: _Checker) -> None:
+    spec = dict(c.mapping("spec", obj.get("spec"), required=True))
+    sa = spec.setdefault("serviceAccountName", DEFAULT_SERVICE_ACCOUNT)
+    c.check("spec.serviceAccountName", names.dns_subdomain(sa))
+    if "nodeName" in spec and spec["nodeName"] is not None:
+        c.check("spec.nodeName", names.dns_subdomain(spec["nodeName"]))
+    policy = spec.setdefault("restartPolicy", "Always")
+    if policy not in RESTART_POLICIES:
+        c.fail("spec.restartPolicy", f"must be one of {', '.join(RESTART_POLICIES)}")
+    grace = spec.setdefault("terminationGracePeriodSeconds", 30)
+    if not isinstance(grace, int) or isinstance(grace, bool) or grace < 0:
+        c.fail("spec.terminationGracePeriodSeconds", "must be a non-negative integer")
+    if spec.get("hostNetwork"):
+        c.fail("spec.hostNetwork", "not supported by the local cluster (pods get their own netns)")
+    containers = c.seq("spec.containers", spec.get("containers"))
+    if not containers:
+        c.fail("spec.containers", "must list at least one container")
+    seen: set[str] = set()
+    for i, container in enumerate(containers):
+        _validate_container(c, f"spec.containers[{i}]", container, seen)
+    obj["spec"] = spec
+
+
+def _validate_container(c: _Checker, path: str, value: object, seen: set[str]) -> None:
+    container = c.mapping(path, value, required=True)
+    name = container.get("name")
+    c.check(f"{path}.name", names.dns_label(name))
+    if name in seen:
+        c.fail(f"{path}.name", f"duplicate container name {name!r}")
+    seen.add(str(name))
+    # The local cluster runs host programs: there is no image to supply an entrypoint.
+    c.strings(f"{path}.command", container.get("command"), non_empty=True)
+    c.strings(f"{path}.args", container.get("args"))
+    if "workingDir" in container and not isinstance(container["workingDir"], str):
+        c.fail(f"{path}.workingDir", "must be a string")
+    for j, env in enumerate(c.seq(f"{path}.env", container.get("env"))):
+        entry = c.mapping(f"{path}.env[{j}]", env, required=True)
+        if not isinstance(entry.get("name"), str) or not entry["name"]:
+            c.fail(f"{path}.env[{j}].name", "must be a non-empty string")
+        if not isinstance(entry.get("value", ""), str):
+            c.fail(f"{path}.env[{j}].value", "must be a string (quote numbers in YAML)")
+
+
+def _validate_service(obj: Obj, c: _Checker) -> None:
+    spec = dict(c.mapping("spec", obj.get("spec"), required=True))
+    c.check("spec.selector", names.labels(spec.get("selector")))
+    ports = c.seq("spec.ports", spec.get("ports"))
+    for i, value in enumerate(ports):
+        port = dict(c.mapping(f"spec.ports[{i}]", value, required=True))
+        c.port(f"spec.ports[{i}].port", port.get("port"))
+        target = port.setdefault("targetPort", port.get("port"))
+        if isinstance(target, str):
+            c.check(f"spec.ports[{i}].targetPort", names.dns_label(target))
+        else:
+            c.port(f"spec.ports[{i}].targetPort", target)
+        if port.setdefault("protocol", "TCP") not in ("TCP", "UDP", "SCTP"):
+            c.fail(f"spec.ports[{i}].protocol", "must be TCP, UDP or SCTP")
+        ports[i] = port
+    spec["ports"] = ports
+    obj["spec"] = spec
+
+
+def _validate_authorization_policy(obj: Obj, c: _Checker) -> None:
+    spec = c.mapping("spec", obj.get("spec"))
+    action = spec.get("action", "ALLOW")
+    if action not in AUTHZ_ACTIONS:
+        c.fail("spec.action", f"must be one of {', '.join(AUTHZ_ACTIONS)}, got {action!r}")
+    if "selector" in spec:
+        selector = c.mapping("spec.selector", spec["selector"], required=True)
+        c.check("spec.selector.matchLabels", names.labels(selector.get("matchLabels")))
+    for i, rule in enumerate(c.seq("spec.rules", spec.get("rules"))):
+        c.mapping(f"spec.rules[{i}]", rule, required=True)
+
+
+def _validate_peer_authentication(obj: Obj, c: _Checker) -> None:
+    spec = c.mapping("spec", obj.get("spec"))
+    if "selector" in spec:
+        selector = c.mapping("spec.selector", spec["selector"], required=True)
+        c.check("spec.selector.matchLabels", names.labels(selector.get("matchLabels")))
+    mtls = c.mapping("spec.mtls", spec.get("mtls"))
+    if mtls.get("mode", "UNSET") not in MTLS_MODES:
+        c.fail("spec.mtls.mode", f"must be one of {', '.join(MTLS_MODES)}")
+    for port, value in c.mapping("spec.portLevelMtls", spec.get("portLevelMtls")).items():
+        field = f"spec.portLevelMtls[{port}]"
+        try:
+            number = int(port)
+        except (TypeError, ValueError):
+            number = 0
+        c.port(field, number)
+        if c.mapping(field, value, required=True).get("mode", "UNSET") not in MTLS_MODES:
+            c.fail(f"{field}.mode", f"must be one of {', '.join(MTLS_MODES)}")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What we know of one kind: accepted apiVersions, scope, plural, spec validator."""
+
+    name: str
+    api_versions: frozenset[str]
+    namespaced: bool
+    plural: str
+    validate_spec: Callable[[Obj, _Checker], None]
+
+
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        Kind("Namespace", frozenset({"v1"}), False, "namespaces", _validate_namespace),
+        Kind("Pod", frozenset({"v1"}), True, "pods", _validate_pod),
+        Kind("Service", frozenset({"v1"}), True, "services", _validate_service),
+        Kind(
+            "AuthorizationPolicy",
+            ISTIO_SECURITY_VERSIONS,
+            True,
+            "authorizationpolicies",
+            _validate_authorization_policy,
+        ),
+        Kind(
+            "PeerAuthentication",
+            ISTIO_SECURITY_VERSIONS,
+            True,
+            "peerauthentications",
+            _validate_peer_authentication,
+        ),
+    )
+}
+
+
+def ref_of(obj: Mapping[str, Any]) -> ObjectRef:
+    """The reference of an already validated object."""
+    meta = obj["metadata"]
+    return ObjectRef(obj["kind"], meta.get("namespace", ""), meta["name"])
+
+
+def _ref_for_errors(obj: Mapping[str, Any]) -> str:
+    """The object's name for messages, before we know it is valid."""
+    kind = obj.get("kind") if isinstance(obj.get("kind"), str) else "object"
+    meta = obj.get("metadata")
+    name = meta.get("name") if isinstance(meta, Mapping) else None
+    if not isinstance(name, str):
+        return str(kind)
+    namespace = meta.get("namespace") if isinstance(meta, Mapping) else None
+    return str(ObjectRef(str(kind), namespace if isinstance(namespace, str) else "", name))
+
+
+def validate(raw: Mapping[str, Any]) -> Obj:
+    """Validate one object; return a normalized copy (defaults filled, namespace set)."""
+    label = _ref_for_errors(raw)
+    kind = KINDS.get(raw.get("kind"))  # type: ignore[arg-type]
+    if kind is None:
+        known = ", ".join(sorted(KINDS))
+        raise ObjectError(label, "kind", f"unknown kind {raw.get('kind')!r} (known: {known})")
+    if raw.get("apiVersion") not in kind.api_versions:
+        want = " or ".join(sorted(kind.api_versions))
+        raise ObjectError(label, "apiVersion", f"must be {want}, got {raw.get('apiVersion')!r}")
+    obj: Obj = copy.deepcopy(dict(raw))
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping):
+        raise ObjectError(label, "metadata", "must be a mapping with a name")
+    meta = obj["metadata"] = dict(meta)
+    name_reason = (names.dns_label if kind.name == "Namespace" else names.dns_subdomain)(
+        meta.get("name")
+    )
+    if name_reason:
+        raise ObjectError(label, "metadata.name", name_reason)
+    if kind.namespaced:
+        meta.setdefault("namespace", DEFAULT_NAMESPACE)
+        if reason := names.dns_label(meta["namespace"]):
+            raise ObjectError(label, "metadata.namespace", reason)
+    elif "namespace" in meta:
+        raise ObjectError(label, "metadata.namespace", f"{kind.name} is cluster-scoped")
+    checker = _Checker(ref_of(obj))
+    checker.check("metadata.labels", names.labels(meta.get("labels")))
+    kind.validate_spec(obj, checker)
+    return obj
