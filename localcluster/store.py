@@ -1,0 +1,165 @@
+"""The local store: one cluster's objects and topology, on disk under the state directory.
+
+Layout (one directory per cluster, `<state>/clusters/<cluster>/`):
+  cluster.yaml   what `up` built: node count (the address plan follows from it)
+  objects.yaml   every API object as one Kubernetes `List`; `metadata.resourceVersion` is the
+                 store revision. Rewritten atomically (write + fsync + rename) per transaction,
+                 so a reader always sees a whole revision and a failed command changes nothing.
+  lock           flock held by every writer for the whole transaction
+  pods/<ns>.<name>/  runtime files of one pod: shim spec and pid, status, container logs
+
+The controller's local cluster source reads the same files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from api.objects import Obj, ObjectRef, ref_of
+from localcluster import naming
+
+_Dumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is (C)SafeLoader
+
+
+class StoreError(RuntimeError):
+    """The state directory is missing or unreadable."""
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    name: str
+    nodes: int
+
+
+class ObjectSet:
+    """An in-memory revision of the store. Mutations bump the revision once per commit."""
+
+    def __init__(self, items: dict[ObjectRef, Obj], revision: int) -> None:
+        self._items = items
+        self.revision = revision
+        self.changed = False
+
+    def copy(self) -> ObjectSet:
+        return ObjectSet(copy.deepcopy(self._items), self.revision)
+
+    def get(self, ref: ObjectRef) -> Obj | None:
+        return self._items.get(ref)
+
+    def list(self, kind: str, namespace: str | None = None) -> list[Obj]:
+        return [
+            obj
+            for ref, obj in sorted(self._items.items())
+            if ref.kind == kind and (namespace is None or ref.namespace == namespace)
+        ]
+
+    def put(self, obj: Obj) -> None:
+        if not self.changed:
+            self.revision += 1
+            self.changed = True
+        obj["metadata"]["resourceVersion"] = str(self.revision)
+        self._items[ref_of(obj)] = obj
+
+    def remove(self, ref: ObjectRef) -> Obj | None:
+        if ref in self._items and not self.changed:
+            self.revision += 1
+            self.changed = True
+        return self._items.pop(ref, None)
+
+    def as_list(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "List",
+            "metadata": {"resourceVersion": str(self.revision)},
+            "items": [obj for _, obj in sorted(self._items.items())],
+        }
+
+
+def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        Path(tmp).chmod(mode)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ClusterStore:
+    """Files of one cluster. Writers hold `locked()`; readers need no lock."""
+
+    def __init__(self, cluster: str, root: Path | None = None) -> None:
+        self.cluster = cluster
+        self.root = (root or naming.state_dir()) / "clusters" / cluster
+
+    @property
+    def objects_path(self) -> Path:
+        return self.root / "objects.yaml"
+
+    def exists(self) -> bool:
+        return (self.root / "cluster.yaml").is_file()
+
+    def create(self, info: ClusterInfo) -> None:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _atomic_write(self.root / "cluster.yaml", yaml.dump(info.__dict__, Dumper=_Dumper))
+        if not self.objects_path.exists():
+            self.commit(ObjectSet({}, 0))
+
+    def info(self) -> ClusterInfo:
+        try:
+            data = _load((self.root / "cluster.yaml").read_text())
+            return ClusterInfo(name=str(data["name"]), nodes=int(data["nodes"]))
+        except FileNotFoundError:
+            raise StoreError(
+                f"cluster {self.cluster!r} does not exist (run: ambientctl up --cluster "
+                f"{self.cluster})"
+            ) from None
+        except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"{self.root / 'cluster.yaml'} is corrupt: {exc}") from None
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with (self.root / "lock").open("a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def read(self) -> ObjectSet:
+        try:
+            doc = _load(self.objects_path.read_text())
+            items = {ref_of(obj): obj for obj in doc["items"]}
+            return ObjectSet(items, int(doc["metadata"]["resourceVersion"]))
+        except FileNotFoundError:
+            self.info()  # raises the friendly "does not exist"
+            return ObjectSet({}, 0)
+        except (yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"{self.objects_path} is corrupt: {exc}") from None
+
+    def commit(self, objects: ObjectSet) -> None:
+        text = yaml.dump(objects.as_list(), Dumper=_Dumper, sort_keys=False)
+        _atomic_write(self.objects_path, text, mode=0o600)
+        objects.changed = False
+
+    def pod_dir(self, namespace: str, name: str) -> Path:
+        return self.root / "pods" / f"{namespace}.{name}"
