@@ -1,0 +1,115 @@
+"""Helpers for the root tiers: run the real `ambientctl`, look at the kernel afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from localcluster import naming
+from localcluster import netns as kernel
+
+AMBIENTCTL = str(Path(sys.executable).parent / "ambientctl")
+
+
+def ambientctl(
+    cluster: str, *args: str, check: bool = True, stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [AMBIENTCTL, *args, "--cluster", cluster]
+        if "--" not in args
+        else [
+            AMBIENTCTL,
+            *args[: args.index("--")],
+            "--cluster",
+            cluster,
+            *args[args.index("--") :],
+        ],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(
+            f"ambientctl {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}"
+        )
+    return done
+
+
+def get_json(cluster: str, *args: str) -> Any:
+    return json.loads(ambientctl(cluster, "get", *args, "-o", "json").stdout)
+
+
+def cluster_netns(cluster: str) -> list[str]:
+    return [n for n in kernel.list_all() if naming.cluster_of_netns(n) == cluster]
+
+
+def leftovers(cluster: str) -> list[str]:
+    """Everything of a cluster still on the machine (empty after a clean `down`)."""
+    found = [f"netns {n}" for n in cluster_netns(cluster)]
+    state = naming.state_dir() / "clusters" / cluster
+    if state.exists():
+        found.append(f"state dir {state}")
+    if naming.bpf_pin_dir(cluster).exists():
+        found.append(f"bpf pins {naming.bpf_pin_dir(cluster)}")
+    marker = str(state)
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                cmdline = Path(entry.path, "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmdline:
+                found.append(f"process {entry.name}: {cmdline.replace(chr(0), ' ')}")
+    return found
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 10, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what or condition}")
+
+
+def pod_manifest(
+    name: str,
+    namespace: str,
+    command: list[str],
+    *,
+    node: str | None = None,
+    labels: dict[str, str] | None = None,
+    restart: str = "Always",
+) -> str:
+    spec: dict[str, Any] = {
+        "restartPolicy": restart,
+        "terminationGracePeriodSeconds": 2,
+        "containers": [{"name": "main", "command": command}],
+    }
+    if node:
+        spec["nodeName"] = node
+    meta: dict[str, Any] = {"name": name, "namespace": namespace}
+    if labels:
+        meta["labels"] = labels
+    return json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
+
+
+def namespace_manifest(name: str) -> str:
+    return json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+
+
+def http_probe(cluster: str, pod: str, urls: list[str]) -> dict[str, str]:
+    """From inside `pod`, GET each URL once with curl; map URL → HTTP code ('000' = no answer)."""
+    script = 'for u in "$@"; do echo "$u $(curl -s -o /dev/null -m 3 -w %{http_code} "$u")"; done'
+    out = ambientctl(
+        cluster, "exec", pod, "--", "sh", "-c", script, "probe", *urls, check=False
+    ).stdout
+    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
