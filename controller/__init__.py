@@ -1,1 +1,1 @@
-"""The controller: CA, cluster watcher and config distribution (built on the foundation next)."""
+"""The controller: CA (this issue), cluster watcher and config distribution (next issues)."""
