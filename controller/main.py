@@ -1,0 +1,193 @@
+"""The controller process: CA on 15012 (HTTPS), metrics on 15014. (Config streaming: next issue.)
+
+Local mode: `python -m controller.main --cluster C` reads the cluster's store (pods, for node
+authorization), node bootstrap tokens and CA material from the state directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from api.spiffe import SpiffeId
+from common import http1, tls
+from controller.ca import authority
+from controller.ca.nodeauth import NodeTokens
+from controller.ca.service import CaMetrics, CaService
+from localcluster import naming
+from localcluster.store import ClusterStore, StoreWatcher
+from localcluster.topology import node_name
+
+log = logging.getLogger("controller")
+
+CA_PORT = 15012
+METRICS_PORT = 15014
+CONTROLLER_NAMESPACE = "ambientmesh-system"
+CONTROLLER_SA = "ambientmesh-controller"
+SERVING_CERT_TTL = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class Settings:
+    cluster: str
+    """Local cluster whose store, tokens and CA this controller serves."""
+    listen: str = "0.0.0.0"  # noqa: S104 - the controller serves every node
+    """Address for 15012 and 15014."""
+    ca_dir: Path | None = None
+    """Plugged-in CA material (Istio cacerts layout); default: a local root in the state dir."""
+    ca_port: int = CA_PORT
+    """CA (and, next, config) port; 0 picks a free one (tests)."""
+    metrics_port: int = METRICS_PORT
+    """Prometheus port; 0 picks a free one (tests)."""
+
+
+def controller_identity(trust_domain: str) -> SpiffeId:
+    return SpiffeId(trust_domain, CONTROLLER_NAMESPACE, CONTROLLER_SA)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Controller:
+    def __init__(self, settings: Settings) -> None:
+        self.store = ClusterStore(settings.cluster)
+        info = self.store.info()
+        self.trust_domain = info.trust_domain
+        self.material = (
+            authority.load_plugged(settings.ca_dir)
+            if settings.ca_dir
+            else authority.load_or_create(self.store.ca_dir, info.trust_domain, now())
+        )
+        authority.publish_bundle(self.store.ca_dir, self.material)
+        tokens = {}
+        for i in range(1, info.nodes + 1):
+            path = self.store.node_token_path(node_name(i))
+            if path.exists():
+                tokens[node_name(i)] = path.read_text().strip()
+        self.watcher = StoreWatcher(self.store)
+        self.registry = CollectorRegistry()
+        self.ca = CaService(
+            self.material,
+            info.trust_domain,
+            NodeTokens(tokens),
+            self._pods,
+            CaMetrics(self.registry),
+            max_ttl=timedelta(seconds=info.workload_cert_ttl_s),
+            clock=now,
+        )
+        self.settings = settings
+        self.ports: dict[str, int] = {}
+        self.started = asyncio.Event()
+
+    def _pods(self) -> list[dict[str, object]]:
+        self.watcher.poll()
+        return self.watcher.current.list("Pod")
+
+    def _serving_pair(self) -> tuple[list[str], bytes]:
+        key = authority.new_key()
+        leaf = authority.sign_leaf(
+            self.material,
+            key.public_key(),
+            controller_identity(self.trust_domain),
+            SERVING_CERT_TTL,
+            now(),
+        )
+        return [authority.pem(leaf), *self.material.chain_pem()], authority.key_pem(key)
+
+    async def handle_ca(self, request: http1.Request) -> http1.Response:
+        if (request.method, request.target) == ("POST", "/v1/certificates"):
+            status, body = self.ca.sign(request.headers.get("authorization"), request.body)
+            return http1.Response(status, _json(body))
+        if request.target == "/healthz":
+            return http1.Response(HTTPStatus.OK, b"ok\n", "text/plain")
+        return http1.Response(HTTPStatus.NOT_FOUND, b'{"message": "not found"}')
+
+    async def handle_metrics(self, request: http1.Request) -> http1.Response:
+        if request.target != "/metrics":
+            return http1.Response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+        return http1.Response(HTTPStatus.OK, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        chain, key = self._serving_pair()
+        ctx = tls.server_context(chain, key)
+        ca_server = await http1.serve(
+            self.handle_ca, self.settings.listen, self.settings.ca_port, tls=ctx
+        )
+        metrics = await http1.serve(
+            self.handle_metrics, self.settings.listen, self.settings.metrics_port
+        )
+        self.ports = {
+            "ca": ca_server.sockets[0].getsockname()[1],
+            "metrics": metrics.sockets[0].getsockname()[1],
+        }
+        self.started.set()
+        log.info(
+            "controller for cluster %s: CA on :%d, metrics on :%d (trust domain %s)",
+            self.settings.cluster,
+            self.ports["ca"],
+            self.ports["metrics"],
+            self.trust_domain,
+        )
+        refresh = SERVING_CERT_TTL.total_seconds() / 2
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), refresh)
+            except TimeoutError:
+                tls.load_identity(ctx, *self._serving_pair())  # renewed at half-life
+        ca_server.close()
+        metrics.close()
+        await ca_server.wait_closed()
+        await metrics.wait_closed()
+
+
+def _json(body: object) -> bytes:
+    return json.dumps(body).encode() + b"\n"
+
+
+def parse_args(argv: list[str]) -> Settings:
+    parser = argparse.ArgumentParser(prog="python -m controller.main")
+    parser.add_argument("--cluster", default=naming.DEFAULT_CLUSTER)
+    parser.add_argument("--listen", default="0.0.0.0")  # noqa: S104
+    parser.add_argument(
+        "--ca-dir",
+        type=Path,
+        default=None,
+        help="plug-in CA (ca-cert.pem, ca-key.pem[, cert-chain.pem, root-cert.pem])",
+    )
+    args = parser.parse_args(argv)
+    return Settings(cluster=args.cluster, listen=args.listen, ca_dir=args.ca_dir)
+
+
+async def amain(settings: Settings) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await Controller(settings).run(stop)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = parse_args(sys.argv[1:] if argv is None else argv)
+        return asyncio.run(amain(settings))
+    except (authority.CaMaterialError, OSError) as exc:
+        log.error("cannot start: %s", exc)  # noqa: TRY400 - one line; no traceback for config
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
