@@ -62,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("up", verbs.up, "build (or repair) a local cluster out of network namespaces")
     p.add_argument("--nodes", type=int, default=None, help="node count (new cluster: 2)")
+    p.add_argument("--trust-domain", help="SPIFFE trust domain of a new cluster (cluster.local)")
+    p.add_argument(
+        "--ca-dir",
+        help="plug in a CA for a new cluster: ca-cert.pem, ca-key.pem[, cert-chain.pem, "
+        "root-cert.pem] (Istio's cacerts layout); default: a generated root",
+    )
+    p.add_argument(
+        "--workload-cert-ttl",
+        help="workload certificate lifetime of a new cluster (default 24h; 30s shows rotation)",
+    )
     verb("down", verbs.down, "remove every netns, link, process and pin of the cluster")
 
     p = verb("apply", verbs.apply, "create or update objects from YAML files")
@@ -95,7 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("exec", verbs.exec_, "run a command inside a pod's network namespace")
     p.add_argument("pod", metavar="NS/POD -- CMD ...")
 
-    p = verb("logs", verbs.logs, "print a pod's container log")
+    p = verb("certs", verbs.certs, "certificates the node's ztunnel holds for a pod")
+    p.add_argument("pod", metavar="NS/POD")
+    p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+
+    p = verb("logs", verbs.logs, "print a pod's (or ambientmesh-system/<component>'s) log")
     p.add_argument("pod", metavar="NS/POD")
     p.add_argument("-c", "--container")
     p.add_argument("-f", "--follow", action="store_true")
@@ -112,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         argv, command = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
     args.command = command
-    if args.verb not in ("get", "status", "logs") and os.geteuid() != 0:
+    if args.verb not in ("get", "logs") and os.geteuid() != 0:
         print("error: ambientctl must run as root (it creates network namespaces)", file=sys.stderr)
         return 1
     try:

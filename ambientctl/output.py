@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import yaml
+from cryptography import x509
 
 from localcluster.topology import NodePlan
 
@@ -65,3 +66,20 @@ def dump(data: Any, fmt: str) -> str:
     if fmt == "json":
         return json.dumps(data, indent=2)
     return yaml.safe_dump(data, sort_keys=False).rstrip()
+
+
+def describe_cert(pem: str) -> dict[str, str]:
+    """Serial, validity and the name a human recognizes (SAN URI, else the subject)."""
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [str(n.value) for n in san]
+    except x509.ExtensionNotFound:
+        names = []
+    return {
+        "serial": f"{cert.serial_number:x}",
+        "notBefore": cert.not_valid_before_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "notAfter": cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "name": ", ".join(names) or cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+    }

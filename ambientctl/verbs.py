@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -13,7 +14,8 @@ from ambientctl import output
 from api import load_manifest
 from api.errors import ManifestError, ObjectError
 from api.objects import KINDS, Obj, ObjectRef
-from localcluster import naming, teardown
+from api.spiffe import SpiffeId, check_trust_domain
+from localcluster import naming, system, teardown
 from localcluster.admission import parse_label_changes
 from localcluster.cluster import Cluster, ClusterError, refs_of
 
@@ -75,7 +77,22 @@ def _pod_arg(arg: str) -> tuple[str, str]:
 
 def up(args: argparse.Namespace) -> int:
     print(f"Creating cluster {args.cluster!r} ...", flush=True)
-    seconds = _cluster(args, verbose=True).up(args.nodes)
+    settings: dict[str, Any] = {}
+    if args.trust_domain:
+        if reason := check_trust_domain(args.trust_domain):
+            raise ClusterError(f"--trust-domain: {reason}")
+        settings["trust_domain"] = args.trust_domain
+    if args.workload_cert_ttl:
+        settings["workload_cert_ttl_s"] = parse_duration(args.workload_cert_ttl)
+    if args.ca_dir:
+        ca_dir = Path(args.ca_dir).resolve()
+        if not (ca_dir / "ca-cert.pem").is_file() or not (ca_dir / "ca-key.pem").is_file():
+            raise ClusterError(
+                f"--ca-dir {ca_dir}: needs ca-cert.pem and ca-key.pem "
+                "(and cert-chain.pem + root-cert.pem for an intermediate)"
+            )
+        settings["ca_dir"] = str(ca_dir)
+    seconds = _cluster(args, verbose=True).up(args.nodes, settings)
     print(
         f"Cluster {args.cluster!r} ready in {seconds:.1f}s. Try: ambientctl status"
         + ("" if args.cluster == naming.DEFAULT_CLUSTER else f" --cluster {args.cluster}")
@@ -247,7 +264,16 @@ def status(args: argparse.Namespace) -> int:
         )
     else:
         print("No pods.")
-    print("\nComponents: " + ", ".join(f"{k}={v}" for k, v in report["components"].items()))
+    print(f"\nNetwork: {report['network']}\n")
+    print(
+        output.table(
+            ["COMPONENT", "NODE", "RUNNING", "RESTARTS", "HEALTH", "NETNS"],
+            [
+                [c["name"], c["node"], c["running"], c["restarts"], c["health"], c["netns"]]
+                for c in report["components"]
+            ],
+        )
+    )
     return 0
 
 
@@ -271,18 +297,26 @@ def exec_(args: argparse.Namespace) -> int:
     return 127  # pragma: no cover - execvp does not return
 
 
-def logs(args: argparse.Namespace) -> int:
-    namespace, name = _pod_arg(args.pod)
-    cluster = _cluster(args)
+def _log_path(cluster: Cluster, namespace: str, name: str, container: str | None) -> Path:
+    if namespace == system.SYSTEM_NAMESPACE:
+        if system.find(cluster.name, cluster.nodes(), name) is None:
+            names = ", ".join(c.name for c in system.components(cluster.name, cluster.nodes()))
+            raise ClusterError(f"no component {name!r} (components: {names})")
+        return system.log_path(cluster.store, name)
     pod = cluster.find("Pod", namespace, name)
     containers = [c["name"] for c in pod["spec"]["containers"]]
-    container = args.container or containers[0]
+    container = container or containers[0]
     if container not in containers:
         raise ClusterError(
             f"container {container!r} is not in pod {namespace}/{name} "
             f"(containers: {', '.join(containers)})"
         )
-    path = cluster.store.pod_dir(namespace, name) / f"{container}.log"
+    return cluster.store.pod_dir(namespace, name) / f"{container}.log"
+
+
+def logs(args: argparse.Namespace) -> int:
+    namespace, name = _pod_arg(args.pod)
+    path = _log_path(_cluster(args), namespace, name, args.container)
     if not path.exists():
         return 0  # not started yet: nothing logged
     out = sys.stdout.buffer
@@ -297,4 +331,71 @@ def logs(args: argparse.Namespace) -> int:
                 out.flush()
             else:
                 time.sleep(0.2)
+    return 0
+
+
+def parse_duration(text: str) -> int:
+    """`90s`, `10m`, `24h`, `2d` or plain seconds → seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        value = int(number) * units[unit]
+    except ValueError:
+        raise ClusterError(f"invalid duration {text!r} (examples: 90s, 10m, 24h)") from None
+    if value <= 0:
+        raise ClusterError(f"duration {text!r} must be positive")
+    return value
+
+
+def _held_certificate(cluster: Cluster, node: str, identity: str, namespace: str) -> dict[str, Any]:
+    try:
+        status, body = system.admin_get(cluster.name, node, "/config_dump")
+    except OSError as exc:
+        raise ClusterError(f"ztunnel on {node} is not answering: {exc}") from None
+    if status != 200:
+        raise ClusterError(f"ztunnel on {node} answered {status} on /config_dump")
+    held: dict[str, Any] | None = {c["identity"]: c for c in json.loads(body)["certificates"]}.get(
+        identity
+    )
+    if held is None:
+        raise ClusterError(
+            f"ztunnel on {node} holds no certificate for {identity} (is the pod enrolled? "
+            f"ambientctl label namespace {namespace} istio.io/dataplane-mode=ambient)"
+        )
+    return held
+
+
+def certs(args: argparse.Namespace) -> int:
+    """The certificates the pod's node's ztunnel holds for the pod's identity."""
+    namespace, name = _pod_arg(args.pod)
+    cluster = _cluster(args)
+    pod = cluster.find("Pod", namespace, name)
+    node = pod["spec"]["nodeName"]
+    identity = str(
+        SpiffeId(cluster.store.info().trust_domain, namespace, pod["spec"]["serviceAccountName"])
+    )
+    held = _held_certificate(cluster, node, identity, namespace)
+    chain = [output.describe_cert(p) for p in held["certChain"]]
+    roots = [output.describe_cert(p) for p in held["trustBundle"]]
+    if args.output in ("json", "yaml"):
+        report = {
+            "pod": f"{namespace}/{name}",
+            "node": node,
+            "identity": identity,
+            "state": held["state"],
+            "lastError": held["lastError"],
+            "chain": chain,
+            "roots": roots,
+            "certChainPem": held["certChain"],
+            "trustBundlePem": held["trustBundle"],
+        }
+        print(output.dump(report, args.output))
+        return 0
+    error = f" (last error: {held['lastError']})" if held["lastError"] else ""
+    print(f"{identity}  held by the ztunnel of {node}: {held['state']}{error}")
+    typed = [("Leaf", c) for c in chain[:1]]
+    typed += [("Intermediate", c) for c in chain[1:] if c not in roots]
+    typed += [("Root", c) for c in roots]
+    rows = [[kind, c["serial"], c["notBefore"], c["notAfter"], c["name"]] for kind, c in typed]
+    print(output.table(["TYPE", "SERIAL", "NOT BEFORE", "NOT AFTER", "NAME"], rows))
     return 0

@@ -14,7 +14,7 @@ from typing import Any
 
 from api import ambient
 from api.objects import Obj, ObjectRef, ref_of
-from localcluster import admission, naming, pods, teardown
+from localcluster import admission, naming, pods, system, teardown
 from localcluster import netns as kernel
 from localcluster.store import ClusterInfo, ClusterStore, ObjectSet
 from localcluster.topology import NodePlan, plan_nodes
@@ -45,8 +45,9 @@ class Cluster:
 
     # --- up -----------------------------------------------------------------------------------
 
-    def up(self, nodes: int | None) -> float:
-        """Build (or repair) the cluster; return the seconds it took."""
+    def up(self, nodes: int | None, settings: dict[str, Any] | None = None) -> float:
+        """Build (or repair) the cluster; return the seconds it took. `settings` (trust domain,
+        workload certificate TTL) apply to a new cluster only."""
         started = time.monotonic()
         with self.store.locked():
             if self.store.exists():
@@ -64,12 +65,26 @@ class Cluster:
                 raise ClusterError(str(exc)) from None
             self._build_topology(plans)
             if not self.store.exists():
-                self.store.create(ClusterInfo(self.name, count))
+                self.store.create(ClusterInfo(self.name, count, **(settings or {})))
                 objects = self.store.read()
                 admission.apply(objects, [admission.namespace_object("default")], plans)
                 self.store.commit(objects)
+            system.ensure_tokens(self.store, plans)
+            self._start_system(plans)
             self._reconcile_pods(plans)
         return time.monotonic() - started
+
+    def _start_system(self, plans: list[NodePlan]) -> None:
+        comps = system.components(self.name, plans, self.store.info().ca_dir)
+        system.ensure_running(self.store, comps)
+        states = system.wait_ready(comps)
+        for component in comps:
+            self.progress(f"{component.name:10} {states[component.name]} (netns {component.netns})")
+        if not_ready := [name for name, state in states.items() if state != "Ready"]:
+            raise ClusterError(
+                f"not ready after {system.READY_TIMEOUT_S:.0f}s: {', '.join(not_ready)} "
+                f"(see: ambientctl logs {system.SYSTEM_NAMESPACE}/{not_ready[0]})"
+            )
 
     def _build_topology(self, plans: list[NodePlan]) -> None:
         underlay = naming.underlay_netns(self.name)
@@ -205,15 +220,16 @@ class Cluster:
                     "ready": healthy,
                 }
             )
+        info = self.store.info()
         return {
             "cluster": self.name,
+            "trustDomain": info.trust_domain,
             "revision": objects.revision,
             "underlayNetns": naming.underlay_netns(self.name),
             "nodes": node_rows,
             "pods": self.pod_rows(objects),
-            "components": {
-                "network": "ok" if all(n["ready"] for n in node_rows) else "degraded",
-            },
+            "network": "ok" if all(n["ready"] for n in node_rows) else "degraded",
+            "components": system.status(self.store, system.components(self.name, self.nodes())),
         }
 
     def find(self, kind: str, namespace: str, name: str) -> Obj:

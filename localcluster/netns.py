@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import http.client
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -189,3 +191,26 @@ def kill_processes_in(names: list[str], grace_s: float) -> int:
 
 def describe_netlink_error(exc: NetlinkError) -> str:
     return f"netlink error {exc.code}: {os.strerror(exc.code)}"
+
+
+def connect_in(name: str, host: str, port: int, timeout_s: float) -> socket.socket:
+    """A TCP connection made from inside netns `name` (the socket stays in that netns)."""
+    netns.pushns(name)
+    try:
+        return socket.create_connection((host, port), timeout=timeout_s)
+    finally:
+        netns.popns()
+
+
+def http_get_in(
+    name: str, host: str, port: int, path: str, timeout_s: float = 3.0
+) -> tuple[int, bytes]:
+    """GET from inside a netns (admin and readiness endpoints listen only there)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
+    conn.sock = connect_in(name, host, port, timeout_s)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()

@@ -100,14 +100,18 @@ def _proc_start_time(pid: int) -> str | None:
     return None if fields[0] in ("Z", "X") else fields[19]
 
 
-def shim_pid(store: ClusterStore, ref: PodRef) -> int | None:
+def shim_pid_at(run_dir: Path) -> int | None:
     """The live shim's pid, verified by its start time (so a reused pid is never signalled)."""
     try:
-        pid_s, start = (store.pod_dir(ref.namespace, ref.name) / "shim.pid").read_text().split()
+        pid_s, start = (run_dir / "shim.pid").read_text().split()
     except (OSError, ValueError):
         return None
     pid = int(pid_s)
     return pid if _proc_start_time(pid) == start else None
+
+
+def shim_pid(store: ClusterStore, ref: PodRef) -> int | None:
+    return shim_pid_at(store.pod_dir(ref.namespace, ref.name))
 
 
 def wire(node: NodePlan, cluster: str, ref: PodRef, pod: Obj) -> None:
@@ -120,48 +124,61 @@ def wire(node: NodePlan, cluster: str, ref: PodRef, pod: Obj) -> None:
     )
 
 
-def start(store: ClusterStore, ref: PodRef, pod: Obj) -> None:
-    """Start the pod's shim inside its netns; returns once the shim is up."""
-    pod_dir = store.pod_dir(ref.namespace, ref.name)
-    pod_dir.mkdir(parents=True, exist_ok=True)
-    spec = shim_spec(store, pod)
-    (pod_dir / "status.json").unlink(missing_ok=True)
-    spec_path = pod_dir / "shim.json"
+def launch(netns: str, run_dir: Path, spec: ShimSpec, what: str) -> None:
+    """Start a shim running `spec` inside `netns`; returns once the shim is up."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    Path(spec.status_path).unlink(missing_ok=True)
+    spec_path = run_dir / "shim.json"
     spec.dump(spec_path)
-    argv = ["nsenter", f"--net={naming.NETNS_DIR / ref.netns}", "--"]
+    argv = ["nsenter", f"--net={naming.NETNS_DIR / netns}", "--"]
     argv += [sys.executable, "-m", "localcluster.shim", str(spec_path)]
     try:
         done = subprocess.run(
             argv, capture_output=True, text=True, timeout=SHIM_START_TIMEOUT_S, check=False
         )
     except subprocess.TimeoutExpired:
-        raise PodRuntimeError(f"pod {ref}: shim did not start in {SHIM_START_TIMEOUT_S}s") from None
+        raise PodRuntimeError(f"{what}: shim did not start in {SHIM_START_TIMEOUT_S}s") from None
     if done.returncode != 0:
         detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise PodRuntimeError(f"pod {ref}: shim failed to start: {detail}")
+        raise PodRuntimeError(f"{what}: shim failed to start: {detail}")
+
+
+def start(store: ClusterStore, ref: PodRef, pod: Obj) -> None:
+    """Start the pod's shim inside its netns."""
+    launch(ref.netns, store.pod_dir(ref.namespace, ref.name), shim_spec(store, pod), f"pod {ref}")
+
+
+def terminate(run_dir: Path, grace_s: float) -> None:
+    """SIGTERM a shim and wait for it to stop its containers (it SIGKILLs them after grace)."""
+    pid = shim_pid_at(run_dir)
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s + 2.0
+    while shim_pid_at(run_dir) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def stop(store: ClusterStore, ref: PodRef, grace_s: float) -> None:
     """Stop the pod's containers (SIGTERM, then SIGKILL after grace) and remove its netns."""
-    pid = shim_pid(store, ref)
-    if pid is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s + 2.0
-        while shim_pid(store, ref) is not None and time.monotonic() < deadline:
-            time.sleep(0.05)
+    terminate(store.pod_dir(ref.namespace, ref.name), grace_s)
     kernel.kill_processes_in([ref.netns], grace_s=1.0)
     kernel.remove(ref.netns)
 
 
-def observed(store: ClusterStore, ref: PodRef) -> dict[str, Any]:
+def observe(run_dir: Path) -> dict[str, Any]:
     """What is actually running: shim alive, per-container state from the shim's status file."""
-    alive = shim_pid(store, ref) is not None
+    alive = shim_pid_at(run_dir) is not None
     try:
-        status = json.loads((store.pod_dir(ref.namespace, ref.name) / "status.json").read_text())
+        status = json.loads((run_dir / "status.json").read_text())
     except (OSError, ValueError):
         status = {}
     return {"shimAlive": alive, "containers": status.get("containers", {})}
+
+
+def observed(store: ClusterStore, ref: PodRef) -> dict[str, Any]:
+    return observe(store.pod_dir(ref.namespace, ref.name))
 
 
 def phase(observation: dict[str, Any], netns_present: bool) -> str:

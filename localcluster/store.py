@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ import yaml
 from api.objects import Obj, ObjectRef, ref_of
 from localcluster import naming
 
+log = logging.getLogger("localcluster.store")
 _Dumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -44,6 +46,9 @@ class StoreError(RuntimeError):
 class ClusterInfo:
     name: str
     nodes: int
+    trust_domain: str = "cluster.local"  # Istio's default
+    workload_cert_ttl_s: int = 86400  # Istio's default: 24 h
+    ca_dir: str = ""  # plugged-in CA (Istio cacerts layout); empty: a generated local root
 
 
 class ObjectSet:
@@ -126,7 +131,13 @@ class ClusterStore:
     def info(self) -> ClusterInfo:
         try:
             data = _load((self.root / "cluster.yaml").read_text())
-            return ClusterInfo(name=str(data["name"]), nodes=int(data["nodes"]))
+            return ClusterInfo(
+                name=str(data["name"]),
+                nodes=int(data["nodes"]),
+                trust_domain=str(data.get("trust_domain", "cluster.local")),
+                workload_cert_ttl_s=int(data.get("workload_cert_ttl_s", 86400)),
+                ca_dir=str(data.get("ca_dir", "")),
+            )
         except FileNotFoundError:
             raise StoreError(
                 f"cluster {self.cluster!r} does not exist (run: ambientctl up --cluster "
@@ -163,3 +174,50 @@ class ClusterStore:
 
     def pod_dir(self, namespace: str, name: str) -> Path:
         return self.root / "pods" / f"{namespace}.{name}"
+
+    def system_dir(self, component: str) -> Path:
+        """Runtime files of a system component (controller, ztunnel-<node>)."""
+        return self.root / "system" / component
+
+    def node_token_path(self, node: str) -> Path:
+        """The node's bootstrap token for the CA (0600), as a kubelet's bootstrap credential."""
+        return self.root / "nodes" / node / "token"
+
+    @property
+    def ca_dir(self) -> Path:
+        """The local CA's material (the key is 0600); `root-cert.pem` is the trust bundle."""
+        return self.root / "ca"
+
+
+class StoreWatcher:
+    """Read-only view of `objects.yaml` for long-running processes (controller, ztunnel dev mode).
+
+    Re-reads when the file changes (inode, size, mtime). A file that cannot be read or parsed is
+    counted and logged once per change, and the last good revision keeps serving.
+    """
+
+    def __init__(self, store: ClusterStore) -> None:
+        self.store = store
+        self.current = ObjectSet({}, 0)
+        self.errors = 0
+        self.last_error = ""
+        self._stamp: tuple[int, int, int] | None = None
+
+    def poll(self) -> bool:
+        """Reload if changed; True when a new revision was loaded."""
+        try:
+            st = self.store.objects_path.stat()
+        except FileNotFoundError:
+            return False
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            self.current = self.store.read()
+        except StoreError as exc:
+            self.errors += 1
+            self.last_error = str(exc)
+            log.warning("keeping store revision %s: %s", self.current.revision, exc)
+            return False
+        return True

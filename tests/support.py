@@ -59,14 +59,14 @@ def leftovers(cluster: str) -> list[str]:
         found.append(f"state dir {state}")
     if naming.bpf_pin_dir(cluster).exists():
         found.append(f"bpf pins {naming.bpf_pin_dir(cluster)}")
-    marker = str(state)
+    markers = (str(state), f"--cluster\0{cluster}\0")
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
                 cmdline = Path(entry.path, "cmdline").read_bytes().decode(errors="replace")
             except OSError:
                 continue
-            if marker in cmdline:
+            if any(m in cmdline for m in markers):
                 found.append(f"process {entry.name}: {cmdline.replace(chr(0), ' ')}")
     return found
 
@@ -88,8 +88,10 @@ def pod_manifest(
     node: str | None = None,
     labels: dict[str, str] | None = None,
     restart: str = "Always",
+    service_account: str = "default",
 ) -> str:
     spec: dict[str, Any] = {
+        "serviceAccountName": service_account,
         "restartPolicy": restart,
         "terminationGracePeriodSeconds": 2,
         "containers": [{"name": "main", "command": command}],

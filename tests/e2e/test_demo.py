@@ -28,6 +28,10 @@ def test_demo_shows_a_request_from_client_to_server(state_dir: Path, cluster_nam
             assert '"pod": "server"' in done.stdout
             assert '"client": "10.244.1.3:' in done.stdout  # the client pod's own IP, no NAT
             assert "Try next:" in done.stdout
+            assert (
+                "spiffe://cluster.local/ns/demo/sa/client  held by the ztunnel of node1: "
+                "Available" in done.stdout
+            )
     finally:
         teardown.down(cluster_name)
     assert leftovers(cluster_name) == []

@@ -1,0 +1,180 @@
+"""The mesh's own components in a local cluster, run as their Kubernetes workloads would run:
+the controller with host networking on node1 (as istiod on a control-plane node; reachable from
+every node at 172.18.0.2) and one ztunnel per node in its own netns (the DaemonSet pod).
+Each runs under a shim, so it is restarted if it exits, and `down` finds it by its netns.
+They appear to `ambientctl logs` as `ambientmesh-system/<name>`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from localcluster import naming, pods
+from localcluster import netns as kernel
+from localcluster.shim import ContainerSpec, ShimSpec
+from localcluster.store import ClusterStore
+from localcluster.topology import NodePlan
+
+SYSTEM_NAMESPACE = "ambientmesh-system"
+CONTROLLER = "controller"
+CA_PORT = 15012
+ADMIN_PORT = 15000
+READINESS_PORT = 15021
+READY_TIMEOUT_S = 20.0
+STOP_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str  # "controller" or "ztunnel-<node>"
+    node: str
+    netns: str
+    argv: list[str]
+
+
+def controller_address(plans: list[NodePlan]) -> str:
+    return f"{plans[0].node_ip}:{CA_PORT}"
+
+
+def components(cluster: str, plans: list[NodePlan], ca_dir: str = "") -> list[Component]:
+    python = [sys.executable, "-m"]
+    first = plans[0]
+    plugged = ["--ca-dir", ca_dir] if ca_dir else []
+    out = [
+        Component(
+            CONTROLLER,
+            first.name,
+            naming.node_netns(cluster, first.name),
+            [*python, "controller.main", "--cluster", cluster, *plugged],
+        )
+    ]
+    for plan in plans:
+        out.append(
+            Component(
+                f"ztunnel-{plan.name}",
+                plan.name,
+                naming.ztunnel_netns(cluster, plan.name),
+                [
+                    *python,
+                    "ztunnel.main",
+                    "--cluster",
+                    cluster,
+                    "--node",
+                    plan.name,
+                    "--controller",
+                    controller_address(plans),
+                ],
+            )
+        )
+    return out
+
+
+def find(cluster: str, plans: list[NodePlan], name: str) -> Component | None:
+    return next((c for c in components(cluster, plans) if c.name == name), None)
+
+
+def ensure_tokens(store: ClusterStore, plans: list[NodePlan]) -> None:
+    """One bootstrap token per node (0600), the credential its ztunnel shows the CA."""
+    for plan in plans:
+        path = store.node_token_path(plan.name)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = path.with_suffix(".tmp")
+            tmp.touch(mode=0o600)
+            tmp.write_text(secrets.token_urlsafe(32))
+            tmp.replace(path)
+
+
+def log_path(store: ClusterStore, name: str) -> Path:
+    return store.system_dir(name) / f"{name}.log"
+
+
+def _spec(store: ClusterStore, component: Component) -> ShimSpec:
+    run_dir = store.system_dir(component.name)
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/root",
+        "PYTHONUNBUFFERED": "1",
+        naming.STATE_DIR_ENV: str(naming.state_dir()),
+    }
+    container = ContainerSpec(
+        component.name, component.argv, env, None, str(log_path(store, component.name))
+    )
+    return ShimSpec(
+        f"{SYSTEM_NAMESPACE}/{component.name}",
+        [container],
+        "Always",
+        STOP_GRACE_S,
+        str(run_dir / "status.json"),
+        str(run_dir / "shim.pid"),
+    )
+
+
+def ensure_running(store: ClusterStore, comps: list[Component]) -> list[str]:
+    started = []
+    for component in comps:
+        run_dir = store.system_dir(component.name)
+        if pods.shim_pid_at(run_dir) is None:
+            pods.launch(
+                component.netns,
+                run_dir,
+                _spec(store, component),
+                f"{SYSTEM_NAMESPACE}/{component.name}",
+            )
+            started.append(component.name)
+    return started
+
+
+def stop(store: ClusterStore, component: Component) -> None:
+    pods.terminate(store.system_dir(component.name), STOP_GRACE_S)
+
+
+def health(component: Component) -> str:
+    """`Ready`, or what it is waiting for."""
+    try:
+        if component.name == CONTROLLER:
+            kernel.connect_in(component.netns, "127.0.0.1", CA_PORT, 1.0).close()
+            return "Ready"
+        status, body = kernel.http_get_in(
+            component.netns, "127.0.0.1", READINESS_PORT, "/healthz/ready", 1.0
+        )
+    except OSError as exc:
+        return f"NotReady ({exc.strerror or exc})"
+    return "Ready" if status == 200 else f"NotReady ({body.decode().strip()})"
+
+
+def wait_ready(comps: list[Component], timeout_s: float = READY_TIMEOUT_S) -> dict[str, str]:
+    deadline = time.monotonic() + timeout_s
+    states = {c.name: health(c) for c in comps}
+    while any(s != "Ready" for s in states.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        states = {c.name: health(c) for c in comps}
+    return states
+
+
+def status(store: ClusterStore, comps: list[Component]) -> list[dict[str, Any]]:
+    rows = []
+    for component in comps:
+        seen = pods.observe(store.system_dir(component.name))
+        running = seen["shimAlive"] and all(c["running"] for c in seen["containers"].values())
+        rows.append(
+            {
+                "name": component.name,
+                "node": component.node,
+                "netns": component.netns,
+                "running": running,
+                "restarts": sum(c["restarts"] for c in seen["containers"].values()),
+                "health": health(component) if running else "NotRunning",
+            }
+        )
+    return rows
+
+
+def admin_get(cluster: str, node: str, path: str) -> tuple[int, bytes]:
+    """A GET on a node's ztunnel admin port (loopback of the ztunnel netns only)."""
+    return kernel.http_get_in(naming.ztunnel_netns(cluster, node), "127.0.0.1", ADMIN_PORT, path)
