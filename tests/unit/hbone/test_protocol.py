@@ -1,0 +1,206 @@
+"""HBONE sans-IO: two protocol instances wired to each other in memory (RELIABILITY H-1…H-11)."""
+
+from __future__ import annotations
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from h2.errors import ErrorCodes
+
+from ztunnel.hbone import protocol as p
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+DEFAULT = p.Limits()
+
+
+def pair(limits: p.Limits = DEFAULT) -> tuple[p.HboneProtocol, p.HboneProtocol, Clock]:
+    clock = Clock()
+    client = p.HboneProtocol(client=True, limits=limits, clock=clock)
+    server = p.HboneProtocol(client=False, limits=limits, clock=clock)
+    client.start()
+    server.start()
+    pump(client, server)
+    return client, server, clock
+
+
+def pump(a: p.HboneProtocol, b: p.HboneProtocol) -> tuple[list[p.Event], list[p.Event]]:
+    """Move bytes both ways until quiet; return (events at a, events at b)."""
+    at_a: list[p.Event] = []
+    at_b: list[p.Event] = []
+    while True:
+        to_b, to_a = a.data_to_send(), b.data_to_send()
+        if not to_b and not to_a:
+            return at_a, at_b
+        if to_b:
+            at_b += b.receive(to_b)
+        if to_a:
+            at_a += a.receive(to_a)
+
+
+def test_connect_tunnel_both_ways_with_half_close() -> None:
+    client, server, _ = pair()
+    sid = client.open("10.244.2.3:8080", {"forwarded": 'for="10.244.1.3:5000"'})
+    _, at_server = pump(client, server)
+    (request,) = at_server
+    assert isinstance(request, p.ConnectRequest)
+    assert request.authority == "10.244.2.3:8080"
+    assert request.headers["forwarded"] == 'for="10.244.1.3:5000"'
+    server.respond(sid, 200)
+    at_client, _ = pump(client, server)
+    assert p.Response(sid, 200) in at_client
+    assert client.send(sid, b"ping") == 4
+    client.end(sid)
+    _, at_server = pump(client, server)
+    data = [e for e in at_server if isinstance(e, p.Data)]
+    assert data == [p.Data(sid, b"ping", 4)]
+    assert p.EndOfStream(sid) in at_server
+    server.ack(sid, 4)
+    assert server.send(sid, b"pong") == 4
+    server.end(sid)
+    at_client, _ = pump(client, server)
+    assert p.Data(sid, b"pong", 4) in at_client
+    assert p.EndOfStream(sid) in at_client
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(":method", "GET"), (":authority", "10.0.0.1:80"), (":scheme", "https"), (":path", "/")],
+        [(":method", "CONNECT"), (":authority", "backend:80")],
+        [(":method", "CONNECT"), (":authority", "10.0.0.1")],
+        [(":method", "CONNECT"), (":authority", "10.0.0.1:http")],
+        [(":method", "CONNECT"), (":authority", "10.0.0.1:0")],
+        [(":method", "CONNECT"), (":authority", "::1:80")],
+    ],
+)
+def test_bad_requests_get_400_and_the_connection_goes_on(headers: list[tuple[str, str]]) -> None:
+    """H-1, H-2: non-CONNECT methods and unusable authorities are refused per stream."""
+    raw = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    raw.initiate_connection()
+    server = p.HboneProtocol(client=False, clock=Clock())
+    server.start()
+    events = server.receive(raw.data_to_send())
+    raw.receive_data(server.data_to_send())
+    raw.send_headers(1, headers, end_stream=headers[0][1] == "GET")
+    events = server.receive(raw.data_to_send())
+    assert not [e for e in events if isinstance(e, p.ConnectRequest | p.Closed)]
+    replies = raw.receive_data(server.data_to_send())
+    statuses = [
+        dict(e.headers)[b":status"] for e in replies if isinstance(e, h2.events.ResponseReceived)
+    ]
+    assert statuses == [b"400"]
+    raw.send_headers(3, [(":method", "CONNECT"), (":authority", "10.0.0.1:80")])
+    (ok,) = server.receive(raw.data_to_send())
+    assert ok == p.ConnectRequest(
+        3, "10.0.0.1:80", {":method": "CONNECT", ":authority": "10.0.0.1:80"}
+    )
+
+
+def test_ipv6_authority_is_normalized() -> None:
+    assert p.parse_authority("[::1]:80") == ("::1", 80)
+    assert p.format_authority("::1", 80) == "[::1]:80"
+
+
+def test_connect_with_path_is_a_protocol_error() -> None:
+    """H-2: h2 refuses CONNECT with :path (stricter than a stream error: GOAWAY)."""
+    raw = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, validate_outbound_headers=False)
+    )
+    raw.initiate_connection()
+    server = p.HboneProtocol(client=False, clock=Clock())
+    server.start()
+    server.receive(raw.data_to_send())
+    raw.send_headers(1, [(":method", "CONNECT"), (":authority", "10.0.0.1:80"), (":path", "/")])
+    events = server.receive(raw.data_to_send())
+    assert isinstance(events[-1], p.Closed)
+    assert events[-1].remote
+
+
+def test_rapid_reset_gets_enhance_your_calm() -> None:
+    """H-8: the layer above h2 bounds peer resets."""
+    client, server, _ = pair(p.Limits(max_resets=10, reset_window_s=1.0))
+    events: list[p.Event] = []
+    for _ in range(11):
+        sid = client.open("10.0.0.1:80")
+        client.reset(sid)
+        _, got = pump(client, server)
+        events += got
+    closed = [e for e in events if isinstance(e, p.Closed)]
+    assert closed
+    assert closed[0].error_code == ErrorCodes.ENHANCE_YOUR_CALM
+
+
+def test_resets_spread_over_time_are_fine() -> None:
+    client, server, clock = pair(p.Limits(max_resets=10, reset_window_s=1.0))
+    for _ in range(30):
+        clock.now += 0.2
+        sid = client.open("10.0.0.1:80")
+        client.reset(sid)
+        _, got = pump(client, server)
+        assert not [e for e in got if isinstance(e, p.Closed)]
+
+
+def test_ping_flood_against_a_peer_that_does_not_read() -> None:
+    """H-9: acks pile up while our output never drains → ENHANCE_YOUR_CALM."""
+    client, server, _ = pair(p.Limits(max_pending_control=50))
+    for i in range(51):
+        client.ping(i.to_bytes(8, "big"))
+    events = server.receive(client.data_to_send())  # server output is never read
+    assert isinstance(events[-1], p.Closed)
+    assert events[-1].error_code == ErrorCodes.ENHANCE_YOUR_CALM
+
+
+def test_pings_are_fine_while_the_peer_reads() -> None:
+    client, server, _ = pair(p.Limits(max_pending_control=50))
+    for i in range(200):
+        client.ping(i.to_bytes(8, "big"))
+        server.receive(client.data_to_send())
+        client.receive(server.data_to_send())
+        server.peer_read_progress()
+    assert server.closed is None
+
+
+def test_flow_control_bounds_what_send_takes() -> None:
+    """H-10: a peer that never acks cannot be sent more than its window."""
+    limits = p.Limits(stream_window=65535, connection_window=65535)
+    client, server, _ = pair(limits)
+    sid = client.open("10.0.0.1:80")
+    pump(client, server)
+    server.respond(sid, 200)
+    pump(client, server)
+    taken = client.send(sid, b"x" * 200_000)
+    assert taken == 65535
+    assert client.send(sid, b"more") == 0
+    _, got = pump(client, server)
+    received = sum(len(e.data) for e in got if isinstance(e, p.Data))
+    server.ack(sid, received)
+    at_client, _ = pump(client, server)
+    assert any(isinstance(e, p.WindowOpened) for e in at_client)
+    assert client.send(sid, b"more") == 4
+
+
+def test_excess_streams_are_refused_by_the_client_side() -> None:
+    """H-7/L-2: the pool must not open more streams than the server allows."""
+    client, server, _ = pair(p.Limits(max_concurrent_streams=2))
+    for _ in range(2):
+        client.open("10.0.0.1:80")
+    pump(client, server)
+    assert not client.accepting_streams
+
+
+def test_garbage_after_the_preface_is_a_remote_protocol_error() -> None:
+    """H-11/H-12: never an exception out of receive."""
+    server = p.HboneProtocol(client=False, clock=Clock())
+    server.start()
+    events = server.receive(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x04\x09" * 50)
+    assert isinstance(events[-1], p.Closed)
+    assert server.receive(b"more") == []

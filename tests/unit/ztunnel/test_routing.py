@@ -1,0 +1,170 @@
+"""Routing and inbound admission, as tables over one snapshot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from api import validate
+from localcluster.store import ObjectSet
+from ztunnel.proxy.routing import Inbound, plan_inbound, plan_outbound
+from ztunnel.state import workloads
+
+
+def objects(*extra: dict[str, Any]) -> ObjectSet:
+    s = ObjectSet({}, 0)
+    docs: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": "mesh", "labels": {"istio.io/dataplane-mode": "ambient"}},
+        },
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "plain"}},
+    ]
+    pods = [
+        ("a", "mesh", "node1", "10.244.1.3"),
+        ("b", "mesh", "node2", "10.244.2.3"),
+        ("c", "plain", "node2", "10.244.2.4"),
+        ("d", "mesh", "node1", "10.244.1.9"),
+        ("e", "mesh", "node2", "10.244.2.9"),
+    ]
+    for name, ns, node, ip in pods:
+        pod = validate(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": ns, "uid": name},
+                "spec": {"nodeName": node, "containers": [{"name": "c", "command": ["x"]}]},
+            }
+        )
+        pod["metadata"]["uid"] = name
+        pod["status"] = {"podIP": ip}
+        docs.append(pod)
+    for doc in [*docs, *extra]:
+        s.put(validate(doc) if doc.get("kind") != "Pod" else doc)
+    return s
+
+
+SNAP1 = workloads.build(objects(), "node1", "cluster.local")
+SNAP2 = workloads.build(objects(), "node2", "cluster.local")
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "action", "reason"),
+    [
+        ("10.244.1.3", "10.244.2.3", "hbone", "mesh"),
+        ("10.244.1.3", "10.244.2.4", "passthrough", "destination_not_in_mesh"),
+        ("10.244.1.3", "93.184.216.34", "passthrough", "external"),
+        ("10.244.1.3", "10.244.7.7", "reject", "unknown_destination"),  # not synced: no plaintext
+        ("10.244.2.3", "10.244.1.3", "reject", "unknown_source"),  # not a local pod
+        ("10.244.1.200", "10.244.2.3", "reject", "unknown_source"),
+    ],
+)
+def test_outbound(src: str, dst: str, action: str, reason: str) -> None:
+    plan = plan_outbound(SNAP1, src, dst)
+    assert (plan.action, plan.reason) == (action, reason)
+
+
+def test_outbound_without_config_fails_closed() -> None:
+    assert plan_outbound(None, "10.244.1.3", "10.244.2.3").action == "reject"
+
+
+def test_ip_claimed_by_two_pods_is_ambiguous() -> None:
+    """F-9: IP reuse with config lag: reject rather than guess."""
+    clash = objects()
+    dup = dict(clash.list("Pod", "mesh")[1])
+    dup = {**dup, "metadata": {**dup["metadata"], "name": "b2", "uid": "b2"}}
+    clash.put(dup)
+    snap = workloads.build(clash, "node2", "cluster.local")
+    assert (
+        plan_outbound(
+            workloads.build(clash, "node1", "cluster.local"), "10.244.1.3", "10.244.2.3"
+        ).reason
+        == "ambiguous_destination"
+    )
+    got = plan_inbound(
+        snap,
+        target_ip="10.244.2.3",
+        target_port=80,
+        original_dst_ip="10.244.2.3",
+        src_ip="10.244.1.3",
+        src_principal="cluster.local/ns/mesh/sa/default",
+    )
+    assert (got.allowed, got.reason) == (False, "ambiguous_destination")
+
+
+PRINCIPAL = "cluster.local/ns/mesh/sa/default"
+
+
+@pytest.mark.parametrize(
+    ("target", "port", "original", "principal", "status", "reason"),
+    [
+        ("10.244.2.3", 8080, "10.244.2.3", PRINCIPAL, 200, "no_policy"),
+        ("10.244.2.3", 15000, "10.244.2.3", PRINCIPAL, 400, "self_call"),  # H-4
+        ("10.244.2.3", 15008, "10.244.2.3", PRINCIPAL, 400, "self_call"),
+        ("127.0.0.1", 8080, "127.0.0.1", PRINCIPAL, 400, "self_call"),
+        ("10.244.2.9", 8080, "10.244.2.3", PRINCIPAL, 400, "target_mismatch"),  # H-3
+        ("10.244.2.4", 8080, "10.244.2.4", PRINCIPAL, 400, "unknown_destination"),  # not enrolled
+        ("10.244.1.3", 8080, "10.244.1.3", PRINCIPAL, 400, "unknown_destination"),  # not local
+        ("10.244.2.3", 8080, "10.244.2.3", None, 200, "no_policy"),  # plaintext, PERMISSIVE
+    ],
+)
+def test_inbound(  # noqa: PLR0917 - one parameter per table column
+    target: str, port: int, original: str, principal: str | None, status: int, reason: str
+) -> None:
+    got = plan_inbound(
+        SNAP2,
+        target_ip=target,
+        target_port=port,
+        original_dst_ip=original,
+        src_ip="10.244.1.3",
+        src_principal=principal,
+    )
+    assert (got.status, got.reason) == (status, reason)
+
+
+def test_strict_peer_authentication_refuses_plaintext_but_not_mtls() -> None:
+    strict = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": {"name": "strict", "namespace": "mesh"},
+        "spec": {"mtls": {"mode": "STRICT"}},
+    }
+    snap = workloads.build(objects(strict), "node2", "cluster.local")
+
+    def inbound(principal: str | None) -> Inbound:
+        return plan_inbound(
+            snap,
+            target_ip="10.244.2.3",
+            target_port=8080,
+            original_dst_ip="10.244.2.3",
+            src_ip="10.244.2.4",
+            src_principal=principal,
+        )
+
+    assert inbound(None).reason == "plaintext_refused_strict_mtls"
+    assert inbound(PRINCIPAL).allowed
+
+
+def test_deny_policy_gives_401() -> None:
+    deny = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "deny-all", "namespace": "mesh"},
+        "spec": {"action": "DENY", "rules": [{}]},
+    }
+    snap = workloads.build(objects(deny), "node2", "cluster.local")
+    got = plan_inbound(
+        snap,
+        target_ip="10.244.2.3",
+        target_port=8080,
+        original_dst_ip="10.244.2.3",
+        src_ip="10.244.1.3",
+        src_principal=PRINCIPAL,
+    )
+    assert (got.status, got.reason, got.decision.policy if got.decision else "") == (
+        401,
+        "denied_by_policy",
+        "mesh/deny-all",
+    )

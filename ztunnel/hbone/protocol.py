@@ -1,0 +1,349 @@
+"""HBONE protocol, sans-IO: bytes in, events out, `data_to_send()` out. No asyncio, no sockets.
+
+HTTP/2 framing, HPACK, flow control and stream states are h2's. This layer adds what HBONE needs
+and h2 leaves to its user:
+- request rules: CONNECT only; `:authority` must be `ipv4:port` or `[ipv6]:port`; no `:path`,
+  `:scheme` or `:protocol` (RFC 9113 §8.5). A non-CONNECT request gets 400 on its own stream.
+- Rapid Reset (CVE-2023-44487): more than `max_resets` peer resets within `reset_window_s` →
+  GOAWAY(ENHANCE_YOUR_CALM). h2 does not bound this.
+- Control-frame flood against a peer that never reads (PING/SETTINGS acks piling up): more than
+  `max_pending_control` answers queued without the peer reading → GOAWAY(ENHANCE_YOUR_CALM).
+- Settings: concurrent streams, windows, header list size and frame size from `Limits`.
+Errors are events (`Closed`, with who is to blame), never exceptions escaping `receive`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.errors import ErrorCodes
+
+# ztunnel's values (h2.rs / pool.rs) unless noted.
+MAX_CONCURRENT_STREAMS = 200
+MAX_HEADER_LIST_SIZE = 64 * 1024
+STREAM_WINDOW = 4 * 1024 * 1024
+CONNECTION_WINDOW = 16 * 1024 * 1024
+MAX_FRAME_SIZE = 1024 * 1024  # the largest DATA frame we accept
+# Rapid Reset: Envoy's default overload action trips on a much lower rate; 200 in 10 s leaves
+# room for legitimate cancellations of a full stream table.
+MAX_RESETS = 200
+RESET_WINDOW_S = 10.0
+# PING/SETTINGS acks we will queue for a peer that does not read (Envoy: 1000 outbound control
+# frames, http2.outbound_control_flood).
+MAX_PENDING_CONTROL = 1000
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_concurrent_streams: int = MAX_CONCURRENT_STREAMS
+    max_header_list_size: int = MAX_HEADER_LIST_SIZE
+    stream_window: int = STREAM_WINDOW
+    connection_window: int = CONNECTION_WINDOW
+    max_frame_size: int = MAX_FRAME_SIZE
+    max_resets: int = MAX_RESETS
+    reset_window_s: float = RESET_WINDOW_S
+    max_pending_control: int = MAX_PENDING_CONTROL
+
+
+# --- events -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConnectRequest:
+    """Server side: a valid CONNECT for `authority` (normalized `ip:port`)."""
+
+    stream_id: int
+    authority: str
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Response:
+    """Client side: the answer to our CONNECT."""
+
+    stream_id: int
+    status: int
+
+
+@dataclass(frozen=True)
+class Data:
+    stream_id: int
+    data: bytes
+    flow_controlled_length: int  # pass back to `ack` once consumed
+
+
+@dataclass(frozen=True)
+class EndOfStream:
+    """The peer half-closed the stream (TCP FIN of its side)."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True)
+class Reset:
+    stream_id: int
+    error_code: int
+    remote: bool
+
+
+@dataclass(frozen=True)
+class WindowOpened:
+    """Flow-control window grew: sends blocked on `stream_id` (0: all streams) may go on."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True)
+class Closed:
+    """The connection is over. `remote` says who is to blame; `reason` is for logs/metrics."""
+
+    error_code: int
+    reason: str
+    remote: bool
+
+
+Event = ConnectRequest | Response | Data | EndOfStream | Reset | WindowOpened | Closed
+
+
+class AuthorityError(ValueError):
+    pass
+
+
+def parse_authority(authority: str) -> tuple[str, int]:
+    """`ipv4:port` or `[ipv6]:port` → (ip, port). Hostnames are refused: HBONE targets IPs."""
+    host, sep, port_s = authority.rpartition(":")
+    if not sep or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise AuthorityError(f"authority {authority!r} needs a numeric port 1-65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        version = 6
+    else:
+        version = 4
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise AuthorityError(f"authority {authority!r} is not an IP address") from None
+    if ip.version != version:
+        raise AuthorityError(f"authority {authority!r}: IPv6 must be in brackets")
+    return str(ip), int(port_s)
+
+
+def format_authority(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+class HboneProtocol:
+    """One HBONE connection, client or server side."""
+
+    def __init__(
+        self, *, client: bool, limits: Limits = Limits(), clock: Callable[[], float]
+    ) -> None:
+        config = h2.config.H2Configuration(
+            client_side=client, header_encoding="utf-8", validate_inbound_headers=True
+        )
+        self.client = client
+        self.limits = limits
+        self.clock = clock
+        self.h2 = h2.connection.H2Connection(config=config)
+        self.closed: Closed | None = None
+        self._resets: deque[float] = deque()
+        self._pending_control = 0
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.h2.initiate_connection()
+        settings: dict[h2.settings.SettingCodes | int, int] = {
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.limits.max_concurrent_streams,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.limits.stream_window,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.limits.max_header_list_size,
+            h2.settings.SettingCodes.MAX_FRAME_SIZE: self.limits.max_frame_size,
+        }
+        if self.client:
+            settings[h2.settings.SettingCodes.ENABLE_PUSH] = 0
+        self.h2.update_settings(settings)
+        extra = self.limits.connection_window - int(self.h2.inbound_flow_control_window)
+        if extra > 0:
+            self.h2.increment_flow_control_window(extra)
+
+    def data_to_send(self) -> bytes:
+        return self.h2.data_to_send()
+
+    def peer_read_progress(self) -> None:
+        """The edge saw our output drain: the peer is reading, so queued acks were delivered."""
+        self._pending_control = 0
+
+    def goaway(self, code: int = ErrorCodes.NO_ERROR, reason: str = "local close") -> Closed:
+        if self.closed is None:
+            self.h2.close_connection(error_code=code)
+            self.closed = Closed(code, reason, remote=False)
+        return self.closed
+
+    @property
+    def open_streams(self) -> int:
+        return int(self.h2.open_outbound_streams + self.h2.open_inbound_streams)
+
+    @property
+    def accepting_streams(self) -> bool:
+        """Client side: may another stream be opened on this connection now?"""
+        return self.closed is None and (
+            self.h2.open_outbound_streams < self.h2.remote_settings.max_concurrent_streams
+        )
+
+    # --- input ------------------------------------------------------------------------------------
+
+    def receive(self, data: bytes) -> list[Event]:
+        if self.closed is not None:
+            return []
+        try:
+            raw = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            # h2 has already queued a GOAWAY with the right code.
+            self.closed = Closed(
+                int(getattr(exc, "error_code", ErrorCodes.PROTOCOL_ERROR)),
+                f"protocol error: {exc}",
+                remote=True,
+            )
+            return [self.closed]
+        events: list[Event] = []
+        for event in raw:
+            events.extend(self._translate(event))
+            if self.closed is not None:
+                return [*events, self.closed] if self.closed not in events else events
+        return events
+
+    def _translate(self, event: h2.events.Event) -> list[Event]:  # noqa: PLR0911 - a dispatch
+        if isinstance(event, h2.events.RequestReceived):
+            return self._request(event)
+        if isinstance(event, h2.events.ResponseReceived):
+            status = {str(k): str(v) for k, v in event.headers or []}.get(":status", "0")
+            return [Response(int(event.stream_id or 0), int(status))]
+        if isinstance(event, h2.events.DataReceived):
+            data, length = bytes(event.data or b""), int(event.flow_controlled_length or 0)
+            if not data and not length:
+                return []  # the empty frame that carries END_STREAM
+            return [Data(int(event.stream_id or 0), data, length)]
+        if isinstance(event, h2.events.StreamEnded):
+            return [EndOfStream(int(event.stream_id or 0))]
+        if isinstance(event, h2.events.StreamReset):
+            return self._reset(event)
+        if isinstance(event, h2.events.WindowUpdated):
+            return [WindowOpened(int(event.stream_id or 0))]
+        if isinstance(event, h2.events.RemoteSettingsChanged):
+            return self._control(opens_window=True)
+        if isinstance(event, h2.events.PingReceived):
+            return self._control(opens_window=False)
+        if isinstance(event, h2.events.ConnectionTerminated):
+            self.closed = Closed(int(event.error_code or 0), "peer sent GOAWAY", remote=True)
+            return [self.closed]
+        return []
+
+    def _control(self, *, opens_window: bool) -> list[Event]:
+        self._pending_control += 1
+        if self._pending_control > self.limits.max_pending_control:
+            self.goaway(ErrorCodes.ENHANCE_YOUR_CALM, "control frame flood while not reading")
+            self.closed = Closed(
+                ErrorCodes.ENHANCE_YOUR_CALM, "control frame flood while not reading", remote=True
+            )
+            return [self.closed]
+        return [WindowOpened(0)] if opens_window else []
+
+    def _reset(self, event: h2.events.StreamReset) -> list[Event]:
+        stream_id = int(event.stream_id or 0)
+        if event.remote_reset:
+            now = self.clock()
+            self._resets.append(now)
+            while self._resets and self._resets[0] < now - self.limits.reset_window_s:
+                self._resets.popleft()
+            if len(self._resets) > self.limits.max_resets:
+                self.goaway(ErrorCodes.ENHANCE_YOUR_CALM, "rapid reset")
+                self.closed = Closed(ErrorCodes.ENHANCE_YOUR_CALM, "rapid reset", remote=True)
+                return [Reset(stream_id, int(event.error_code or 0), True), self.closed]
+        return [Reset(stream_id, int(event.error_code or 0), bool(event.remote_reset))]
+
+    def _request(self, event: h2.events.RequestReceived) -> list[Event]:
+        stream_id = int(event.stream_id or 0)
+        headers: dict[str, str] = {}
+        for name, value in event.headers or []:
+            headers[str(name)] = str(value)
+        if headers.get(":method") != "CONNECT":
+            self._refuse(stream_id, 400)  # H-1: the connection goes on
+            return []
+        if any(k in headers for k in (":path", ":scheme", ":protocol")):
+            self._refuse(stream_id, 400)  # RFC 9113 §8.5: CONNECT has neither
+            return []
+        try:
+            ip, port = parse_authority(headers.get(":authority", ""))
+        except AuthorityError:
+            self._refuse(stream_id, 400)
+            return []
+        return [ConnectRequest(stream_id, format_authority(ip, port), headers)]
+
+    def _refuse(self, stream_id: int, status: int) -> None:
+        self.respond(stream_id, status, end=True)
+
+    # --- output -----------------------------------------------------------------------------------
+
+    def open(self, authority: str, headers: dict[str, str] | None = None) -> int:
+        """Client: send CONNECT; returns the stream id (answer comes as a Response event)."""
+        stream_id = int(self.h2.get_next_available_stream_id())
+        pairs = [(":method", "CONNECT"), (":authority", authority)]
+        pairs += list((headers or {}).items())
+        self.h2.send_headers(stream_id, pairs)
+        return stream_id
+
+    def respond(self, stream_id: int, status: int, *, end: bool = False) -> None:
+        with contextlib.suppress(
+            h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError
+        ):  # the peer reset it meanwhile
+            self.h2.send_headers(stream_id, [(":status", str(status))], end_stream=end)
+
+    def window(self, stream_id: int) -> int:
+        try:
+            return min(
+                int(self.h2.local_flow_control_window(stream_id)),
+                int(self.h2.max_outbound_frame_size) * 64,
+            )
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
+            return 0
+
+    def send(self, stream_id: int, data: bytes | memoryview) -> int:
+        """Queue as much of `data` as flow control allows; returns how many bytes were taken."""
+        allowed = min(len(data), self.window(stream_id))
+        frame = int(self.h2.max_outbound_frame_size)
+        sent = 0
+        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            while sent < allowed:
+                chunk = data[sent : sent + min(frame, allowed - sent)]
+                self.h2.send_data(stream_id, bytes(chunk))
+                sent += len(chunk)
+        return sent
+
+    def end(self, stream_id: int) -> None:
+        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self.h2.end_stream(stream_id)
+
+    def reset(self, stream_id: int, code: int = ErrorCodes.CANCEL) -> None:
+        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self.h2.reset_stream(stream_id, error_code=code)
+
+    def ack(self, stream_id: int, size: int) -> None:
+        """Bytes of `stream_id` were consumed downstream: let the peer send more."""
+        if size <= 0:
+            return
+        # h2 returns the connection window even when the stream is already gone; a
+        # ProtocolError here only means the connection is closing.
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.h2.acknowledge_received_data(size, stream_id)
+
+    def ping(self, opaque: bytes) -> None:
+        self.h2.ping(opaque)

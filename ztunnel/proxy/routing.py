@@ -1,0 +1,94 @@
+"""Where a connection goes and whether it may (pure; table-tested). The listeners call these with
+the addresses the kernel gave them and act on the plan; no I/O here.
+
+Outbound (15001, or the 15080 SOCKS5 test entry): the source must be a local enrolled pod; an
+enrolled destination is reached over HBONE at `<dst ip>:15008` as the source's identity, expecting
+the destination's identity; a known non-mesh destination, or an address outside the mesh's space,
+is passed through; anything else is refused (unknown inside the mesh space = not synced yet).
+Inbound (15008 after mTLS; 15006 plaintext): the target must be a local enrolled pod, never one of
+ztunnel's own ports or loopback, match the connection's original destination, and pass policy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from ztunnel.state.policy import Connection, Decision, evaluate, mtls_mode
+from ztunnel.state.workloads import Snapshot, Workload
+
+HBONE_PORT = 15008
+# Every port ztunnel listens on (ztunnel's own list): a tunnel to one of them is a self-call.
+ZTUNNEL_PORTS = frozenset({15000, 15001, 15006, 15008, 15020, 15021, 15080})
+
+
+@dataclass(frozen=True)
+class Outbound:
+    action: str  # "hbone" | "passthrough" | "reject"
+    reason: str
+    src: Workload | None = None
+    dst: Workload | None = None
+
+
+@dataclass(frozen=True)
+class Inbound:
+    allowed: bool
+    reason: str
+    status: int  # HTTP status for HBONE: 200, 400, 401 (policy), 503
+    dst: Workload | None = None
+    decision: Decision | None = None
+
+
+def plan_outbound(snap: Snapshot | None, src_ip: str, dst_ip: str) -> Outbound:
+    if snap is None:
+        return Outbound("reject", "no_config")  # fail closed until the first snapshot
+    src = snap.local(src_ip)
+    if src is None or not src.enrolled:
+        return Outbound("reject", "unknown_source")
+    if dst_ip in snap.ambiguous:
+        return Outbound("reject", "ambiguous_destination", src)
+    dst = snap.workload(dst_ip)
+    if dst is not None:
+        return (
+            Outbound("hbone", "mesh", src, dst)
+            if dst.enrolled
+            else Outbound("passthrough", "destination_not_in_mesh", src, dst)
+        )
+    if snap.in_mesh_space(dst_ip):
+        return Outbound("reject", "unknown_destination", src)
+    return Outbound("passthrough", "external", src)
+
+
+def _self_call(ip: str, port: int) -> bool:
+    return port in ZTUNNEL_PORTS or ipaddress.ip_address(ip).is_loopback
+
+
+def plan_inbound(  # noqa: PLR0911 - one return per rule, in order
+    snap: Snapshot | None,
+    *,
+    target_ip: str,
+    target_port: int,
+    original_dst_ip: str,
+    src_ip: str,
+    src_principal: str | None,
+) -> Inbound:
+    """For HBONE `src_principal` is the verified peer; for plaintext (15006) it is None."""
+    if snap is None:
+        return Inbound(False, "no_config", 503)
+    if _self_call(target_ip, target_port):
+        return Inbound(False, "self_call", 400)
+    if target_ip != original_dst_ip:
+        return Inbound(False, "target_mismatch", 400)  # H-3
+    dst = snap.local(target_ip)
+    if dst is None or not dst.enrolled:
+        reason = "ambiguous_destination" if target_ip in snap.ambiguous else "unknown_destination"
+        return Inbound(False, reason, 400)
+    if src_principal is None:
+        mode = mtls_mode(snap.peer_auths, dst.namespace, dst.labels, target_port)
+        if mode == "STRICT":
+            return Inbound(False, "plaintext_refused_strict_mtls", 401, dst)
+    connection = Connection(src_ip, src_principal, target_ip, target_port)
+    decision = evaluate(snap.policies, dst.namespace, dst.labels, connection)
+    if not decision.allowed:
+        return Inbound(False, decision.reason, 401, dst, decision)
+    return Inbound(True, decision.reason, 200, dst, decision)

@@ -1,0 +1,283 @@
+"""L4 AuthorizationPolicy and PeerAuthentication, compiled once per revision, evaluated per
+connection. Pure: no I/O, no clock. Semantics are Istio's (security.istio.io/v1):
+
+- Scope: a policy applies to a workload in its namespace whose labels match `selector`
+  (no selector: every workload of the namespace); in the root namespace, to every namespace.
+  Policies with `targetRefs` belong to a waypoint and are ignored here.
+- Order: any matching DENY (or CUSTOM: we cannot call an external authorizer, so it fails closed)
+  denies; else, if ALLOW policies apply, one must match; else allow. AUDIT never decides.
+- A policy with no rules matches nothing (an ALLOW with no rules therefore allows nothing);
+  an empty rule `{}` matches everything.
+- L7-only attributes (methods, paths, hosts, request principals, request.* conditions …) cannot be
+  judged at L4: an ALLOW rule that uses them is dropped, a DENY rule loses them (it matches more).
+  Either way the result is more restrictive, as Istio's ztunnel does.
+- A policy we cannot compile (bad CIDR, bad port) denies every workload it selects (fail closed).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from api.objects import Obj
+
+ROOT_NAMESPACE = "istio-system"  # Istio's default root namespace
+L7_SOURCE = ("requestPrincipals", "notRequestPrincipals", "remoteIpBlocks", "notRemoteIpBlocks")
+L7_OPERATION = ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths")
+UNSPECIFIED = "0.0.0.0"  # noqa: S104 - an address to compare, not to bind
+L4_CONDITIONS = (
+    "source.ip",
+    "source.namespace",
+    "source.principal",
+    "destination.ip",
+    "destination.port",
+)
+
+
+@dataclass(frozen=True)
+class Connection:
+    """What L4 policy may look at."""
+
+    src_ip: str
+    src_principal: str | None  # `td/ns/x/sa/y`; None for plaintext
+    dst_ip: str
+    dst_port: int
+
+    @property
+    def src_namespace(self) -> str | None:
+        if self.src_principal is None:
+            return None
+        parts = self.src_principal.split("/")
+        return parts[2] if len(parts) == 5 and parts[1] == "ns" else None
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    policy: str  # "ns/name" of the deciding policy, or "" (default)
+    reason: str  # for the `reason` metric label and the access log
+
+
+Matcher = Callable[[Connection], bool]
+
+
+def _string_match(pattern: str, value: str | None) -> bool:
+    if value is None:
+        return False
+    if pattern == "*":
+        return True
+    if pattern.endswith("*"):
+        return value.startswith(pattern[:-1])
+    if pattern.startswith("*"):
+        return value.endswith(pattern[1:])
+    return value == pattern
+
+
+def _networks(values: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(v, strict=False) for v in values]
+
+
+def _ports(values: Iterable[Any]) -> set[int]:
+    ports = {int(v) for v in values}
+    if any(not 0 < p < 65536 for p in ports):
+        raise ValueError(f"ports must be 1-65535: {sorted(ports)}")
+    return ports
+
+
+def _in(nets: list[Any], ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    return any(address in n for n in nets)
+
+
+def _principal_in(patterns: list[str]) -> Matcher:
+    return lambda c: any(_string_match(p, c.src_principal) for p in patterns)
+
+
+def _namespace_in(patterns: list[str]) -> Matcher:
+    return lambda c: any(_string_match(p, c.src_namespace) for p in patterns)
+
+
+def _source_in(values: list[str]) -> Matcher:
+    nets = _networks(values)
+    return lambda c: _in(nets, c.src_ip)
+
+
+def _port_in(values: list[str]) -> Matcher:
+    ports = _ports(values)
+    return lambda c: c.dst_port in ports
+
+
+def _negate(matcher: Matcher) -> Matcher:
+    return lambda c: not matcher(c)
+
+
+_FIELDS: dict[str, tuple[Callable[[list[str]], Matcher], bool]] = {
+    "principals": (_principal_in, False),
+    "notPrincipals": (_principal_in, True),
+    "namespaces": (_namespace_in, False),
+    "notNamespaces": (_namespace_in, True),
+    "ipBlocks": (_source_in, False),
+    "notIpBlocks": (_source_in, True),
+    "ports": (_port_in, False),
+    "notPorts": (_port_in, True),
+}
+
+
+def _field_matchers(spec: Mapping[str, Any]) -> list[Matcher]:
+    """Every present field must match (AND); values within a field are alternatives (OR)."""
+    out: list[Matcher] = []
+    for key, raw in spec.items():
+        if key not in _FIELDS:
+            raise ValueError(f"unknown field {key!r}")
+        build, negated = _FIELDS[key]
+        matcher = build([str(v) for v in raw or []])
+        out.append(_negate(matcher) if negated else matcher)
+    return out
+
+
+def _condition(cond: Mapping[str, Any]) -> Matcher:
+    key = cond.get("key")
+    values, not_values = list(cond.get("values") or []), list(cond.get("notValues") or [])
+    getters: dict[str, Callable[[Connection], str | None]] = {
+        "source.ip": lambda c: c.src_ip,
+        "source.namespace": lambda c: c.src_namespace,
+        "source.principal": lambda c: c.src_principal,
+        "destination.ip": lambda c: c.dst_ip,
+        "destination.port": lambda c: str(c.dst_port),
+    }
+    get = getters[str(key)]
+    if key in ("source.ip", "destination.ip"):
+        nets, not_nets = _networks(values), _networks(not_values)
+        return lambda c: (
+            (not nets or _in(nets, get(c) or UNSPECIFIED))
+            and not (not_nets and _in(not_nets, get(c) or UNSPECIFIED))
+        )
+    return lambda c: (
+        (not values or any(_string_match(v, get(c)) for v in values))
+        and not any(_string_match(v, get(c)) for v in not_values)
+    )
+
+
+def _compile_rule(rule: Mapping[str, Any], deny: bool) -> Matcher | None:
+    """A rule's matcher; None when an ALLOW rule needs L7 (dropped: matches nothing)."""
+    sources = [dict(s.get("source") or {}) for s in rule.get("from") or []]
+    operations = [dict(o.get("operation") or {}) for o in rule.get("to") or []]
+    conditions = [dict(w) for w in rule.get("when") or []]
+    uses_l7 = (
+        any(k in s for s in sources for k in L7_SOURCE)
+        or any(k in o for o in operations for k in L7_OPERATION)
+        or any(w.get("key") not in L4_CONDITIONS for w in conditions)
+    )
+    if uses_l7 and not deny:
+        return None
+    for s in sources:
+        for k in L7_SOURCE:
+            s.pop(k, None)
+    for o in operations:
+        for k in L7_OPERATION:
+            o.pop(k, None)
+    conditions = [w for w in conditions if w.get("key") in L4_CONDITIONS]
+    from_any = [_field_matchers(s) for s in sources]
+    to_any = [_field_matchers(o) for o in operations]
+    when_all = [_condition(w) for w in conditions]
+
+    def match(c: Connection) -> bool:
+        return (
+            (not from_any or any(all(m(c) for m in ms) for ms in from_any))
+            and (not to_any or any(all(m(c) for m in ms) for ms in to_any))
+            and all(m(c) for m in when_all)
+        )
+
+    return match
+
+
+@dataclass(frozen=True)
+class CompiledPolicy:
+    key: str  # "namespace/name"
+    namespace: str
+    action: str  # ALLOW | DENY (CUSTOM compiles to DENY) | AUDIT
+    selector: Mapping[str, str] | None
+    rules: tuple[Matcher, ...] = field(default=())
+    error: str = ""  # compile failure: the policy denies every selected workload
+
+    def selects(self, namespace: str, labels: Mapping[str, str], root: str) -> bool:
+        if self.namespace not in (namespace, root):
+            return False
+        return self.selector is None or all(labels.get(k) == v for k, v in self.selector.items())
+
+    def matches(self, c: Connection) -> bool:
+        return bool(self.error) or any(rule(c) for rule in self.rules)
+
+
+def compile_policy(obj: Obj) -> CompiledPolicy | None:
+    """None for waypoint policies (targetRefs); a failing compile yields an `error` policy."""
+    meta, spec = obj["metadata"], obj.get("spec") or {}
+    if spec.get("targetRefs") or spec.get("targetRef"):
+        return None
+    key = f"{meta['namespace']}/{meta['name']}"
+    selector = (spec.get("selector") or {}).get("matchLabels") if "selector" in spec else None
+    action = spec.get("action", "ALLOW")
+    deny = action in ("DENY", "CUSTOM")
+    try:
+        rules = tuple(m for r in spec.get("rules") or [] if (m := _compile_rule(r, deny)))
+    except (ValueError, KeyError, TypeError) as exc:
+        return CompiledPolicy(key, meta["namespace"], "DENY", selector, (), f"invalid: {exc}")
+    return CompiledPolicy(key, meta["namespace"], "DENY" if deny else action, selector, rules)
+
+
+def evaluate(
+    policies: Iterable[CompiledPolicy],
+    namespace: str,
+    labels: Mapping[str, str],
+    c: Connection,
+    root: str = ROOT_NAMESPACE,
+) -> Decision:
+    applicable = [p for p in policies if p.selects(namespace, labels, root)]
+    for p in applicable:
+        if p.action == "DENY" and p.matches(c):
+            return Decision(False, p.key, "policy_invalid" if p.error else "denied_by_policy")
+    allows = [p for p in applicable if p.action == "ALLOW"]
+    if not allows:
+        return Decision(True, "", "no_policy")
+    for p in allows:
+        if p.matches(c):
+            return Decision(True, p.key, "allowed_by_policy")
+    return Decision(False, "", "no_allow_match")
+
+
+def mtls_mode(
+    peer_auths: Iterable[Obj],
+    namespace: str,
+    labels: Mapping[str, str],
+    port: int,
+    root: str = ROOT_NAMESPACE,
+) -> str:
+    """Effective PeerAuthentication mode: workload (port level first) > namespace > mesh >
+    PERMISSIVE. UNSET defers to the next level."""
+    workload, ns_wide, mesh = [], [], []
+    for pa in peer_auths:
+        spec, pa_ns = pa.get("spec") or {}, pa["metadata"]["namespace"]
+        selector = (spec.get("selector") or {}).get("matchLabels")
+        if pa_ns == namespace and selector:
+            if all(labels.get(k) == v for k, v in selector.items()):
+                workload.append(spec)
+        elif pa_ns == namespace:
+            ns_wide.append(spec)
+        elif pa_ns == root and not selector:
+            mesh.append(spec)
+    for spec in workload:
+        port_mode = (
+            (spec.get("portLevelMtls") or {}).get(port)
+            or (spec.get("portLevelMtls") or {}).get(str(port))
+            or {}
+        ).get("mode")
+        if port_mode and port_mode != "UNSET":
+            return str(port_mode)
+    for level in (workload, ns_wide, mesh):
+        for spec in level:
+            mode = (spec.get("mtls") or {}).get("mode", "UNSET")
+            if mode != "UNSET":
+                return str(mode)
+    return "PERMISSIVE"
