@@ -111,6 +111,8 @@ class Closed:
     remote: bool
 
 
+__all__ = ["ErrorCodes"]
+
 Event = ConnectRequest | Response | Data | EndOfStream | Reset | WindowOpened | Closed
 
 
@@ -316,7 +318,7 @@ class HboneProtocol:
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
             return 0
 
-    def send(self, stream_id: int, data: bytes | memoryview) -> int:
+    def send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
         """Queue as much of `data` as flow control allows; returns how many bytes were taken."""
         allowed = min(len(data), self.window(stream_id))
         frame = int(self.h2.max_outbound_frame_size)

@@ -11,7 +11,6 @@ ztunnel's own ports or loopback, match the connection's original destination, an
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 from ztunnel.state.policy import Connection, Decision, evaluate, mtls_mode
@@ -59,10 +58,6 @@ def plan_outbound(snap: Snapshot | None, src_ip: str, dst_ip: str) -> Outbound:
     return Outbound("passthrough", "external", src)
 
 
-def _self_call(ip: str, port: int) -> bool:
-    return port in ZTUNNEL_PORTS or ipaddress.ip_address(ip).is_loopback
-
-
 def plan_inbound(  # noqa: PLR0911 - one return per rule, in order
     snap: Snapshot | None,
     *,
@@ -75,8 +70,8 @@ def plan_inbound(  # noqa: PLR0911 - one return per rule, in order
     """For HBONE `src_principal` is the verified peer; for plaintext (15006) it is None."""
     if snap is None:
         return Inbound(False, "no_config", 503)
-    if _self_call(target_ip, target_port):
-        return Inbound(False, "self_call", 400)
+    if target_port in ZTUNNEL_PORTS:
+        return Inbound(False, "self_call", 400)  # H-4; loopback is never a pod: unknown below
     if target_ip != original_dst_ip:
         return Inbound(False, "target_mismatch", 400)  # H-3
     dst = snap.local(target_ip)

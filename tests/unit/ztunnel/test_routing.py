@@ -103,7 +103,7 @@ PRINCIPAL = "cluster.local/ns/mesh/sa/default"
         ("10.244.2.3", 8080, "10.244.2.3", PRINCIPAL, 200, "no_policy"),
         ("10.244.2.3", 15000, "10.244.2.3", PRINCIPAL, 400, "self_call"),  # H-4
         ("10.244.2.3", 15008, "10.244.2.3", PRINCIPAL, 400, "self_call"),
-        ("127.0.0.1", 8080, "127.0.0.1", PRINCIPAL, 400, "self_call"),
+        ("127.0.0.1", 8080, "127.0.0.1", PRINCIPAL, 400, "unknown_destination"),
         ("10.244.2.9", 8080, "10.244.2.3", PRINCIPAL, 400, "target_mismatch"),  # H-3
         ("10.244.2.4", 8080, "10.244.2.4", PRINCIPAL, 400, "unknown_destination"),  # not enrolled
         ("10.244.1.3", 8080, "10.244.1.3", PRINCIPAL, 400, "unknown_destination"),  # not local

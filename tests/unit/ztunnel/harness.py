@@ -1,0 +1,220 @@
+"""An in-process mesh on loopback (no root): a real controller CA, two ztunnels (node1, node2),
+"pods" at 127.0.<node>.<n> (every 127/8 address is local, so the original-source bind works
+without IP_TRANSPARENT), echo servers as workloads. Each ztunnel's HBONE listener gets its own
+port, which the other uses as the HBONE target port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from api import validate
+from controller.main import Controller, Settings, controller_identity
+from localcluster.store import ClusterInfo, ClusterStore, ObjectSet
+from ztunnel.identity.caclient import CaClient
+from ztunnel.identity.manager import CertificateManager
+from ztunnel.metrics import ProxyMetrics
+from ztunnel.proxy.server import Proxy, ProxySettings
+from ztunnel.state import workloads
+
+CLIENT_IP, SERVER_IP, PLAIN_IP = "127.0.1.3", "127.0.2.3", "127.0.2.4"
+ECHO_PORT = 9000
+ANY = "0.0.0.0"
+
+
+def base_objects() -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": "mesh", "labels": {"istio.io/dataplane-mode": "ambient"}},
+        },
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "plain"}},
+    ]
+    for name, ns, node, ip in (
+        ("client", "mesh", "node1", CLIENT_IP),
+        ("server", "mesh", "node2", SERVER_IP),
+        ("legacy", "plain", "node2", PLAIN_IP),
+    ):
+        docs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+                "spec": {
+                    "nodeName": node,
+                    "serviceAccountName": name,
+                    "containers": [{"name": "c", "command": ["x"]}],
+                },
+                "status": {"podIP": ip},
+            }
+        )
+    return docs
+
+
+def to_objects(docs: list[dict[str, Any]], revision: int) -> ObjectSet:
+    objects = ObjectSet({}, revision)
+    for doc in docs:
+        obj = validate(doc)
+        obj["metadata"].setdefault("uid", f"uid-{obj['metadata']['name']}")
+        if "status" in doc:
+            obj["status"] = doc["status"]
+        objects.put(obj)
+    return objects
+
+
+class Echo:
+    """An upper-casing echo server that also reports the peer address it saw."""
+
+    def __init__(self) -> None:
+        self.peers: list[str] = []
+        self.servers: list[asyncio.Server] = []
+
+    async def start(self, ip: str) -> None:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.peers.append(writer.get_extra_info("peername")[0])
+            with contextlib.suppress(ConnectionError):
+                while data := await reader.read(65536):
+                    writer.write(data.upper())
+                    await writer.drain()
+                writer.write(b"|EOF")
+                await writer.drain()
+            writer.close()
+
+        self.servers.append(await asyncio.start_server(handle, ip, ECHO_PORT))
+
+
+@dataclass
+class Mesh:
+    controller: Controller
+    store: ClusterStore
+    docs: list[dict[str, Any]]
+    proxies: dict[str, Proxy] = field(default_factory=dict)
+    metrics: dict[str, ProxyMetrics] = field(default_factory=dict)
+    registries: dict[str, CollectorRegistry] = field(default_factory=dict)
+    managers: dict[str, CertificateManager] = field(default_factory=dict)
+    snapshots: dict[str, Any] = field(default_factory=dict)
+    echo: Echo = field(default_factory=Echo)
+    revision: int = 1
+
+    def update(self, *extra: dict[str, Any]) -> None:
+        """A config change: new snapshots for every node, then the policy re-check (F-10)."""
+        self.revision += 1
+        self.docs = [*self.docs, *extra]
+        objects = to_objects(self.docs, self.revision)
+        self.store.commit(objects)
+        for node in self.proxies:
+            self.snapshots[node] = workloads.build(
+                objects, node, "cluster.local", ["10.244.0.0/16"]
+            )
+        for proxy in self.proxies.values():
+            proxy.recheck_policies()
+
+    def metric(self, node: str, name: str, **labels: str) -> float:
+        value = self.registries[node].get_sample_value(name, labels)
+        return float(value or 0.0)
+
+    async def socks(
+        self,
+        target: tuple[str, int],
+        src_ip: str = CLIENT_IP,
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int]:
+        """Open a SOCKS5 CONNECT through node1's ztunnel from `src_ip`; returns the reply code."""
+        sock = socket.socket()
+        sock.bind((src_ip, 0))
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(
+            sock, ("127.0.0.1", self.proxies["node1"].ports["socks5"])
+        )
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(b"\x05\x01\x00")
+        assert await reader.readexactly(2) == b"\x05\x00"
+        writer.write(
+            b"\x05\x01\x00\x01" + socket.inet_aton(target[0]) + target[1].to_bytes(2, "big")
+        )
+        reply = await reader.readexactly(10)
+        return reader, writer, reply[1]
+
+
+@contextlib.asynccontextmanager
+async def mesh(cluster: str = "c") -> AsyncIterator[Mesh]:
+    store = ClusterStore(cluster)
+    store.create(ClusterInfo(cluster, 2))
+    docs = base_objects()
+    store.commit(to_objects(docs, 1))
+    tokens = {"node1": "t1", "node2": "t2"}
+    for node, token in tokens.items():
+        store.node_token_path(node).parent.mkdir(parents=True, exist_ok=True)
+        store.node_token_path(node).write_text(token)
+    controller = Controller(Settings(cluster, listen="127.0.0.1", ca_port=0, metrics_port=0))
+    stop = asyncio.Event()
+    task = asyncio.create_task(controller.run(stop))
+    await controller.started.wait()
+    m = Mesh(controller, store, docs)
+    await m.echo.start(SERVER_IP)
+    await m.echo.start(PLAIN_IP)
+    bundle = [(store.ca_dir / "root-cert.pem").read_text()]
+    hbone_port = 0
+    for node in ("node2", "node1"):  # node2 first: node1 dials node2's HBONE port
+        ca = CaClient(
+            "127.0.0.1",
+            controller.ports["ca"],
+            tokens[node],
+            bundle,
+            controller=controller_identity("cluster.local"),
+        )
+        m.managers[node] = CertificateManager(ca, ttl_s=3600)
+        m.registries[node] = CollectorRegistry()
+        m.metrics[node] = ProxyMetrics(m.registries[node])
+        settings = ProxySettings(
+            listen_ip="127.0.0.1" if node == "node1" else ANY,
+            outbound_port=0,
+            inbound_plain_port=0,
+            hbone_port=0,
+            socks_port=_free_port() if node == "node1" else 0,
+            transparent=False,
+            hbone_target_port=hbone_port,
+        )
+        proxy = Proxy(settings, _snapshot_of(m, node), m.managers[node], m.metrics[node])
+        await proxy.start()
+        m.proxies[node] = proxy
+        hbone_port = proxy.ports["hbone"]
+    m.revision = 0
+    m.update()
+    m.managers["node1"].track([workloads_identity(m, "node1", CLIENT_IP)])
+    m.managers["node2"].track([workloads_identity(m, "node2", SERVER_IP)])
+    await m.managers["node1"].get(workloads_identity(m, "node1", CLIENT_IP))
+    await m.managers["node2"].get(workloads_identity(m, "node2", SERVER_IP))
+    try:
+        yield m
+    finally:
+        for proxy in m.proxies.values():
+            await proxy.drain(0.5)
+        for manager in m.managers.values():
+            await manager.close()
+        for server in m.echo.servers:
+            server.close()
+        stop.set()
+        await task
+
+
+def _snapshot_of(m: Mesh, node: str) -> Callable[[], Any]:
+    return lambda: m.snapshots.get(node)
+
+
+def workloads_identity(m: Mesh, node: str, ip: str) -> Any:
+    w = m.snapshots[node].workload(ip)
+    assert w is not None
+    return w.identity
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

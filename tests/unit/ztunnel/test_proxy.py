@@ -1,0 +1,187 @@
+"""The proxy end to end in one process (no root): SOCKS5 → ztunnel(node1) → HBONE/mTLS →
+ztunnel(node2) → pod, with policy, metrics, pooling, half-close and fail-closed behaviour."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from tests.unit.ztunnel.harness import (
+    CLIENT_IP,
+    ECHO_PORT,
+    PLAIN_IP,
+    SERVER_IP,
+    Mesh,
+    mesh,
+)
+
+SERVER = (SERVER_IP, ECHO_PORT)
+
+
+def run(state_dir: Path, body: Callable[[Mesh], Awaitable[None]]) -> None:
+    del state_dir
+
+    async def main() -> None:
+        async with mesh() as m:
+            await asyncio.wait_for(body(m), 30)
+
+    asyncio.run(main())
+
+
+async def roundtrip(m: Mesh, payload: bytes, target: tuple[str, int] = SERVER) -> bytes:
+    reader, writer, code = await m.socks(target)
+    assert code == 0
+    writer.write(payload)
+    writer.write_eof()  # half-close: the server answers after our EOF
+    data = await reader.read()
+    writer.close()
+    return data
+
+
+def test_bytes_cross_intact_both_ways_and_the_server_sees_the_client_ip(state_dir: Path) -> None:
+    async def body(m: Mesh) -> None:
+        payload = bytes(range(256)) * 4096  # 1 MiB
+        assert await roundtrip(m, payload) == payload.upper() + b"|EOF"
+        assert m.echo.peers == [CLIENT_IP]
+
+    run(state_dir, body)
+
+
+def test_metrics_count_the_connection_with_principals(state_dir: Path) -> None:
+    async def body(m: Mesh) -> None:
+        await roundtrip(m, b"hello")
+        await asyncio.sleep(0.05)
+        labels = {
+            "reporter": "destination",
+            "source_workload": "client",
+            "source_workload_namespace": "mesh",
+            "source_principal": "spiffe://cluster.local/ns/mesh/sa/client",
+            "destination_workload": "server",
+            "destination_workload_namespace": "mesh",
+            "destination_principal": "spiffe://cluster.local/ns/mesh/sa/server",
+            "destination_service": "unknown",
+            "request_protocol": "tcp",
+            "response_flags": "-",
+            "connection_security_policy": "mutual_tls",
+        }
+        assert m.metric("node2", "istio_tcp_connections_opened_total", **labels) == 1
+        assert m.metric("node2", "istio_tcp_connections_closed_total", **labels) == 1
+        assert m.metric("node2", "istio_tcp_received_bytes_total", **labels) == 5
+        assert m.metric("node2", "istio_tcp_sent_bytes_total", **labels) == 9
+        source = {**labels, "reporter": "source"}
+        assert m.metric("node1", "istio_tcp_connections_opened_total", **source) == 1
+
+    run(state_dir, body)
+
+
+def test_new_connections_reuse_one_hbone_connection(state_dir: Path) -> None:
+    async def body(m: Mesh) -> None:
+        for i in range(20):
+            assert await roundtrip(m, b"x%d" % i) == b"X%d|EOF" % i
+        assert m.proxies["node1"].pool.dials == 1
+
+    run(state_dir, body)
+
+
+def test_deny_policy_refuses_and_counts_the_reason(state_dir: Path) -> None:
+    async def body(m: Mesh) -> None:
+        m.update(
+            {
+                "apiVersion": "security.istio.io/v1",
+                "kind": "AuthorizationPolicy",
+                "metadata": {"name": "deny-client", "namespace": "mesh"},
+                "spec": {
+                    "action": "DENY",
+                    "rules": [
+                        {"from": [{"source": {"principals": ["cluster.local/ns/mesh/sa/client"]}}]}
+                    ],
+                },
+            }
+        )
+        _, writer, code = await m.socks(SERVER)
+        writer.close()
+        assert code == 2  # SOCKS "not allowed by ruleset"
+        assert (
+            m.metric(
+                "node2",
+                "ambientmesh_ztunnel_rejections_total",
+                direction="inbound",
+                reason="denied_by_policy",
+            )
+            == 1
+        )
+        assert m.echo.peers == []
+
+    run(state_dir, body)
+
+
+def test_policy_change_closes_an_open_connection(state_dir: Path) -> None:
+    """F-10: ALLOW → DENY while a connection is open: it is closed promptly."""
+
+    async def body(m: Mesh) -> None:
+        reader, writer, code = await m.socks(SERVER)
+        assert code == 0
+        writer.write(b"before")
+        assert await reader.readexactly(6) == b"BEFORE"
+        m.update(
+            {
+                "apiVersion": "security.istio.io/v1",
+                "kind": "AuthorizationPolicy",
+                "metadata": {"name": "deny-all", "namespace": "mesh"},
+                "spec": {"action": "DENY", "rules": [{}]},
+            }
+        )
+        rest = await asyncio.wait_for(reader.read(), 5)
+        assert rest == b""  # closed (reset) without the echo's |EOF
+        writer.close()
+
+    run(state_dir, body)
+
+
+def test_non_mesh_destination_is_passed_through_in_plaintext(state_dir: Path) -> None:
+    async def body(m: Mesh) -> None:
+        assert await roundtrip(m, b"plain", (PLAIN_IP, ECHO_PORT)) == b"PLAIN|EOF"
+        assert m.proxies["node1"].pool.dials == 0
+
+    run(state_dir, body)
+
+
+def test_unknown_source_and_no_config_fail_closed(state_dir: Path) -> None:
+    async def body(m: Mesh) -> None:
+        _, writer, code = await m.socks(SERVER, src_ip="127.0.1.99")
+        writer.close()
+        assert code == 2
+        m.snapshots.clear()  # as before the first config arrives
+        _, writer, code = await m.socks(SERVER)
+        writer.close()
+        assert code == 2
+        assert (
+            m.metric(
+                "node1",
+                "ambientmesh_ztunnel_rejections_total",
+                direction="outbound",
+                reason="no_config",
+            )
+            == 1
+        )
+
+    run(state_dir, body)
+
+
+def test_unreachable_pod_gets_503_and_an_unreachable_code(state_dir: Path) -> None:
+    async def body(m: Mesh) -> None:
+        _, writer, code = await m.socks((SERVER_IP, 9999))
+        writer.close()
+        assert code == 4  # host unreachable ← HBONE 503
+        assert (
+            m.metric(
+                "node2",
+                "ambientmesh_ztunnel_rejections_total",
+                direction="inbound",
+                reason="upstream_unreachable",
+            )
+            == 1
+        )
+
+    run(state_dir, body)

@@ -1,0 +1,250 @@
+"""The asyncio edge of one HBONE connection: feeds the TLS transport's bytes to the sans-IO
+protocol, dispatches events to per-stream handlers, writes what the protocol wants sent, and owns
+the connection's timers (keepalive PING, idle close). Serializes writes in one place: `_flush`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from api.spiffe import SpiffeId
+from ztunnel.hbone import protocol as p
+from ztunnel.hbone.protocol import ErrorCodes
+
+log = logging.getLogger("ztunnel.hbone")
+
+# ztunnel (h2.rs): PING every 10 s, give up after 20 s without an answer.
+PING_INTERVAL_S = 10.0
+PING_TIMEOUT_S = 20.0
+IDLE_TIMEOUT_S = 300.0  # a pooled connection with no streams is closed after this
+
+
+class StreamHandler(Protocol):
+    """What one stream's owner (a tunnel) hears from the connection."""
+
+    def on_response(self, status: int) -> None: ...
+    def on_data(self, data: bytes, flow_controlled_length: int) -> None: ...
+    def on_end(self) -> None: ...
+    def on_reset(self, error_code: int) -> None: ...
+    def on_writable(self) -> None: ...
+    def on_write_paused(self) -> None: ...
+
+
+RequestCallback = Callable[["HboneConnection", p.ConnectRequest], None]
+DEFAULT_LIMITS = p.Limits()
+
+
+class HboneConnection(asyncio.Protocol):
+    def __init__(
+        self,
+        *,
+        client: bool,
+        limits: p.Limits = DEFAULT_LIMITS,
+        on_request: RequestCallback | None = None,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+    ) -> None:
+        self.proto = p.HboneProtocol(client=client, limits=limits, clock=time.monotonic)
+        self.on_request = on_request
+        self.idle_timeout_s = idle_timeout_s
+        self.handlers: dict[int, StreamHandler] = {}
+        self.transport: asyncio.Transport | None = None
+        self.peer: SpiffeId | None = None  # set once verified, by whoever made the connection
+        self.peer_addr: tuple[str, int] = ("", 0)
+        self.closed = asyncio.get_running_loop().create_future()
+        self.write_paused = False
+        self._last_rx = time.monotonic()
+        self._idle_since: float | None = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peer_addr = transport.get_extra_info("peername") or ("", 0)
+        self.proto.start()
+        self._flush()
+        self._timer = asyncio.get_running_loop().call_later(PING_INTERVAL_S, self._tick)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_rx = time.monotonic()
+        for event in self.proto.receive(data):
+            self._dispatch(event)
+        self._flush()
+
+    def eof_received(self) -> bool:
+        return False  # TLS: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer:
+            self._timer.cancel()
+        handlers, self.handlers = self.handlers, {}
+        for handler in handlers.values():
+            handler.on_reset(ErrorCodes.CANCEL)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        for handler in list(self.handlers.values()):
+            handler.on_write_paused()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.proto.peer_read_progress()
+        for handler in list(self.handlers.values()):
+            handler.on_writable()
+
+    # --- events ----------------------------------------------------------------------------------
+
+    def _dispatch(self, event: p.Event) -> None:
+        handle = _DISPATCH.get(type(event))
+        if handle is not None:
+            handle(self, event)
+
+    def _on_connect(self, event: p.ConnectRequest) -> None:
+        if self.on_request is None:
+            self.proto.reset(event.stream_id, ErrorCodes.REFUSED_STREAM)
+        else:
+            self.on_request(self, event)
+
+    def _on_response(self, event: p.Response) -> None:
+        if handler := self.handlers.get(event.stream_id):
+            handler.on_response(event.status)
+
+    def _on_data(self, event: p.Data) -> None:
+        if handler := self.handlers.get(event.stream_id):
+            handler.on_data(event.data, event.flow_controlled_length)
+        else:
+            self.proto.ack(event.stream_id, event.flow_controlled_length)
+
+    def _on_end(self, event: p.EndOfStream) -> None:
+        if handler := self.handlers.get(event.stream_id):
+            handler.on_end()
+
+    def _on_reset(self, event: p.Reset) -> None:
+        if handler := self._forget(event.stream_id):
+            handler.on_reset(event.error_code)
+
+    def _on_window(self, event: p.WindowOpened) -> None:
+        if event.stream_id == 0:
+            targets = list(self.handlers.values())
+        else:
+            targets = [h for h in [self.handlers.get(event.stream_id)] if h]
+        for handler in targets:
+            handler.on_writable()
+
+    def _on_closed(self, event: p.Closed) -> None:
+        log.info("HBONE connection %s closed: %s", self.peer_addr, event.reason)
+        self._close_soon()
+
+    # --- streams ---------------------------------------------------------------------------------
+
+    def register(self, stream_id: int, handler: StreamHandler) -> None:
+        self.handlers[stream_id] = handler
+        self._idle_since = None
+
+    def _forget(self, stream_id: int) -> StreamHandler | None:
+        handler = self.handlers.pop(stream_id, None)
+        if not self.handlers:
+            self._idle_since = time.monotonic()
+        return handler
+
+    def finished(self, stream_id: int) -> None:
+        """The tunnel on `stream_id` is done with it (both halves closed or reset)."""
+        self._forget(stream_id)
+
+    def open_stream(self, authority: str, headers: dict[str, str], handler: StreamHandler) -> int:
+        stream_id = self.proto.open(authority, headers)
+        self.register(stream_id, handler)
+        self._flush()
+        return stream_id
+
+    def respond(self, stream_id: int, status: int, *, end: bool = False) -> None:
+        self.proto.respond(stream_id, status, end=end)
+        self._flush()
+
+    def send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
+        taken = self.proto.send(stream_id, data)
+        self._flush()
+        return taken
+
+    def end(self, stream_id: int) -> None:
+        self.proto.end(stream_id)
+        self._flush()
+
+    def reset(self, stream_id: int, code: int = ErrorCodes.CANCEL) -> None:
+        self._forget(stream_id)
+        self.proto.reset(stream_id, code)
+        self._flush()
+
+    def ack(self, stream_id: int, size: int) -> None:
+        self.proto.ack(stream_id, size)
+        self._flush()
+
+    @property
+    def usable(self) -> bool:
+        return (
+            self.transport is not None
+            and not self.transport.is_closing()
+            and (self.proto.closed is None)
+        )
+
+    @property
+    def accepting_streams(self) -> bool:
+        return self.usable and self.proto.accepting_streams
+
+    def goaway(self, code: int = ErrorCodes.NO_ERROR, reason: str = "local close") -> None:
+        self.proto.goaway(code, reason)
+        self._flush()
+        self._close_soon()
+
+    # --- plumbing --------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        data = self.proto.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+            if self.transport.get_write_buffer_size() == 0:
+                self.proto.peer_read_progress()
+
+    def _close_soon(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self._flush()
+            self.transport.close()
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_rx > PING_INTERVAL_S + PING_TIMEOUT_S:
+            log.warning(
+                "HBONE peer %s silent for %.0fs: closing", self.peer_addr, now - self._last_rx
+            )
+            self._abort()
+            return
+        if self._idle_since is not None and now - self._idle_since > self.idle_timeout_s:
+            self.goaway(reason="idle")
+            return
+        self.proto.ping(int(now * 1000).to_bytes(8, "big"))
+        self._flush()
+        self._timer = asyncio.get_running_loop().call_later(PING_INTERVAL_S, self._tick)
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                self.transport.abort()
+
+
+_DISPATCH: dict[type, Callable[[HboneConnection, Any], None]] = {
+    p.ConnectRequest: HboneConnection._on_connect,
+    p.Response: HboneConnection._on_response,
+    p.Data: HboneConnection._on_data,
+    p.EndOfStream: HboneConnection._on_end,
+    p.Reset: HboneConnection._on_reset,
+    p.WindowOpened: HboneConnection._on_window,
+    p.Closed: HboneConnection._on_closed,
+}

@@ -1,0 +1,84 @@
+"""HBONE connection pool: a new TCP connection through the mesh costs a stream, not a handshake.
+
+Key: (source IP, source identity, destination address, expected destination identity), as
+ztunnel's WorkloadKey. Up to `max_streams` streams per connection (ztunnel: 100; the server
+allows 200), then another connection is opened. One dial per key at a time: concurrent callers
+wait for it instead of each paying a handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from api.spiffe import SpiffeId
+from ztunnel.hbone.connection import HboneConnection
+
+log = logging.getLogger("ztunnel.pool")
+
+MAX_STREAMS_PER_CONNECTION = 100  # ztunnel's DEFAULT_POOL_MAX_STREAMS_PER_CONNECTION
+
+
+@dataclass(frozen=True)
+class PoolKey:
+    src_ip: str
+    src: SpiffeId
+    dst: tuple[str, int]
+    dst_identity: SpiffeId
+
+
+Dialer = Callable[[PoolKey], Awaitable[HboneConnection]]
+
+
+class Pool:
+    def __init__(self, dial: Dialer, max_streams: int = MAX_STREAMS_PER_CONNECTION) -> None:
+        self.dial = dial
+        self.max_streams = max_streams
+        self._conns: dict[PoolKey, list[HboneConnection]] = {}
+        self._dialing: dict[PoolKey, asyncio.Future[HboneConnection]] = {}
+        self.dials = 0  # handshakes paid (for tests and metrics)
+
+    def _ready(self, key: PoolKey) -> HboneConnection | None:
+        live = [c for c in self._conns.get(key, []) if c.usable]
+        self._conns[key] = live
+        for conn in live:
+            if conn.accepting_streams and len(conn.handlers) < self.max_streams:
+                return conn
+        return None
+
+    async def get(self, key: PoolKey) -> HboneConnection:
+        while True:
+            if (conn := self._ready(key)) is not None:
+                return conn
+            if (pending := self._dialing.get(key)) is not None:
+                await asyncio.shield(pending)
+                continue
+            future: asyncio.Future[HboneConnection] = asyncio.get_running_loop().create_future()
+            self._dialing[key] = future
+            try:
+                conn = await self.dial(key)
+                self.dials += 1
+                self._conns.setdefault(key, []).append(conn)
+                future.set_result(conn)
+            except BaseException as exc:
+                future.set_exception(exc)
+                future.exception()  # retrieved: waiters re-dial on their own
+                raise
+            finally:
+                del self._dialing[key]
+
+    def connections(self) -> list[HboneConnection]:
+        return [c for conns in self._conns.values() for c in conns]
+
+    def drop_identity(self, identity: SpiffeId) -> None:
+        """A source identity lost its certificate: its connections must not carry new streams."""
+        for key in [k for k in self._conns if k.src == identity]:
+            for conn in self._conns.pop(key):
+                conn.goaway(reason="certificate gone")
+
+    def close(self) -> None:
+        for conn in self.connections():
+            conn.goaway(reason="shutting down")
+        self._conns.clear()

@@ -1,0 +1,630 @@
+"""The L4 proxy: listeners, TLS and identity checks, and the hand-off of each connection to a
+tunnel. Decisions come from `routing` (pure); this module does the I/O they call for.
+
+Listeners (ztunnel's ports): 15001 outbound capture, 15006 inbound plaintext capture, 15008 HBONE
+(mTLS), and 15080 SOCKS5 (test entry, off unless configured). Fail closed: without a snapshot, or
+without the certificate of the identity concerned, nothing is forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from api.spiffe import SpiffeId
+from common import tls
+from ztunnel.hbone import protocol as p
+from ztunnel.hbone.connection import HboneConnection
+from ztunnel.identity import verify
+from ztunnel.identity.manager import CertificateManager, CertificateUnavailable
+from ztunnel.metrics import ConnLabels, ProxyMetrics
+from ztunnel.proxy import routing, sockets, socks5
+from ztunnel.proxy.pool import Pool, PoolKey
+from ztunnel.proxy.relay import Tunnel
+from ztunnel.proxy.splice import Gate, Held, Splice
+from ztunnel.state.workloads import Snapshot, Workload
+
+log = logging.getLogger("ztunnel.proxy")
+
+HANDSHAKE_TIMEOUT_S = 5.0  # asyncio's default is 60 s (RELIABILITY C-1)
+CONNECT_TIMEOUT_S = 5.0
+RESPONSE_TIMEOUT_S = 10.0
+MAX_HANDSHAKES = 512  # concurrent TLS handshakes; beyond it, new connections are shed
+# Global cap on proxied connections, below half of a 65536 fd limit (Envoy's guidance; each
+# proxied connection holds two fds).
+MAX_CONNECTIONS = 16_000
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    listen_ip: str = "0.0.0.0"  # noqa: S104 - inside ztunnel's own netns
+    """Address the listeners bind (transparent listeners accept for any address)."""
+    outbound_port: int = 15001
+    inbound_plain_port: int = 15006
+    hbone_port: int = 15008
+    socks_port: int = 0
+    """SOCKS5 test entry (ztunnel: 15080); 0 = off."""
+    transparent: bool = True
+    """IP_TRANSPARENT on listeners and inbound dials (needs CAP_NET_ADMIN)."""
+    original_source: bool = True
+    """Dial pods (and HBONE peers) from the client's IP, as ztunnel does."""
+    hbone_target_port: int = routing.HBONE_PORT
+    limits: p.Limits = field(default_factory=p.Limits)
+    max_connections: int = MAX_CONNECTIONS
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    """An accepted outbound connection and where its client wants to go."""
+
+    held: Held
+    src_ip: str
+    dst: tuple[str, int]
+    socks: bool  # answer in SOCKS5 (the 15080 entry) rather than with RST/close
+
+
+@dataclass
+class _Active:
+    """An open proxied connection, kept to re-check policy (F-10) and to drain."""
+
+    direction: str
+    labels: ConnLabels
+    abort: Callable[[str], None]
+    recheck: Callable[[Snapshot | None], str | None] | None = None
+
+
+def _labels_for(
+    reporter: str, src: Workload | None, dst: Workload | None, src_principal: str | None, mtls: bool
+) -> ConnLabels:
+    return ConnLabels(
+        reporter=reporter,
+        source_workload=src.name if src else "unknown",
+        source_workload_namespace=src.namespace if src else "unknown",
+        source_principal=(f"spiffe://{src_principal}" if src_principal else "unknown"),
+        destination_workload=dst.name if dst else "unknown",
+        destination_workload_namespace=dst.namespace if dst else "unknown",
+        destination_principal=str(dst.identity) if dst and mtls else "unknown",
+        connection_security_policy="mutual_tls" if mtls else "unknown",
+    )
+
+
+class Proxy:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        snapshot: Callable[[], Snapshot | None],
+        certs: CertificateManager,
+        metrics: ProxyMetrics,
+    ) -> None:
+        self.settings = settings
+        self.snapshot = snapshot
+        self.certs = certs
+        self.metrics = metrics
+        self.pool = Pool(self._dial_hbone)
+        self.servers: list[asyncio.Server] = []
+        self.active: dict[int, _Active] = {}
+        self.ports: dict[str, int] = {}
+        self._handshakes = asyncio.Semaphore(MAX_HANDSHAKES)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ctx_cache: dict[tuple[str, int, bool], ssl.SSLContext] = {}
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        specs = [
+            ("outbound", s.outbound_port, self._on_outbound),
+            ("inbound_plain", s.inbound_plain_port, self._on_inbound_plain),
+            ("hbone", s.hbone_port, self._on_hbone),
+        ]
+        if s.socks_port:
+            specs.append(("socks5", s.socks_port, self._on_socks))
+        loop = asyncio.get_running_loop()
+        for name, port, on_made in specs:
+            sock = sockets.listener(s.listen_ip, port, transparent=s.transparent)
+            server = await loop.create_server(lambda cb=on_made: Held(cb), sock=sock)  # type: ignore[misc]
+            self.servers.append(server)
+            self.ports[name] = server.sockets[0].getsockname()[1]
+
+    def stop_listening(self) -> None:
+        for server in self.servers:
+            server.close()
+
+    async def drain(self, deadline_s: float) -> None:
+        """Stop accepting, let open connections finish until the deadline, then cut them."""
+        self.stop_listening()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline_s
+        while self.active and loop.time() < end:
+            await asyncio.sleep(0.05)
+        for record in list(self.active.values()):
+            record.abort("drain deadline")
+        self.pool.close()
+
+    def recheck_policies(self) -> int:
+        """F-10: after a config change, close open connections that policy now denies."""
+        snap, closed = self.snapshot(), 0
+        for record in list(self.active.values()):
+            if record.recheck is not None and (reason := record.recheck(snap)) is not None:
+                record.abort(f"policy changed: {reason}")
+                closed += 1
+        return closed
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _over_capacity(self, held: Held, direction: str) -> bool:
+        if len(self.active) + len(self._tasks) < self.settings.max_connections:
+            return False
+        self.metrics.reject(direction, "overloaded")
+        held.refuse()
+        return True
+
+    def _track(self, key: int, record: _Active) -> None:
+        self.active[key] = record
+        self.metrics.open(record.labels, record.direction)
+
+    # --- outbound (15001, and 15080 SOCKS5) ------------------------------------------------------
+
+    def _on_outbound(self, held: Held) -> None:
+        if self._over_capacity(held, "outbound"):
+            return
+        assert held.transport is not None
+        src = held.transport.get_extra_info("peername")
+        dst = held.transport.get_extra_info("sockname")
+        self._spawn(self._outbound(_Accepted(held, src[0], (dst[0], dst[1]), socks=False)))
+
+    def _on_socks(self, held: Held) -> None:
+        if self._over_capacity(held, "outbound"):
+            return
+        self._spawn(self._socks(held))
+
+    async def _socks(self, held: Held) -> None:
+        assert held.transport is not None
+        parser, gate = socks5.Socks5Server(), Gate()
+        held.transport.set_protocol(gate)
+        held.transport.resume_reading()
+        target = None
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                while target is None:
+                    while not gate.buffer:
+                        if gate.lost:
+                            return
+                        await asyncio.sleep(0.005)
+                    data = bytes(gate.buffer)
+                    gate.buffer.clear()
+                    out, target = parser.feed(data)
+                    held.transport.write(out)
+        except (socks5.Socks5Error, TimeoutError) as exc:
+            code = exc.code if isinstance(exc, socks5.Socks5Error) else socks5.GENERAL_FAILURE
+            held.transport.write(socks5.reply(code))
+            held.transport.close()
+            self.metrics.reject("outbound", "socks_handshake")
+            return
+        held.transport.pause_reading()
+        held.transport.set_protocol(held)
+        src = held.transport.get_extra_info("peername")
+        await self._outbound(_Accepted(held, src[0], target, socks=True))
+
+    def _refuse(self, acc: _Accepted, reason: str, code: int = socks5.NOT_ALLOWED) -> None:
+        self.metrics.reject("outbound", reason)
+        log.info("outbound %s -> %s:%d refused: %s", acc.src_ip, *acc.dst, reason)
+        if acc.socks and acc.held.transport is not None:
+            acc.held.transport.write(socks5.reply(code))
+            acc.held.transport.close()
+        else:
+            acc.held.refuse()
+
+    async def _outbound(self, acc: _Accepted) -> None:
+        plan = routing.plan_outbound(self.snapshot(), acc.src_ip, acc.dst[0])
+        if plan.action == "reject":
+            self._refuse(acc, plan.reason)
+            return
+        try:
+            if plan.action == "passthrough":
+                await self._passthrough(acc, plan)
+            else:
+                await self._via_hbone(acc, plan)
+        except CertificateUnavailable as exc:
+            self._refuse(acc, "no_certificate")
+            log.warning("no certificate: %s", exc)
+        except verify.PeerRejected as exc:
+            self._refuse(acc, f"peer_{exc.reason.value}", socks5.REFUSED)
+            log.warning("HBONE peer %s:%d rejected: %s", *acc.dst, exc)
+        except (OSError, TimeoutError, ssl.SSLError, ConnectionError) as exc:
+            self._refuse(acc, "upstream_unreachable", socks5.HOST_UNREACHABLE)
+            log.info("outbound %s -> %s:%d failed: %s", acc.src_ip, *acc.dst, exc)
+
+    async def _passthrough(self, acc: _Accepted, plan: routing.Outbound) -> None:
+        sock = await sockets.dial(
+            acc.dst,
+            src_ip=acc.src_ip if self.settings.original_source else None,
+            transparent=self.settings.transparent,
+            timeout_s=CONNECT_TIMEOUT_S,
+        )
+        labels = _labels_for("source", plan.src, plan.dst, None, mtls=False)
+        if acc.socks and acc.held.transport is not None:
+            acc.held.transport.write(socks5.reply(socks5.SUCCEEDED))
+        self._splice(
+            acc.held,
+            sock,
+            labels=labels,
+            direction="outbound",
+            detail=f"{acc.src_ip}->{acc.dst[0]}:{acc.dst[1]}",
+        )
+
+    async def _via_hbone(self, acc: _Accepted, plan: routing.Outbound) -> None:
+        assert plan.src is not None
+        assert plan.dst is not None
+        await self.certs.get(plan.src.identity)  # fail closed: no cert, no tunnel
+        target = (acc.dst[0], self.settings.hbone_target_port)
+        conn = await self.pool.get(
+            PoolKey(acc.src_ip, plan.src.identity, target, plan.dst.identity)
+        )
+        labels = _labels_for("source", plan.src, plan.dst, plan.src.identity.principal, True)
+        tunnel = Tunnel()
+        authority = p.format_authority(*acc.dst)
+        stream_id = conn.open_stream(authority, {"forwarded": f'for="{acc.src_ip}"'}, tunnel)
+        async with asyncio.timeout(RESPONSE_TIMEOUT_S):
+            status = await tunnel.response
+        if status != 200:
+            conn.finished(stream_id)
+            code = socks5.NOT_ALLOWED if status == 401 else socks5.HOST_UNREACHABLE
+            self._refuse(acc, f"hbone_status_{status}", code)
+            return
+        held = acc.held
+        if held.lost or held.transport is None:
+            conn.reset(stream_id)
+            return
+        if acc.socks:
+            held.transport.write(socks5.reply(socks5.SUCCEEDED))
+        key_id = id(tunnel)
+        tunnel.on_close = lambda t: self._closed(
+            key_id,
+            request_bytes=t.stats.to_stream,
+            response_bytes=t.stats.from_stream,
+            started=t.stats.started,
+            error=t.stats.error,
+            detail=authority,
+        )
+        self._track(key_id, _Active("outbound", labels, tunnel.abort))
+        held.handoff(tunnel)
+        tunnel.attach(conn, stream_id)
+        held.transport.resume_reading()
+
+    def _splice(
+        self,
+        held: Held,
+        sock: Any,
+        *,
+        labels: ConnLabels,
+        direction: str,
+        detail: str,
+        recheck: Callable[[Snapshot | None], str | None] | None = None,
+    ) -> None:
+        if held.lost or held.transport is None:
+            sock.close()
+            return
+        splice = Splice()
+        key_id = id(splice)
+        splice.on_close = lambda s: self._closed(
+            key_id,
+            request_bytes=s.bytes[0],
+            response_bytes=s.bytes[1],
+            started=s.started,
+            error=s.error,
+            detail=detail,
+        )
+        self._track(key_id, _Active(direction, labels, splice.abort, recheck))
+        held.handoff(splice.halves[0])
+        self._spawn(self._connect_splice(splice, sock, held))
+
+    async def _connect_splice(self, splice: Splice, sock: Any, held: Held) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.create_connection(lambda: splice.halves[1], sock=sock)
+        except OSError as exc:
+            splice.abort(f"connect: {exc}")
+            return
+        if held.transport is not None and not held.transport.is_closing():
+            held.transport.resume_reading()
+
+    def _closed(
+        self,
+        key: int,
+        *,
+        request_bytes: int,
+        response_bytes: int,
+        started: float,
+        error: str,
+        detail: str,
+    ) -> None:
+        record = self.active.pop(key, None)
+        if record is None:
+            return
+        duration = asyncio.get_running_loop().time() - started
+        self.metrics.close(
+            record.labels,
+            record.direction,
+            request_bytes=request_bytes,
+            response_bytes=response_bytes,
+            duration_s=max(duration, 0.0),
+            error=error,
+            detail=detail,
+        )
+
+    async def _dial_hbone(self, key: PoolKey) -> HboneConnection:
+        cert = await self.certs.get(key.src)
+        ctx = self._context(cert.identity, cert.validity.not_after.timestamp(), server=False)
+        sock = await sockets.dial(
+            key.dst,
+            src_ip=key.src_ip if self.settings.original_source else None,
+            transparent=self.settings.transparent,
+            timeout_s=CONNECT_TIMEOUT_S,
+        )
+        loop = asyncio.get_running_loop()
+        gate = Gate()
+        transport, _ = await loop.create_connection(
+            lambda: gate,
+            sock=sock,
+            ssl=ctx,
+            server_hostname="",
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
+        )
+        try:
+            self._verify(transport, verify.Purpose.SERVER, key.dst_identity)
+        except verify.PeerRejected:
+            transport.abort()
+            raise
+        conn = HboneConnection(client=True, limits=self.settings.limits)
+        conn.peer = key.dst_identity
+        gate.open(transport, conn)
+        return conn
+
+    def _context(self, identity: SpiffeId, stamp: float, *, server: bool) -> ssl.SSLContext:
+        cert = self.certs.current(identity)
+        if cert is None:
+            raise CertificateUnavailable(f"{identity}: no valid certificate")
+        key = (str(identity), cert.serial, server)
+        if key not in self._ctx_cache:
+            if server:
+                ctx = tls.server_context(
+                    cert.chain_pem,
+                    cert.key_pem,
+                    bundle_pem=cert.bundle_pem,
+                    require_client_cert=True,
+                    alpn=["h2"],
+                )
+            else:
+                ctx = tls.client_context(
+                    cert.bundle_pem, chain_pem=cert.chain_pem, key_pem=cert.key_pem, alpn=["h2"]
+                )
+            self._ctx_cache = {
+                k: v for k, v in self._ctx_cache.items() if k[0] != key[0] or k[2] != server
+            }
+            self._ctx_cache[key] = ctx
+        return self._ctx_cache[key]
+
+    def _verify(
+        self, transport: asyncio.BaseTransport, purpose: verify.Purpose, expected: SpiffeId | None
+    ) -> SpiffeId:
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+            raise verify.PeerRejected(verify.Reason.MALFORMED, "ALPN must be h2")  # I-8
+        der = ssl_object.getpeercert(binary_form=True)
+        if not der:
+            raise verify.PeerRejected(verify.Reason.NO_URI_SAN, "no peer certificate")
+        snap = self.snapshot()
+        trust_domain = snap.trust_domain if snap else (expected.trust_domain if expected else "")
+        return verify.verify_peer(
+            der,
+            trust_domain=trust_domain,
+            purpose=purpose,
+            now=datetime.now(UTC),
+            expected={expected} if expected else None,
+        )
+
+    # --- inbound HBONE (15008) -------------------------------------------------------------------
+
+    def _on_hbone(self, held: Held) -> None:
+        if self._over_capacity(held, "inbound"):
+            return
+        self._spawn(self._hbone_accept(held))
+
+    async def _hbone_accept(self, held: Held) -> None:
+        transport = held.transport
+        assert transport is not None
+        original_dst = transport.get_extra_info("sockname")[0]
+        snap = self.snapshot()
+        dst = snap.local(original_dst) if snap else None
+        if dst is None or not dst.enrolled or self.certs.current(dst.identity) is None:
+            self.metrics.reject("inbound", "no_local_identity" if snap else "no_config")
+            held.refuse()
+            return
+        if self._handshakes.locked():
+            self.metrics.reject("inbound", "handshake_overload")
+            held.refuse()
+            return
+        ctx = self._context(dst.identity, 0, server=True)
+        gate = Gate()
+        async with self._handshakes:
+            try:
+                tls_transport = await asyncio.get_running_loop().start_tls(
+                    transport,
+                    gate,
+                    ctx,
+                    server_side=True,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
+                )
+            except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+                self.metrics.reject("inbound", "tls_handshake")
+                log.info(
+                    "TLS handshake from %s failed: %s", transport.get_extra_info("peername"), exc
+                )
+                transport.abort()
+                return
+        if tls_transport is None:
+            return
+        try:
+            peer = self._verify(tls_transport, verify.Purpose.CLIENT, None)
+        except verify.PeerRejected as exc:
+            self.metrics.reject("inbound", f"peer_{exc.reason.value}")
+            log.warning(
+                "inbound peer %s rejected: %s", tls_transport.get_extra_info("peername"), exc
+            )
+            tls_transport.abort()
+            return
+        conn = HboneConnection(
+            client=False, limits=self.settings.limits, on_request=self._on_request
+        )
+        conn.peer = peer
+        gate.open(tls_transport, conn)
+        conn.original_dst = original_dst  # type: ignore[attr-defined]
+
+    def _on_request(self, conn: HboneConnection, request: p.ConnectRequest) -> None:
+        target_ip, target_port = p.parse_authority(request.authority)
+        src_ip = conn.peer_addr[0]
+        principal = conn.peer.principal if conn.peer else None
+        plan = routing.plan_inbound(
+            self.snapshot(),
+            target_ip=target_ip,
+            target_port=target_port,
+            original_dst_ip=getattr(conn, "original_dst", target_ip),
+            src_ip=src_ip,
+            src_principal=principal,
+        )
+        if not plan.allowed:
+            self.metrics.reject("inbound", plan.reason)
+            log.info(
+                "inbound %s (%s) -> %s refused: %s",
+                src_ip,
+                principal,
+                request.authority,
+                plan.reason,
+            )
+            conn.respond(request.stream_id, plan.status, end=True)
+            return
+        tunnel = Tunnel()
+        conn.register(request.stream_id, tunnel)
+        snap = self.snapshot()
+        src = snap.workload(src_ip) if snap else None
+        labels = _labels_for("destination", src, plan.dst, principal, mtls=True)
+
+        def recheck(snapshot: Snapshot | None) -> str | None:
+            again = routing.plan_inbound(
+                snapshot,
+                target_ip=target_ip,
+                target_port=target_port,
+                original_dst_ip=target_ip,
+                src_ip=src_ip,
+                src_principal=principal,
+            )
+            return None if again.allowed else again.reason
+
+        self._spawn(
+            self._inbound_dial(conn, request, tunnel, src_ip=src_ip, labels=labels, recheck=recheck)
+        )
+
+    async def _inbound_dial(
+        self,
+        conn: HboneConnection,
+        request: p.ConnectRequest,
+        tunnel: Tunnel,
+        *,
+        src_ip: str,
+        labels: ConnLabels,
+        recheck: Callable[[Snapshot | None], str | None],
+    ) -> None:
+        target = p.parse_authority(request.authority)
+        try:
+            sock = await sockets.dial(
+                target,
+                src_ip=src_ip if self.settings.original_source else None,
+                transparent=self.settings.transparent,
+                timeout_s=CONNECT_TIMEOUT_S,
+            )
+            await asyncio.get_running_loop().create_connection(lambda: tunnel, sock=sock)
+        except (OSError, TimeoutError) as exc:
+            self.metrics.reject("inbound", "upstream_unreachable")
+            log.info("inbound to %s failed: %s", request.authority, exc)
+            conn.finished(request.stream_id)
+            conn.respond(request.stream_id, 503, end=True)
+            return
+        key_id = id(tunnel)
+        tunnel.on_close = lambda t: self._closed(
+            key_id,
+            request_bytes=t.stats.from_stream,
+            response_bytes=t.stats.to_stream,
+            started=t.stats.started,
+            error=t.stats.error,
+            detail=request.authority,
+        )
+        self._track(key_id, _Active("inbound", labels, tunnel.abort, recheck))
+        conn.respond(request.stream_id, 200)
+        tunnel.attach(conn, request.stream_id)
+
+    # --- inbound plaintext (15006) ---------------------------------------------------------------
+
+    def _on_inbound_plain(self, held: Held) -> None:
+        if self._over_capacity(held, "inbound"):
+            return
+        assert held.transport is not None
+        src = held.transport.get_extra_info("peername")
+        dst = held.transport.get_extra_info("sockname")
+        self._spawn(self._inbound_plain(held, src[0], (dst[0], dst[1])))
+
+    async def _inbound_plain(self, held: Held, src_ip: str, dst: tuple[str, int]) -> None:
+        snap = self.snapshot()
+        plan = routing.plan_inbound(
+            snap,
+            target_ip=dst[0],
+            target_port=dst[1],
+            original_dst_ip=dst[0],
+            src_ip=src_ip,
+            src_principal=None,
+        )
+        if not plan.allowed:
+            self.metrics.reject("inbound", plan.reason)
+            held.refuse()
+            return
+        try:
+            sock = await sockets.dial(
+                dst,
+                src_ip=src_ip if self.settings.original_source else None,
+                transparent=self.settings.transparent,
+                timeout_s=CONNECT_TIMEOUT_S,
+            )
+        except (OSError, TimeoutError):
+            self.metrics.reject("inbound", "upstream_unreachable")
+            held.refuse()
+            return
+        src = snap.workload(src_ip) if snap else None
+        labels = _labels_for("destination", src, plan.dst, None, mtls=False)
+
+        def recheck(snapshot: Snapshot | None) -> str | None:
+            again = routing.plan_inbound(
+                snapshot,
+                target_ip=dst[0],
+                target_port=dst[1],
+                original_dst_ip=dst[0],
+                src_ip=src_ip,
+                src_principal=None,
+            )
+            return None if again.allowed else again.reason
+
+        self._splice(
+            held,
+            sock,
+            labels=labels,
+            direction="inbound",
+            detail=f"{src_ip}->{dst[0]}:{dst[1]}",
+            recheck=recheck,
+        )

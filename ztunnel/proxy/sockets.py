@@ -1,0 +1,54 @@
+"""Sockets the way the datapath needs them (the only place that sets socket options).
+
+Listeners are IP_TRANSPARENT (the eBPF `zt_in` program assigns connections for any address to
+them; `getsockname()` is then the original destination) and SO_REUSEPORT (a new ztunnel binds
+beside the old one during a restart, so no connection is refused). Inbound dials bind to the
+original client's IP with IP_TRANSPARENT so the pod sees its real peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
+BACKLOG = 4096
+
+
+def listener(host: str, port: int, *, transparent: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if transparent:
+            sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def dial(
+    dst: tuple[str, int], *, src_ip: str | None, transparent: bool, timeout_s: float
+) -> socket.socket:
+    """A connected non-blocking socket, from `src_ip` if given (transparently if asked)."""
+    family = socket.AF_INET6 if ":" in dst[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if src_ip is not None:
+            if transparent:
+                sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+            sock.setsockopt(socket.SOL_IP, getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24), 1)
+            sock.bind((src_ip, 0))
+        async with asyncio.timeout(timeout_s):
+            await asyncio.get_running_loop().sock_connect(sock, dst)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

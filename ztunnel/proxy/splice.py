@@ -1,0 +1,140 @@
+"""TCP plumbing around tunnels: `Held` keeps a just-accepted connection still while ztunnel decides
+where it goes; `Gate` buffers bytes of a fresh TLS connection until its peer is verified; `Splice`
+relays TCP↔TCP (passthrough and plaintext inbound) with half-close and back-pressure."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+
+class Held(asyncio.Protocol):
+    """An accepted connection, not reading, until `handoff` gives it its real protocol."""
+
+    def __init__(self, on_made: Callable[[Held], None] | None = None) -> None:
+        self.on_made = on_made
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.pause_reading()
+        if self.on_made:
+            self.on_made(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+    def handoff(self, protocol: asyncio.Protocol) -> None:
+        assert self.transport is not None
+        self.transport.set_protocol(protocol)
+        protocol.connection_made(self.transport)
+
+    def refuse(self) -> None:
+        """RST, so the client sees a refused connection at once (fail closed)."""
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class Gate(asyncio.Protocol):
+    """Holds a TLS connection's early bytes until the peer identity is checked."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.lost = False
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+    def open(self, transport: asyncio.Transport, protocol: asyncio.Protocol) -> None:
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if self.buffer:
+            protocol.data_received(bytes(self.buffer))
+
+
+class _Half(asyncio.Protocol):
+    def __init__(self, splice: Splice, index: int) -> None:
+        self.splice, self.index = splice, index
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.splice.transports[self.index] = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.splice.forward(self.index, data)
+
+    def eof_received(self) -> bool:
+        self.splice.eof(self.index)
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.splice.lost(self.index, exc)
+
+    def pause_writing(self) -> None:
+        other = self.splice.transports[1 - self.index]
+        if other is not None:
+            other.pause_reading()
+
+    def resume_writing(self) -> None:
+        other = self.splice.transports[1 - self.index]
+        if other is not None and not other.is_closing():
+            other.resume_reading()
+
+
+class Splice:
+    """Two TCP connections joined; index 0 is the client side, 1 the server side."""
+
+    def __init__(self, on_close: Callable[[Splice], None] | None = None) -> None:
+        self.transports: list[asyncio.Transport | None] = [None, None]
+        self.halves = (_Half(self, 0), _Half(self, 1))
+        self.bytes = [0, 0]  # bytes read from side 0 (request) and side 1 (response)
+        self.eofs = [False, False]
+        self.started = time.monotonic()
+        self.error = ""
+        self.on_close = on_close
+        self._done = False
+
+    def forward(self, index: int, data: bytes) -> None:
+        self.bytes[index] += len(data)
+        other = self.transports[1 - index]
+        if other is not None and not other.is_closing():
+            other.write(data)
+
+    def eof(self, index: int) -> None:
+        self.eofs[index] = True
+        other = self.transports[1 - index]
+        if other is not None and not other.is_closing() and other.can_write_eof():
+            other.write_eof()
+        if all(self.eofs):
+            self.close()
+
+    def lost(self, index: int, exc: Exception | None) -> None:
+        if exc is not None:
+            self.error = f"{'client' if index == 0 else 'server'}: {exc}"
+        other = self.transports[1 - index]
+        if other is not None and not self.eofs[index]:
+            other.abort()  # a reset on one side is a reset on the other
+        self.close()
+
+    def close(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        for transport in self.transports:
+            if transport is not None:
+                transport.close()
+        if self.on_close:
+            self.on_close(self)
+
+    def abort(self, reason: str) -> None:
+        self.error = reason
+        for transport in self.transports:
+            if transport is not None:
+                transport.abort()
+        self.close()
