@@ -21,6 +21,7 @@ from localcluster.topology import NodePlan, plan_nodes
 
 Progress = Callable[[str], None]
 ZTUNNEL_HOST_IF = "ztunnel"
+CAPTURE_TIMEOUT_S = 10.0
 DEFAULT_NODES = 2
 
 
@@ -77,7 +78,7 @@ class Cluster:
     def _start_system(self, plans: list[NodePlan]) -> None:
         comps = system.components(self.name, plans, self.store.info().ca_dir)
         system.ensure_running(self.store, comps)
-        states = system.wait_ready(comps)
+        states = system.wait_ready(self.store, comps)
         for component in comps:
             self.progress(f"{component.name:10} {states[component.name]} (netns {component.netns})")
         if not_ready := [name for name, state in states.items() if state != "Ready"]:
@@ -113,7 +114,8 @@ class Cluster:
     def _reconcile_pods(self, plans: list[NodePlan]) -> None:
         """Make every stored pod run; remove pod netns the store no longer knows."""
         by_name = {p.name: p for p in plans}
-        stored = self.store.read().list("Pod")
+        objects = self.store.read()
+        stored = objects.list("Pod")
         wanted = {pods.pod_ref(self.name, p).netns for p in stored}
         for name in teardown.cluster_netns(self.name):
             if "." in name and name not in wanted:
@@ -125,6 +127,7 @@ class Cluster:
                 pods.wire(by_name[pod["spec"]["nodeName"]], self.name, ref, pod)
             state = pods.phase(pods.observed(self.store, ref), netns_present=True)
             if pods.shim_pid(self.store, ref) is None and state not in ("Completed", "Error"):
+                self._await_capture(objects, pod)
                 pods.start(self.store, ref, pod)
         if stored:
             self.progress(f"pods       {len(stored)} running")
@@ -132,28 +135,46 @@ class Cluster:
     # --- apply / delete / label ---------------------------------------------------------------
 
     def apply(self, incoming: list[Obj]) -> list[admission.Change]:
+        """Admit, wire new pods' netns, commit, then start containers — an enrolled pod only once
+        its node agent has captured it (as a CNI ADD that waits for the agent), so even its first
+        connection is redirected."""
         with self.store.locked():
             plans = self.nodes()
             objects = self.store.read().copy()
             changes = admission.apply(objects, incoming, plans)
-            started: list[pods.PodRef] = []
+            new_pods = [c.obj for c in changes if c.action == "created" and c.ref.kind == "Pod"]
+            wired: list[pods.PodRef] = []
             try:
-                for change in changes:
-                    if change.action == "created" and change.ref.kind == "Pod":
-                        self._start_pod(change.obj, plans, started)
-            except (pods.PodRuntimeError, kernel.NetnsError, OSError) as exc:
-                for ref in started:
+                for pod in new_pods:
+                    ref = pods.pod_ref(self.name, pod)
+                    wired.append(ref)
+                    node = next(p for p in plans if p.name == pod["spec"]["nodeName"])
+                    pods.wire(node, self.name, ref, pod)
+            except (kernel.NetnsError, OSError) as exc:
+                for ref in wired:
                     pods.stop(self.store, ref, grace_s=0)
                 raise ClusterError(f"{exc} (nothing was applied)") from None
             self.store.commit(objects)
+            for pod in new_pods:
+                self._await_capture(objects, pod)
+                pods.start(self.store, pods.pod_ref(self.name, pod), pod)
             return changes
 
-    def _start_pod(self, pod: Obj, plans: list[NodePlan], started: list[pods.PodRef]) -> None:
-        ref = pods.pod_ref(self.name, pod)
-        node = next(p for p in plans if p.name == pod["spec"]["nodeName"])
-        started.append(ref)
-        pods.wire(node, self.name, ref, pod)
-        pods.start(self.store, ref, pod)
+    def _await_capture(self, objects: ObjectSet, pod: Obj) -> None:
+        namespace = objects.get(ObjectRef("Namespace", "", pod["metadata"]["namespace"]))
+        if not ambient.enrolled(pod, namespace):
+            return
+        uid, node = pod["metadata"]["uid"], pod["spec"]["nodeName"]
+        deadline = time.monotonic() + CAPTURE_TIMEOUT_S
+        while uid not in system.agent_status(self.store, node).get("captured", {}):
+            if time.monotonic() > deadline:
+                ref = pods.pod_ref(self.name, pod)
+                raise ClusterError(
+                    f"pod {ref} is enrolled but the node agent of {node} did not capture it "
+                    f"within {CAPTURE_TIMEOUT_S:.0f}s; its containers were not started (fail "
+                    f"closed). See: ambientctl logs {system.SYSTEM_NAMESPACE}/node-agent-{node}"
+                )
+            time.sleep(0.05)
 
     def delete(self, refs: list[ObjectRef], *, ignore_missing: bool) -> list[admission.Change]:
         with self.store.locked():

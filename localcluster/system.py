@@ -7,6 +7,7 @@ They appear to `ambientctl logs` as `ambientmesh-system/<name>`.
 
 from __future__ import annotations
 
+import json
 import secrets
 import sys
 import time
@@ -53,6 +54,15 @@ def components(cluster: str, plans: list[NodePlan], ca_dir: str = "") -> list[Co
             [*python, "controller.main", "--cluster", cluster, *plugged],
         )
     ]
+    for plan in plans:
+        out.append(
+            Component(
+                f"node-agent-{plan.name}",
+                plan.name,
+                naming.node_netns(cluster, plan.name),
+                [*python, "node_agent.main", "--cluster", cluster, "--node", plan.name],
+            )
+        )
     for plan in plans:
         out.append(
             Component(
@@ -134,8 +144,23 @@ def stop(store: ClusterStore, component: Component) -> None:
     pods.terminate(store.system_dir(component.name), STOP_GRACE_S)
 
 
-def health(component: Component) -> str:
+def agent_status(store: ClusterStore, node: str) -> dict[str, Any]:
+    """What the node agent last reported (captured pods, verdict counters), or {}."""
+    try:
+        data: dict[str, Any] = json.loads(
+            (store.root / "nodes" / node / "agent" / "status.json").read_text()
+        )
+    except (OSError, ValueError):
+        return {}
+    return data
+
+
+def health(component: Component, store: ClusterStore | None = None) -> str:
     """`Ready`, or what it is waiting for."""
+    if component.name.startswith("node-agent-"):
+        if store is None:
+            return "Unknown"
+        return "Ready" if agent_status(store, component.node).get("ready") else "NotReady"
     try:
         if component.name == CONTROLLER:
             kernel.connect_in(component.netns, "127.0.0.1", CA_PORT, 1.0).close()
@@ -148,12 +173,14 @@ def health(component: Component) -> str:
     return "Ready" if status == 200 else f"NotReady ({body.decode().strip()})"
 
 
-def wait_ready(comps: list[Component], timeout_s: float = READY_TIMEOUT_S) -> dict[str, str]:
+def wait_ready(
+    store: ClusterStore, comps: list[Component], timeout_s: float = READY_TIMEOUT_S
+) -> dict[str, str]:
     deadline = time.monotonic() + timeout_s
-    states = {c.name: health(c) for c in comps}
+    states = {c.name: health(c, store) for c in comps}
     while any(s != "Ready" for s in states.values()) and time.monotonic() < deadline:
         time.sleep(0.1)
-        states = {c.name: health(c) for c in comps}
+        states = {c.name: health(c, store) for c in comps}
     return states
 
 
@@ -169,7 +196,7 @@ def status(store: ClusterStore, comps: list[Component]) -> list[dict[str, Any]]:
                 "netns": component.netns,
                 "running": running,
                 "restarts": sum(c["restarts"] for c in seen["containers"].values()),
-                "health": health(component) if running else "NotRunning",
+                "health": health(component, store) if running else "NotRunning",
             }
         )
     return rows

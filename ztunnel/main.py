@@ -1,9 +1,11 @@
-"""The ztunnel process. This stage: workload identities of the node's enrolled pods, admin and
-readiness endpoints. (The L4 proxy — HBONE listeners 15001/15006/15008 — is the next stage.)
+"""The ztunnel process: the L4 proxy (15001 outbound, 15006 inbound plaintext, 15008 HBONE,
+15080 SOCKS5 test entry), workload identities of the node's enrolled pods, admin and readiness.
 
 Ports (ztunnel's): 15000 admin (`/config_dump`, loopback only), 15020 `/metrics`,
-15021 `/healthz/ready`. Local mode reads pods from the cluster's store until the controller
-streams them (control-plane stage).
+15021 `/healthz/ready`. Local mode reads its config from the cluster's store (the static-config
+dev mode; the controller's stream replaces it in the control-plane stage). Until the first
+snapshot and the pod's certificate exist, nothing is forwarded. SIGTERM: stop accepting, drain
+open connections for `--drain` seconds, then close them.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import json
 import logging
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
+import uvloop
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -31,6 +34,10 @@ from localcluster import naming
 from localcluster.store import ClusterStore, StoreWatcher
 from ztunnel.identity.caclient import CaClient
 from ztunnel.identity.manager import CertificateManager
+from ztunnel.metrics import ProxyMetrics
+from ztunnel.proxy.server import Proxy, ProxySettings
+from ztunnel.state import workloads
+from ztunnel.state.workloads import Snapshot
 
 log = logging.getLogger("ztunnel")
 
@@ -48,6 +55,10 @@ class Settings:
     """The node whose pods this ztunnel serves."""
     controller: str
     """host[:port] of the controller (CA on 15012)."""
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    """Listeners and datapath options."""
+    drain_s: float = 5.0
+    """How long open connections may finish after SIGTERM (Istio's ztunnel: 5 s default)."""
 
 
 def local_workloads(watcher: StoreWatcher, node: str, trust_domain: str) -> list[dict[str, Any]]:
@@ -91,13 +102,18 @@ class Ztunnel:
             ["state"],
             registry=self.registry,
         )
+        self.proxy_metrics = ProxyMetrics(self.registry)
+        self.snapshot: Snapshot | None = None
+        self.proxy: Proxy | None = None
 
     def waiting_for(self) -> list[str]:
         pending = []
         if self.manager is None:
             pending.append("trust bundle (controller CA not started yet)")
-        if self.watcher.current.revision == 0:
+        if self.snapshot is None:
             pending.append("cluster state")
+        if self.proxy is None:
+            pending.append("listeners")
         return pending
 
     def _start_manager(self) -> None:
@@ -115,12 +131,17 @@ class Ztunnel:
         self.manager = CertificateManager(ca, ttl_s=self.ttl_s)
 
     def _sync(self) -> None:
-        self.watcher.poll()
+        if self.watcher.poll() and self.watcher.current.revision > 0:
+            self.snapshot = workloads.build(
+                self.watcher.current, self.settings.node, self.trust_domain
+            )
+            if self.proxy is not None and (closed := self.proxy.recheck_policies()):
+                log.info("closed %d connections that policy now denies", closed)
         self._start_manager()
         if self.manager is None:
             return
-        workloads = local_workloads(self.watcher, self.settings.node, self.trust_domain)
-        self.manager.track({SpiffeId.parse(w["identity"]) for w in workloads if w["enrolled"]})
+        local = local_workloads(self.watcher, self.settings.node, self.trust_domain)
+        self.manager.track({SpiffeId.parse(w["identity"]) for w in local if w["enrolled"]})
         states = [c["state"] for c in self.manager.dump()]
         for state in ("Available", "Initializing", "Unavailable"):
             self.cert_gauge.labels(state=state).set(states.count(state))
@@ -132,6 +153,8 @@ class Ztunnel:
             "storeRevision": self.watcher.current.revision,
             "workloads": local_workloads(self.watcher, self.settings.node, self.trust_domain),
             "certificates": self.manager.dump() if self.manager else [],
+            "policies": [p.key for p in self.snapshot.policies] if self.snapshot else [],
+            "activeConnections": len(self.proxy.active) if self.proxy else 0,
         }
 
     async def admin(self, request: http1.Request) -> http1.Response:
@@ -168,8 +191,23 @@ class Ztunnel:
         )
         while not stop.is_set():
             self._sync()
+            if self.proxy is None and self.manager is not None:
+                self.proxy = Proxy(
+                    self.settings.proxy, lambda: self.snapshot, self.manager, self.proxy_metrics
+                )
+                await self.proxy.start()
+                log.info("proxy listening: %s", self.proxy.ports)
+            if self.proxy is not None:
+                await self.proxy.sync_hbone_listeners()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), POLL_S)
+        if self.proxy is not None:
+            log.info(
+                "draining %d connections for up to %.1fs",
+                len(self.proxy.active),
+                self.settings.drain_s,
+            )
+            await self.proxy.drain(self.settings.drain_s)
         for server in servers:
             server.close()
         if self.manager:
@@ -181,8 +219,26 @@ def parse_args(argv: list[str]) -> Settings:
     parser.add_argument("--cluster", default=naming.DEFAULT_CLUSTER)
     parser.add_argument("--node", required=True)
     parser.add_argument("--controller", required=True, help="host[:port] of the controller")
+    parser.add_argument("--socks-port", type=int, default=15080, help="SOCKS5 entry (0: off)")
+    parser.add_argument("--drain", type=float, default=5.0, help="drain deadline after SIGTERM")
+    parser.add_argument(
+        "--no-transparent",
+        action="store_true",
+        help="plain listeners and dials (tests without CAP_NET_ADMIN)",
+    )
     args = parser.parse_args(argv)
-    return Settings(cluster=args.cluster, node=args.node, controller=args.controller)
+    proxy = ProxySettings(
+        socks_port=args.socks_port,
+        transparent=not args.no_transparent,
+        original_source=not args.no_transparent,
+    )
+    return Settings(
+        cluster=args.cluster,
+        node=args.node,
+        controller=args.controller,
+        proxy=proxy,
+        drain_s=args.drain,
+    )
 
 
 async def amain(settings: Settings) -> int:
@@ -197,7 +253,7 @@ async def amain(settings: Settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = parse_args(sys.argv[1:] if argv is None else argv)
-    return asyncio.run(amain(settings))
+    return uvloop.run(amain(settings))  # never asyncio's TLS transport on the data path (PERF.md)
 
 
 if __name__ == "__main__":

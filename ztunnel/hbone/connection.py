@@ -10,7 +10,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from api.spiffe import SpiffeId
 from ztunnel.hbone import protocol as p
@@ -47,10 +47,12 @@ class HboneConnection(asyncio.Protocol):
         limits: p.Limits = DEFAULT_LIMITS,
         on_request: RequestCallback | None = None,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
+        verify_peer: Callable[[asyncio.Transport], SpiffeId] | None = None,
     ) -> None:
         self.proto = p.HboneProtocol(client=client, limits=limits, clock=time.monotonic)
         self.on_request = on_request
         self.idle_timeout_s = idle_timeout_s
+        self.verify_peer = verify_peer
         self.handlers: dict[int, StreamHandler] = {}
         self.transport: asyncio.Transport | None = None
         self.peer: SpiffeId | None = None  # set once verified, by whoever made the connection
@@ -64,14 +66,24 @@ class HboneConnection(asyncio.Protocol):
     # --- asyncio.Protocol ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        tls_transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.peer_addr = transport.get_extra_info("peername") or ("", 0)
+        if self.verify_peer is not None:
+            # Server side: the handshake just finished; the peer is checked before a single
+            # HTTP/2 byte is read or written (a raising verifier aborts the connection).
+            try:
+                self.peer = self.verify_peer(tls_transport)
+            except Exception:
+                tls_transport.abort()
+                raise
+        self.transport = tls_transport
         self.proto.start()
         self._flush()
         self._timer = asyncio.get_running_loop().call_later(PING_INTERVAL_S, self._tick)
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None:
+            return  # verification failed: the connection is being aborted
         self._last_rx = time.monotonic()
         for event in self.proto.receive(data):
             self._dispatch(event)

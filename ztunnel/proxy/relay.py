@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from ztunnel.hbone.connection import HboneConnection
 
@@ -64,15 +65,14 @@ class Tunnel(asyncio.Protocol):
     # --- TCP side (asyncio.Protocol) --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.tcp = transport
+        tcp = self.tcp = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         if self.conn is None:
-            transport.pause_reading()  # nothing to send into until the stream is up
+            tcp.pause_reading()  # nothing to send into until the stream is up
         if self._early:
-            transport.write(bytes(self._early))
+            tcp.write(bytes(self._early))
             self._early.clear()
-        if self._stream_eof and transport.can_write_eof():
-            transport.write_eof()
+        if self._stream_eof and tcp.can_write_eof():
+            tcp.write_eof()
 
     def data_received(self, data: bytes) -> None:
         self.stats.to_stream += len(data)

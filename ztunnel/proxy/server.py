@@ -34,7 +34,6 @@ log = logging.getLogger("ztunnel.proxy")
 HANDSHAKE_TIMEOUT_S = 5.0  # asyncio's default is 60 s (RELIABILITY C-1)
 CONNECT_TIMEOUT_S = 5.0
 RESPONSE_TIMEOUT_S = 10.0
-MAX_HANDSHAKES = 512  # concurrent TLS handshakes; beyond it, new connections are shed
 # Global cap on proxied connections, below half of a 65536 fd limit (Envoy's guidance; each
 # proxied connection holds two fds).
 MAX_CONNECTIONS = 16_000
@@ -66,6 +65,16 @@ class _Accepted:
     src_ip: str
     dst: tuple[str, int]
     socks: bool  # answer in SOCKS5 (the 15080 entry) rather than with RST/close
+
+
+@dataclass
+class _HboneListener:
+    """15008 of one local pod: TLS from the first byte with that pod's certificate."""
+
+    server: asyncio.Server
+    ctx: ssl.SSLContext
+    identity: SpiffeId
+    serial: int
 
 
 @dataclass
@@ -109,9 +118,9 @@ class Proxy:
         self.servers: list[asyncio.Server] = []
         self.active: dict[int, _Active] = {}
         self.ports: dict[str, int] = {}
-        self._handshakes = asyncio.Semaphore(MAX_HANDSHAKES)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ctx_cache: dict[tuple[str, int, bool], ssl.SSLContext] = {}
+        self.hbone: dict[str, _HboneListener] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -120,7 +129,6 @@ class Proxy:
         specs = [
             ("outbound", s.outbound_port, self._on_outbound),
             ("inbound_plain", s.inbound_plain_port, self._on_inbound_plain),
-            ("hbone", s.hbone_port, self._on_hbone),
         ]
         if s.socks_port:
             specs.append(("socks5", s.socks_port, self._on_socks))
@@ -130,10 +138,15 @@ class Proxy:
             server = await loop.create_server(lambda cb=on_made: Held(cb), sock=sock)  # type: ignore[misc]
             self.servers.append(server)
             self.ports[name] = server.sockets[0].getsockname()[1]
+        self.ports["hbone"] = s.hbone_port
+        await self.sync_hbone_listeners()
 
     def stop_listening(self) -> None:
         for server in self.servers:
             server.close()
+        for listener in self.hbone.values():
+            listener.server.close()
+        self.hbone.clear()
 
     async def drain(self, deadline_s: float) -> None:
         """Stop accepting, let open connections finish until the deadline, then cut them."""
@@ -434,60 +447,67 @@ class Proxy:
 
     # --- inbound HBONE (15008) -------------------------------------------------------------------
 
-    def _on_hbone(self, held: Held) -> None:
-        if self._over_capacity(held, "inbound"):
-            return
-        self._spawn(self._hbone_accept(held))
-
-    async def _hbone_accept(self, held: Held) -> None:
-        transport = held.transport
-        assert transport is not None
-        original_dst = transport.get_extra_info("sockname")[0]
+    async def sync_hbone_listeners(self) -> None:
+        """One HBONE listener per local enrolled pod that has a certificate, bound (transparently)
+        to `<pod IP>:15008`. The certificate is therefore chosen by original destination, as
+        ztunnel does, with no SNI; TLS starts with the first byte; and a pod without a
+        certificate has no listener, so its inbound HBONE is dropped by the datapath (counted as
+        DROP_NO_LISTENER): fail closed. Rotation reloads the context in place."""
         snap = self.snapshot()
-        dst = snap.local(original_dst) if snap else None
-        if dst is None or not dst.enrolled or self.certs.current(dst.identity) is None:
-            self.metrics.reject("inbound", "no_local_identity" if snap else "no_config")
-            held.refuse()
-            return
-        if self._handshakes.locked():
-            self.metrics.reject("inbound", "handshake_overload")
-            held.refuse()
-            return
-        ctx = self._context(dst.identity, 0, server=True)
-        gate = Gate()
-        async with self._handshakes:
-            try:
-                tls_transport = await asyncio.get_running_loop().start_tls(
-                    transport,
-                    gate,
-                    ctx,
-                    server_side=True,
-                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
-                )
-            except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-                self.metrics.reject("inbound", "tls_handshake")
-                log.info(
-                    "TLS handshake from %s failed: %s", transport.get_extra_info("peername"), exc
-                )
-                transport.abort()
-                return
-        if tls_transport is None:
-            return
-        try:
-            peer = self._verify(tls_transport, verify.Purpose.CLIENT, None)
-        except verify.PeerRejected as exc:
-            self.metrics.reject("inbound", f"peer_{exc.reason.value}")
-            log.warning(
-                "inbound peer %s rejected: %s", tls_transport.get_extra_info("peername"), exc
-            )
-            tls_transport.abort()
-            return
-        conn = HboneConnection(
-            client=False, limits=self.settings.limits, on_request=self._on_request
+        wanted: dict[str, tuple[SpiffeId, Any]] = {}
+        if snap is not None:
+            for ip, w in snap.by_ip.items():
+                if w.node == snap.node and w.enrolled and (cert := self.certs.current(w.identity)):
+                    wanted[ip] = (w.identity, cert)
+        for ip in [ip for ip in self.hbone if ip not in wanted]:
+            self.hbone.pop(ip).server.close()
+        for ip, (identity, cert) in wanted.items():
+            listener = self.hbone.get(ip)
+            if listener is not None and listener.identity == identity:
+                if listener.serial != cert.serial:
+                    tls.load_identity(listener.ctx, cert.chain_pem, cert.key_pem)
+                    listener.serial = cert.serial
+                continue
+            if listener is not None:
+                listener.server.close()
+            self.hbone[ip] = await self._listen_hbone(ip, identity, cert)
+
+    async def _listen_hbone(self, ip: str, identity: SpiffeId, cert: Any) -> _HboneListener:
+        ctx = tls.server_context(
+            cert.chain_pem,
+            cert.key_pem,
+            bundle_pem=cert.bundle_pem,
+            require_client_cert=True,
+            alpn=["h2"],
         )
-        conn.peer = peer
-        gate.open(tls_transport, conn)
+        sock = sockets.listener(ip, self.settings.hbone_port, transparent=self.settings.transparent)
+        server = await asyncio.get_running_loop().create_server(
+            lambda: self._hbone_protocol(ip),
+            sock=sock,
+            ssl=ctx,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
+        )
+        return _HboneListener(server, ctx, identity, cert.serial)
+
+    def _hbone_protocol(self, original_dst: str) -> HboneConnection:
+        def verify_client(transport: asyncio.Transport) -> SpiffeId:
+            try:
+                return self._verify(transport, verify.Purpose.CLIENT, None)
+            except verify.PeerRejected as exc:
+                self.metrics.reject("inbound", f"peer_{exc.reason.value}")
+                log.warning(
+                    "inbound peer %s rejected: %s", transport.get_extra_info("peername"), exc
+                )
+                raise
+
+        conn = HboneConnection(
+            client=False,
+            limits=self.settings.limits,
+            on_request=self._on_request,
+            verify_peer=verify_client,
+        )
         conn.original_dst = original_dst  # type: ignore[attr-defined]
+        return conn
 
     def _on_request(self, conn: HboneConnection, request: p.ConnectRequest) -> None:
         target_ip, target_port = p.parse_authority(request.authority)

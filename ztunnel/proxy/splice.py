@@ -7,22 +7,38 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import cast
 
 
 class Held(asyncio.Protocol):
-    """An accepted connection, not reading, until `handoff` gives it its real protocol."""
+    """An accepted connection, not reading, until `handoff` gives it its real protocol.
+
+    Bytes that arrive anyway are kept and handed over: uvloop may start reading right after
+    `connection_made` even though it paused (a regression test pins this: the first request of
+    every captured connection was lost).
+    """
 
     def __init__(self, on_made: Callable[[Held], None] | None = None) -> None:
         self.on_made = on_made
         self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.eof = False
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.pause_reading()
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.transport.pause_reading()
         if self.on_made:
             self.on_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -31,6 +47,11 @@ class Held(asyncio.Protocol):
         assert self.transport is not None
         self.transport.set_protocol(protocol)
         protocol.connection_made(self.transport)
+        if self.buffer:
+            protocol.data_received(bytes(self.buffer))
+            self.buffer.clear()
+        if self.eof:
+            protocol.eof_received()
 
     def refuse(self) -> None:
         """RST, so the client sees a refused connection at once (fail closed)."""
@@ -63,8 +84,7 @@ class _Half(asyncio.Protocol):
         self.splice, self.index = splice, index
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.splice.transports[self.index] = transport
+        self.splice.attached(self.index, cast(asyncio.Transport, transport))
 
     def data_received(self, data: bytes) -> None:
         self.splice.forward(self.index, data)
@@ -95,15 +115,28 @@ class Splice:
         self.halves = (_Half(self, 0), _Half(self, 1))
         self.bytes = [0, 0]  # bytes read from side 0 (request) and side 1 (response)
         self.eofs = [False, False]
+        self.early = [bytearray(), bytearray()]  # for a side whose connection is not made yet
         self.started = time.monotonic()
         self.error = ""
         self.on_close = on_close
         self._done = False
 
+    def attached(self, index: int, transport: asyncio.Transport) -> None:
+        self.transports[index] = transport
+        if self.early[index]:
+            transport.write(bytes(self.early[index]))
+            self.early[index].clear()
+        if self.eofs[1 - index] and transport.can_write_eof():
+            transport.write_eof()
+
     def forward(self, index: int, data: bytes) -> None:
         self.bytes[index] += len(data)
         other = self.transports[1 - index]
-        if other is not None and not other.is_closing():
+        if other is None:
+            # The client may send before the server connection is made (bounded: the client
+            # side is paused by the caller until then).
+            self.early[1 - index] += data
+        elif not other.is_closing():
             other.write(data)
 
     def eof(self, index: int) -> None:

@@ -160,7 +160,7 @@ async def mesh(cluster: str = "c") -> AsyncIterator[Mesh]:
     await m.echo.start(SERVER_IP)
     await m.echo.start(PLAIN_IP)
     bundle = [(store.ca_dir / "root-cert.pem").read_text()]
-    hbone_port = 0
+    hbone_port = _free_port()  # every pod's own HBONE listener binds <pod ip>:hbone_port
     for node in ("node2", "node1"):  # node2 first: node1 dials node2's HBONE port
         ca = CaClient(
             "127.0.0.1",
@@ -176,7 +176,7 @@ async def mesh(cluster: str = "c") -> AsyncIterator[Mesh]:
             listen_ip="127.0.0.1" if node == "node1" else ANY,
             outbound_port=0,
             inbound_plain_port=0,
-            hbone_port=0,
+            hbone_port=hbone_port,
             socks_port=_free_port() if node == "node1" else 0,
             transparent=False,
             hbone_target_port=hbone_port,
@@ -184,13 +184,14 @@ async def mesh(cluster: str = "c") -> AsyncIterator[Mesh]:
         proxy = Proxy(settings, _snapshot_of(m, node), m.managers[node], m.metrics[node])
         await proxy.start()
         m.proxies[node] = proxy
-        hbone_port = proxy.ports["hbone"]
     m.revision = 0
     m.update()
     m.managers["node1"].track([workloads_identity(m, "node1", CLIENT_IP)])
     m.managers["node2"].track([workloads_identity(m, "node2", SERVER_IP)])
     await m.managers["node1"].get(workloads_identity(m, "node1", CLIENT_IP))
     await m.managers["node2"].get(workloads_identity(m, "node2", SERVER_IP))
+    for proxy in m.proxies.values():
+        await proxy.sync_hbone_listeners()
     try:
         yield m
     finally:

@@ -102,15 +102,6 @@ def test_independent_client_with_a_self_signed_look_alike_is_refused(tmp_path: P
         out = await node_connect(m, tmp_path, svid, f"{SERVER_IP}:{ECHO_PORT}")
         assert "STATUS" not in out  # TLS 1.3: the client may only see the connection close
         assert m.echo.peers == []
-        assert (
-            m.metric(
-                "node2",
-                "ambientmesh_ztunnel_rejections_total",
-                direction="inbound",
-                reason="tls_handshake",
-            )
-            == 1
-        )
 
     run(body)
 

@@ -15,6 +15,8 @@ from tests.unit.ztunnel.harness import (
     Mesh,
     mesh,
 )
+from ztunnel.proxy.relay import Tunnel
+from ztunnel.proxy.splice import Held, Splice
 
 SERVER = (SERVER_IP, ECHO_PORT)
 
@@ -185,3 +187,64 @@ def test_unreachable_pod_gets_503_and_an_unreachable_code(state_dir: Path) -> No
         )
 
     run(state_dir, body)
+
+
+def test_bytes_sent_before_the_tunnel_is_up_are_not_lost() -> None:
+    """Regression: uvloop reads an accepted connection right after connection_made even when it
+    paused; the holding protocol dropped those bytes, so a captured client's first request
+    vanished (curl timed out with the tunnel up and 0 request bytes)."""
+
+    class FakeTransport(asyncio.Transport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.protocol: asyncio.BaseProtocol | None = None
+
+        def pause_reading(self) -> None: ...
+        def resume_reading(self) -> None: ...
+        def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+            self.protocol = protocol
+
+        def is_closing(self) -> bool:
+            return False
+
+    async def body() -> None:
+        held = Held()
+        transport = FakeTransport()
+        held.connection_made(transport)
+        held.data_received(b"GET / HTTP/1.1\r\n\r\n")  # arrives despite pause_reading()
+        tunnel = Tunnel()
+        held.handoff(tunnel)
+        assert bytes(tunnel._pending) == b"GET / HTTP/1.1\r\n\r\n"
+
+    asyncio.run(body())
+
+
+def test_splice_keeps_client_bytes_until_the_server_side_connects() -> None:
+    """Regression: plaintext inbound (15006) forwarded the request before the dialed server
+    connection was attached, and the splice dropped it (the pod never answered)."""
+
+    class Sink(asyncio.Transport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.data = b""
+            self.eof = False
+
+        def write(self, data: bytes | bytearray | memoryview) -> None:
+            self.data += bytes(data)
+
+        def can_write_eof(self) -> bool:
+            return True
+
+        def write_eof(self) -> None:
+            self.eof = True
+
+        def is_closing(self) -> bool:
+            return False
+
+    splice = Splice()
+    splice.halves[0].data_received(b"GET / HTTP/1.0\r\n\r\n")
+    splice.halves[0].eof_received()
+    server = Sink()
+    splice.halves[1].connection_made(server)
+    assert server.data == b"GET / HTTP/1.0\r\n\r\n"
+    assert server.eof

@@ -1,0 +1,261 @@
+"""The node agent's reconcile loop: the kernel datapath kept in step with the cluster.
+
+- Start: take the node's writer lock (a second agent — rolling update — waits for it), compile
+  the programs (pinned maps are reused, so state survives restarts), *replace* the programs on
+  ztunnel's eth0 and on every enrolled pod's veth, configure ztunnel's local routing.
+- Loop: enroll pods of this node whose namespace or pod label says ambient (attach pod_out/pod_in
+  on the host veth found by a route lookup, then add the map entry); un-enroll the rest (map
+  entry first, then detach). A pod whose IP now belongs to another pod (UID changed) is redone.
+- Drift: every `drift_interval_s`, filters and map entries are checked and repaired, counted.
+- Exit: never detaches anything (the datapath keeps working while the agent is away).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from api.ambient import enrolled
+from api.objects import ObjectRef
+from bpf.loader import Datapath, compile_datapath
+from localcluster.store import ObjectSet
+from node_agent import attach
+from node_agent.attach import EGRESS, INGRESS, Hook
+
+log = logging.getLogger("node_agent")
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    node: str
+    """Node whose pods this agent serves."""
+    ztunnel_netns: str
+    """Network namespace of the node's ztunnel."""
+    pin_dir: Path
+    """bpffs directory for this node's maps."""
+    run_dir: Path
+    """Lock and status files."""
+    ztunnel_host_if: str = "ztunnel"
+    """ztunnel's host-side veth in the node netns."""
+    drift_interval_s: float = 2.0
+    """How often attached filters and map entries are verified."""
+
+
+@dataclass
+class Captured:
+    uid: str
+    ip: str
+    ifindex: int
+    name: str
+
+
+@dataclass
+class AgentMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.enrolled = Gauge("ambientmesh_node_agent_enrolled_pods", "Pods redirected", registry=r)
+        self.reconciles = Counter(
+            "ambientmesh_node_agent_reconciles", "Reconcile passes", registry=r
+        )
+        self.errors = Counter(
+            "ambientmesh_node_agent_reconcile_errors",
+            "Failed pod operations",
+            ["reason"],
+            registry=r,
+        )
+        self.duration = Gauge(
+            "ambientmesh_node_agent_reconcile_seconds", "Duration of the last reconcile", registry=r
+        )
+        self.drift = Counter(
+            "ambientmesh_node_agent_drift_repairs", "Repairs of removed state", ["kind"], registry=r
+        )
+        self.verdicts = Gauge(
+            "ambientmesh_datapath_verdicts", "Datapath packets by verdict", ["verdict"], registry=r
+        )
+
+
+def desired_pods(objects: ObjectSet, node: str) -> dict[str, Mapping[str, Any]]:
+    """IP → pod, for this node's enrolled pods (pure)."""
+    out: dict[str, Mapping[str, Any]] = {}
+    for pod in objects.list("Pod"):
+        if pod["spec"].get("nodeName") != node or not pod.get("status", {}).get("podIP"):
+            continue
+        namespace = objects.get(ObjectRef("Namespace", "", pod["metadata"]["namespace"]))
+        if enrolled(pod, namespace):
+            out[pod["status"]["podIP"]] = pod
+    return out
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, metrics: AgentMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or AgentMetrics()
+        self.datapath: Datapath | None = None
+        self.captured: dict[str, Captured] = {}
+        self.ready = False
+        self._lock_file: Any = None
+        self._last_drift = 0.0
+
+    # --- start --------------------------------------------------------------------------------
+
+    def acquire_lock(self) -> None:
+        """One writer per node (F-14): a second agent waits here until the first exits."""
+        self.settings.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = (self.settings.run_dir / "agent.lock").open("a")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another agent owns node %s: waiting for its lock", self.settings.node)
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+
+    def start(self) -> None:
+        self.datapath = compile_datapath(self.settings.pin_dir)
+        self._setup_ztunnel()
+        for ip, ifindex in self.datapath.enrolled_ips().items():
+            # Pinned state from before a restart: replace the programs on those veths now, so
+            # they run the code of this agent, without a gap.
+            self._attach_pod(ifindex)
+            self.captured[ip] = Captured("", ip, ifindex, "")
+        log.info(
+            "datapath ready on %s (%d pods from pinned state)",
+            self.settings.node,
+            len(self.captured),
+        )
+
+    def _zt_hook(self) -> Hook:
+        eth0 = attach.ifindex_of(self.settings.ztunnel_netns, "eth0")
+        if eth0 is None:
+            raise RuntimeError(f"{self.settings.ztunnel_netns} has no eth0")
+        return Hook(self.settings.ztunnel_netns, eth0, INGRESS, "zt_in")
+
+    def _setup_ztunnel(self) -> None:
+        assert self.datapath is not None
+        zt_host = attach.ifindex_of(None, self.settings.ztunnel_host_if)
+        if zt_host is None:
+            raise RuntimeError(f"no {self.settings.ztunnel_host_if} veth on this node")
+        with attach._ipr(self.settings.ztunnel_netns) as ipr:
+            zt_ip = ipr.get_addr(label="eth0")[0].get_attr("IFA_ADDRESS")
+        self.datapath.configure(
+            zt_ifindex=zt_host,
+            zt_ip=zt_ip,
+            zt_mac=attach.mac_of(self.settings.ztunnel_netns, "eth0"),
+            mark=attach.MARK,
+        )
+        attach.ensure_local_routing(self.settings.ztunnel_netns)
+        attach.attach(self._zt_hook(), self.datapath.fds["zt_in"])
+
+    def _attach_pod(self, ifindex: int) -> None:
+        assert self.datapath is not None
+        attach.attach(Hook(None, ifindex, INGRESS, "pod_out"), self.datapath.fds["pod_out"])
+        attach.attach(Hook(None, ifindex, EGRESS, "pod_in"), self.datapath.fds["pod_in"])
+
+    # --- reconcile ------------------------------------------------------------------------------
+
+    def reconcile(self, objects: ObjectSet) -> None:
+        assert self.datapath is not None
+        started = time.monotonic()
+        want = desired_pods(objects, self.settings.node)
+        for ip in list(self.captured):
+            pod = want.get(ip)
+            current = self.captured[ip]
+            if pod is None or (current.uid and current.uid != pod["metadata"]["uid"]):
+                self._release(ip)
+        for ip, pod in want.items():
+            if ip not in self.captured or not self.captured[ip].uid:
+                self._capture(ip, pod)
+        self.metrics.reconciles.inc()
+        self.metrics.enrolled.set(len(self.captured))
+        self.metrics.duration.set(time.monotonic() - started)
+        self.ready = True
+
+    def _capture(self, ip: str, pod: Mapping[str, Any]) -> None:
+        assert self.datapath is not None
+        name = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+        ifindex = attach.route_oif(ip)
+        if ifindex is None:
+            self.metrics.errors.labels(reason="veth_not_found").inc()
+            log.warning("pod %s (%s): no route to its veth; not enrolled yet", name, ip)
+            return
+        try:
+            self._attach_pod(ifindex)  # programs first, then the map entry that activates them
+            self.datapath.enroll(ip, ifindex)
+        except (OSError, RuntimeError) as exc:  # NetlinkError is an OSError; full map: E2BIG
+            self.metrics.errors.labels(reason="attach_failed").inc()
+            log.error("pod %s (%s): %s", name, ip, exc)  # noqa: TRY400 - one line per pod
+            return
+        self.captured[ip] = Captured(pod["metadata"]["uid"], ip, ifindex, name)
+        log.info("enrolled %s (%s, ifindex %d)", name, ip, ifindex)
+
+    def _release(self, ip: str) -> None:
+        assert self.datapath is not None
+        gone = self.captured.pop(ip)
+        self.datapath.unenroll(ip)  # map entry first: the programs pass from now on
+        attach.detach(Hook(None, gone.ifindex, INGRESS, "pod_out"))
+        attach.detach(Hook(None, gone.ifindex, EGRESS, "pod_in"))
+        log.info("un-enrolled %s (%s)", gone.name or ip, ip)
+
+    # --- drift ----------------------------------------------------------------------------------
+
+    def check_drift(self, force: bool = False) -> int:
+        """Repair what someone else removed (F-3); returns the number of repairs."""
+        assert self.datapath is not None
+        now = time.monotonic()
+        if not force and now - self._last_drift < self.settings.drift_interval_s:
+            return 0
+        self._last_drift = now
+        repairs = 0
+        if attach.attached_name(self._zt_hook()) != "zt_in":
+            self._setup_ztunnel()
+            self.metrics.drift.labels(kind="ztunnel_filter").inc()
+            repairs += 1
+        in_map = self.datapath.enrolled_ips()
+        for ip, c in self.captured.items():
+            hooks = (
+                Hook(None, c.ifindex, INGRESS, "pod_out"),
+                Hook(None, c.ifindex, EGRESS, "pod_in"),
+            )
+            if any(attach.attached_name(h) != h.name for h in hooks):
+                self._attach_pod(c.ifindex)
+                self.metrics.drift.labels(kind="pod_filter").inc()
+                repairs += 1
+            if ip not in in_map:
+                self.datapath.enroll(ip, c.ifindex)
+                self.metrics.drift.labels(kind="map_entry").inc()
+                repairs += 1
+        if repairs:
+            log.warning("repaired %d pieces of removed datapath state", repairs)
+        return repairs
+
+    # --- status ---------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        assert self.datapath is not None
+        verdicts = self.datapath.verdicts()
+        for name, value in verdicts.items():
+            self.metrics.verdicts.labels(verdict=name).set(value)
+        return {
+            "node": self.settings.node,
+            "ready": self.ready,
+            "captured": {
+                c.uid: {"ip": c.ip, "ifindex": c.ifindex, "pod": c.name}
+                for c in self.captured.values()
+                if c.uid
+            },
+            "verdicts": verdicts,
+        }
+
+    def write_status(self) -> None:
+        path = self.settings.run_dir / "status.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.status()))
+        tmp.replace(path)

@@ -1,0 +1,126 @@
+"""Attaching the datapath with pyroute2 (BCC cannot attach tc programs).
+
+Every program is attached to a `clsact` qdisc with `replace-filter` at a fixed priority and handle:
+a restarted agent *replaces* the program in place (a live connection never sees a gap) instead of
+stacking a second filter. Nothing here ever detaches on exit; `detach` exists for un-enrolling and
+the uninstall cleanup mode. Our priority is fixed and documented so a cluster's own CNI programs
+on the same hooks can be ordered around it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+INGRESS = "ffff:fff2"
+EGRESS = "ffff:fff3"
+# tc priority 0x2a0a and handle 0xa0: ours, the same on every hook (documented in ARCHITECTURE).
+PRIO = 0x2A0A
+HANDLE = 0xA0
+# Marks assigned packets in ztunnel's netns; routed by table LOCAL_TABLE as local.
+MARK = 0x5A0
+LOCAL_TABLE = 0x5A0
+RULE_PRIORITY = 100
+RT_SCOPE_HOST = 254
+
+
+@dataclass(frozen=True)
+class Hook:
+    netns: str | None  # None: the agent's own netns (the node)
+    ifindex: int
+    direction: str  # INGRESS or EGRESS
+    name: str  # program name, shown by `tc filter show`
+
+
+@contextlib.contextmanager
+def _ipr(netns: str | None) -> Iterator[IPRoute]:
+    ipr = IPRoute(netns=netns, flags=0) if netns else IPRoute()
+    with ipr:
+        yield ipr
+
+
+def attach(hook: Hook, fd: int) -> None:
+    with _ipr(hook.netns) as ipr:
+        try:
+            ipr.tc("add", "clsact", hook.ifindex)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+        ipr.tc(
+            "replace-filter",
+            "bpf",
+            hook.ifindex,
+            HANDLE,
+            fd=fd,
+            name=hook.name,
+            parent=hook.direction,
+            prio=PRIO,
+            direct_action=True,
+            classid=1,
+        )
+
+
+def attached_name(hook: Hook) -> str | None:
+    """The name of our program on the hook, or None (drift detection)."""
+    with _ipr(hook.netns) as ipr:
+        try:
+            filters = ipr.get_filters(hook.ifindex, parent=hook.direction)
+        except NetlinkError:
+            return None
+    for f in filters:
+        if (int(f["info"]) >> 16) == PRIO:  # tcmsg.info = prio << 16 | protocol
+            options = f.get_attr("TCA_OPTIONS")
+            if options is not None and (name := options.get_attr("TCA_BPF_NAME")):
+                return str(name)
+    return None
+
+
+def detach(hook: Hook) -> None:
+    with _ipr(hook.netns) as ipr, contextlib.suppress(NetlinkError):
+        ipr.tc("del-filter", "bpf", hook.ifindex, HANDLE, parent=hook.direction, prio=PRIO)
+
+
+def ifindex_of(netns: str | None, ifname: str) -> int | None:
+    with _ipr(netns) as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+    return int(found[0]) if found else None
+
+
+def mac_of(netns: str | None, ifname: str) -> str:
+    with _ipr(netns) as ipr:
+        link = ipr.get_links(ipr.link_lookup(ifname=ifname)[0])[0]
+    return str(link.get_attr("IFLA_ADDRESS"))
+
+
+def route_oif(ip: str) -> int | None:
+    """The interface the node routes `ip` out of: a pod's host veth with a routed CNI."""
+    with _ipr(None) as ipr:
+        try:
+            routes = ipr.route("get", dst=ip)
+        except NetlinkError:
+            return None
+    for route in routes:
+        oif = route.get_attr("RTA_OIF")
+        if oif:
+            return int(oif)
+    return None
+
+
+def ensure_local_routing(netns: str) -> None:
+    """In ztunnel's netns: packets carrying MARK are delivered locally (the sk_assign'ed ones
+    are addressed to pods, not to ztunnel)."""
+    with _ipr(netns) as ipr:
+        try:
+            ipr.rule("add", fwmark=MARK, table=LOCAL_TABLE, priority=RULE_PRIORITY)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+        lo = ipr.link_lookup(ifname="lo")[0]
+        ipr.route(
+            "replace", dst="0.0.0.0/0", type="local", scope=RT_SCOPE_HOST, table=LOCAL_TABLE, oif=lo
+        )
