@@ -247,7 +247,16 @@ def status(args: argparse.Namespace) -> int:
     if report["pods"]:
         print(
             output.table(
-                ["POD", "STATUS", "IP", "NODE", "SERVICEACCOUNT", "ENROLLED", "NETNS"],
+                [
+                    "POD",
+                    "STATUS",
+                    "IP",
+                    "NODE",
+                    "SERVICEACCOUNT",
+                    "ENROLLED",
+                    "REDIRECTED",
+                    "NETNS",
+                ],
                 [
                     [
                         f"{p['namespace']}/{p['name']}",
@@ -256,6 +265,7 @@ def status(args: argparse.Namespace) -> int:
                         p["node"],
                         p["serviceAccount"],
                         "yes" if p["enrolled"] else "no",
+                        "yes" if p["redirected"] else "no",
                         p["netns"],
                     ]
                     for p in report["pods"]

@@ -202,7 +202,11 @@ class Cluster:
 
     def pod_rows(self, objects: ObjectSet) -> list[dict[str, Any]]:
         rows = []
+        captured: dict[str, dict[str, Any]] = {}
         for pod in objects.list("Pod"):
+            node = pod["spec"]["nodeName"]
+            if node not in captured:
+                captured[node] = system.agent_status(self.store, node).get("captured", {})
             ref = pods.pod_ref(self.name, pod)
             ns_obj = objects.get(ObjectRef("Namespace", "", ref.namespace))
             seen = pods.observed(self.store, ref)
@@ -215,6 +219,7 @@ class Cluster:
                     "serviceAccount": pod["spec"]["serviceAccountName"],
                     "labels": pod["metadata"].get("labels") or {},
                     "enrolled": ambient.enrolled(pod, ns_obj),
+                    "redirected": pod["metadata"]["uid"] in captured[node],
                     "status": pods.phase(seen, kernel.exists(ref.netns)),
                     "restarts": sum(c["restarts"] for c in seen["containers"].values()),
                     "netns": ref.netns,

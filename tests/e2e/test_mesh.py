@@ -1,0 +1,346 @@
+"""The ambient mesh in a running 2-node cluster: eBPF redirection into the ztunnels, HBONE/mTLS on
+the wire, policy, fail-closed, and restarts that interrupt nothing (issues: ztunnel, eBPF)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from localcluster import naming, system, teardown
+from localcluster.cluster import Cluster
+from localcluster.netns import http_get_in
+from tests.support import (
+    AMBIENTCTL,
+    ambientctl,
+    leftovers,
+    namespace_manifest,
+    pod_manifest,
+    wait_for,
+)
+
+ECHO = ["python3", "-m", "samples.echo", "8080"]
+PODS = [  # name, namespace, node, command
+    ("client", "mesh", "node1", ["sleep", "infinity"]),
+    ("server", "mesh", "node2", ECHO),
+    ("local", "mesh", "node1", ECHO),
+    ("stream", "mesh", "node2", ["python3", "-m", "samples.tcpecho", "serve", "9000"]),
+    ("old", "plain", "node1", ECHO),
+    ("old2", "plain", "node2", ECHO),
+]
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    state = tmp_path_factory.mktemp("state")
+    os.environ[naming.STATE_DIR_ENV] = str(state)
+    cluster = f"{naming.TEST_CLUSTER_PREFIX}{os.urandom(3).hex()}"
+    try:
+        ambientctl(cluster, "up")
+        docs = [namespace_manifest("mesh"), namespace_manifest("plain")]
+        ambientctl(cluster, "apply", "-f", "-", stdin="\n---\n".join(docs))
+        ambientctl(cluster, "label", "namespace", "mesh", "istio.io/dataplane-mode=ambient")
+        docs = [pod_manifest(n, ns, cmd, node=node, service_account=n) for n, ns, node, cmd in PODS]
+        ambientctl(cluster, "apply", "-f", "-", stdin="\n---\n".join(docs))
+        pods = json.loads(ambientctl(cluster, "get", "pods", "-A", "-o", "json").stdout)["items"]
+        ips = {p["metadata"]["name"]: p["status"]["podIP"] for p in pods}
+        ips["cluster"] = cluster
+        for name in ("server", "local", "old", "old2"):
+            wait_for(lambda n=name: curl(cluster, "plain/old", ips[n]) == "200", 20, name)
+        yield ips
+    finally:
+        teardown.down(cluster)
+        assert leftovers(cluster) == []
+        del os.environ[naming.STATE_DIR_ENV]
+
+
+def curl(cluster: str, pod: str, ip: str, path: str = "/", port: int = 8080) -> str:
+    done = ambientctl(
+        cluster,
+        "exec",
+        pod,
+        "--",
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-m",
+        "3",
+        "-w",
+        "%{http_code}",
+        f"http://{ip}:{port}{path}",
+        check=False,
+    )
+    return done.stdout.strip() or "000"
+
+
+class Capture:
+    """tcpdump on the underlay bridge (the wire between nodes)."""
+
+    def __init__(self, cluster: str, path: Path) -> None:
+        self.path = path
+        self.proc = subprocess.Popen(
+            [
+                "nsenter",
+                f"--net=/run/netns/{naming.underlay_netns(cluster)}",
+                "tcpdump",
+                "-U",
+                "--immediate-mode",
+                "-Z",
+                "root",
+                "-nni",
+                "br0",
+                "-w",
+                str(path),
+                "tcp",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(0.5)
+
+    def stop(self) -> str:
+        time.sleep(0.3)
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(5)
+        return subprocess.run(
+            ["tcpdump", "-nn", "-A", "-r", str(self.path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+
+
+def metrics(cluster: str, node: str) -> str:
+    status, body = http_get_in(naming.ztunnel_netns(cluster, node), "127.0.0.1", 15020, "/metrics")
+    assert status == 200
+    return body.decode()
+
+
+def verdicts(cluster: str, node: str) -> dict[str, int]:
+    """Live datapath counters, from the node agent's metrics (read from the pinned map)."""
+    _, body = http_get_in(naming.node_netns(cluster, node), "127.0.0.1", 15025, "/metrics")
+    out = {}
+    for line in body.decode().splitlines():
+        if line.startswith("ambientmesh_datapath_verdicts{"):
+            name = line.split('verdict="')[1].split('"')[0]
+            out[name] = int(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
+def test_meshed_pods_talk_over_mtls_and_the_wire_carries_no_plaintext(
+    mesh: dict[str, str], tmp_path: Path
+) -> None:
+    cluster = mesh["cluster"]
+    capture = Capture(cluster, tmp_path / "mesh.pcap")
+    assert curl(cluster, "mesh/client", mesh["server"], "/the-secret-path") == "200"
+    wire = capture.stop()
+    assert "the-secret-path" not in wire
+    assert f"{mesh['server']}.15008" in wire  # HBONE to the destination pod's 15008
+    assert f"{mesh['server']}.8080" not in wire  # never the app port across nodes
+    text = metrics(cluster, "node2")
+    assert (
+        'source_principal="spiffe://cluster.local/ns/mesh/sa/client"' in text
+        and 'reporter="destination"' in text
+        and 'connection_security_policy="mutual_tls"' in text
+    )
+    assert "ambientctl" not in text  # nothing odd leaked into labels
+    rows = json.loads(ambientctl(cluster, "status", "-o", "json").stdout)["pods"]
+    redirected = {r["name"]: r["redirected"] for r in rows}
+    assert redirected["client"] and redirected["server"] and not redirected["old"]
+
+
+def test_pods_outside_the_mesh_still_talk_plaintext(mesh: dict[str, str], tmp_path: Path) -> None:
+    cluster = mesh["cluster"]
+    capture = Capture(cluster, tmp_path / "plain.pcap")
+    assert curl(cluster, "plain/old", mesh["old2"], "/visible-path") == "200"
+    assert "visible-path" in capture.stop()
+
+
+def test_same_node_meshed_traffic_also_goes_through_ztunnel(mesh: dict[str, str]) -> None:
+    cluster = mesh["cluster"]
+    before = verdicts(cluster, "node1").get("ASSIGN_HBONE", 0)
+    assert curl(cluster, "mesh/client", mesh["local"]) == "200"
+    wait_for(
+        lambda: verdicts(cluster, "node1").get("ASSIGN_HBONE", 0) > before,
+        5,
+        "HBONE hairpin on node1",
+    )
+
+
+def _apply(cluster: str, doc: dict[str, object]) -> None:
+    ambientctl(cluster, "apply", "-f", "-", stdin=json.dumps(doc))
+
+
+def _delete(cluster: str, doc: dict[str, object]) -> None:
+    ambientctl(cluster, "delete", "-f", "-", stdin=json.dumps(doc))
+
+
+def test_strict_peer_authentication_refuses_plaintext_from_outside(mesh: dict[str, str]) -> None:
+    cluster = mesh["cluster"]
+    strict = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": {"name": "strict", "namespace": "mesh"},
+        "spec": {"mtls": {"mode": "STRICT"}},
+    }
+    assert curl(cluster, "plain/old", mesh["server"]) == "200"  # PERMISSIVE
+    _apply(cluster, strict)
+    try:
+        wait_for(lambda: curl(cluster, "plain/old", mesh["server"]) == "000", 5, "STRICT")
+        assert curl(cluster, "mesh/client", mesh["server"]) == "200"
+    finally:
+        _delete(cluster, strict)
+
+
+def test_deny_policy_makes_a_pod_unreachable_and_is_counted(mesh: dict[str, str]) -> None:
+    cluster = mesh["cluster"]
+    deny = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "deny-client", "namespace": "mesh"},
+        "spec": {
+            "selector": {"matchLabels": {}},
+            "action": "DENY",
+            "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/mesh/sa/client"]}}]}],
+        },
+    }
+    _apply(cluster, deny)
+    try:
+        wait_for(lambda: curl(cluster, "mesh/client", mesh["server"]) == "000", 5, "DENY")
+        assert curl(cluster, "plain/old", mesh["server"]) == "200"  # only client is denied
+        assert (
+            'ambientmesh_ztunnel_rejections_total{direction="inbound",reason="denied_by_policy"}'
+        ) in metrics(cluster, "node2")
+    finally:
+        _delete(cluster, deny)
+    wait_for(lambda: curl(cluster, "mesh/client", mesh["server"]) == "200", 5, "allowed again")
+
+
+def _component(cluster: str, name: str) -> system.Component:
+    c = Cluster(cluster)
+    found = system.find(cluster, c.nodes(), name)
+    assert found is not None
+    return found
+
+
+def test_fail_closed_while_ztunnel_is_down(mesh: dict[str, str]) -> None:
+    cluster = mesh["cluster"]
+    store = Cluster(cluster).store
+    system.stop(store, _component(cluster, "ztunnel-node1"))
+    try:
+        dropped = verdicts(cluster, "node1").get("DROP_NO_LISTENER", 0)
+        assert curl(cluster, "mesh/client", mesh["server"]) == "000"
+        assert curl(cluster, "mesh/client", mesh["old2"]) == "000"  # not even to non-mesh pods
+        wait_for(
+            lambda: verdicts(cluster, "node1").get("DROP_NO_LISTENER", 0) > dropped,
+            5,
+            "drops counted",
+        )
+        assert curl(cluster, "plain/old", mesh["old2"]) == "200"  # others are untouched
+    finally:
+        ambientctl(cluster, "up")
+    wait_for(lambda: curl(cluster, "mesh/client", mesh["server"]) == "200", 10, "back")
+
+
+def test_node_agent_sigkill_during_a_transfer_interrupts_nothing(mesh: dict[str, str]) -> None:
+    """F-1: a connection sending every 5 ms survives SIGKILL + restart of both agents."""
+    cluster = mesh["cluster"]
+    store = Cluster(cluster).store
+    stream = subprocess.Popen(
+        [
+            AMBIENTCTL,
+            "exec",
+            "mesh/client",
+            "--cluster",
+            cluster,
+            "--",
+            "python3",
+            "-m",
+            "samples.tcpecho",
+            "stream",
+            mesh["stream"],
+            "9000",
+            "6",
+            "5",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    for node in ("node1", "node2"):
+        status = json.loads((store.system_dir(f"node-agent-{node}") / "status.json").read_text())
+        os.kill(status["containers"][f"node-agent-{node}"]["pid"], signal.SIGKILL)
+    out, _ = stream.communicate(timeout=30)
+    assert stream.returncode == 0, out
+    assert out.startswith("OK ")
+    assert int(out.split()[1]) > 300
+    wait_for(
+        lambda: all(system.agent_status(store, n).get("ready") for n in ("node1", "node2")),
+        10,
+        "agents back",
+    )
+
+
+def test_drift_is_detected_and_repaired(mesh: dict[str, str]) -> None:
+    """F-3: someone deletes our filter from a pod veth; the agent puts it back within seconds."""
+    cluster = mesh["cluster"]
+    store = Cluster(cluster).store
+    captured = system.agent_status(store, "node1")["captured"]
+    ifindex = next(v["ifindex"] for v in captured.values() if v["pod"] == "mesh/client")
+    node_ns = naming.node_netns(cluster, "node1")
+    link = subprocess.run(
+        ["ip", "-n", node_ns, "-o", "link", "show"], capture_output=True, text=True, check=True
+    ).stdout
+    veth = next(
+        line.split(": ")[1].split("@")[0]
+        for line in link.splitlines()
+        if line.startswith(f"{ifindex}: ")
+    )
+    subprocess.run(["tc", "-n", node_ns, "filter", "del", "dev", veth, "ingress"], check=True)
+    status, body = http_get_in(node_ns, "127.0.0.1", 15025, "/metrics")
+
+    def repaired() -> bool:
+        _, text = http_get_in(node_ns, "127.0.0.1", 15025, "/metrics")
+        return 'ambientmesh_node_agent_drift_repairs_total{kind="pod_filter"}' in text.decode()
+
+    wait_for(repaired, 10, "drift repair")
+    shown = subprocess.run(
+        ["tc", "-n", node_ns, "filter", "show", "dev", veth, "ingress"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "pod_out" in shown
+    assert curl(cluster, "mesh/client", mesh["server"]) == "200"
+    del status, body
+
+
+def test_unenrolling_a_namespace_returns_its_pods_to_plaintext(
+    mesh: dict[str, str], tmp_path: Path
+) -> None:
+    cluster = mesh["cluster"]
+    ambientctl(cluster, "label", "pod", "client", "-n", "mesh", "istio.io/dataplane-mode=none")
+    try:
+        wait_for(
+            lambda: (
+                not next(
+                    r
+                    for r in json.loads(ambientctl(cluster, "status", "-o", "json").stdout)["pods"]
+                    if r["name"] == "client"
+                )["redirected"]
+            ),
+            5,
+            "client released",
+        )
+        capture = Capture(cluster, tmp_path / "out.pcap")
+        assert curl(cluster, "mesh/client", mesh["old2"], "/after-optout") == "200"
+        assert "after-optout" in capture.stop()
+    finally:
+        ambientctl(cluster, "label", "pod", "client", "-n", "mesh", "istio.io/dataplane-mode-")
