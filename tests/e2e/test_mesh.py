@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -52,7 +52,11 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         ips = {p["metadata"]["name"]: p["status"]["podIP"] for p in pods}
         ips["cluster"] = cluster
         for name in ("server", "local", "old", "old2"):
-            wait_for(lambda n=name: curl(cluster, "plain/old", ips[n]) == "200", 20, name)
+
+            def serving(n: str = name) -> bool:
+                return curl(cluster, "plain/old", ips[n]) == "200"
+
+            wait_for(serving, 20, name)
         yield ips
     finally:
         teardown.down(cluster)
@@ -174,11 +178,11 @@ def test_same_node_meshed_traffic_also_goes_through_ztunnel(mesh: dict[str, str]
     )
 
 
-def _apply(cluster: str, doc: dict[str, object]) -> None:
+def _apply(cluster: str, doc: Mapping[str, object]) -> None:
     ambientctl(cluster, "apply", "-f", "-", stdin=json.dumps(doc))
 
 
-def _delete(cluster: str, doc: dict[str, object]) -> None:
+def _delete(cluster: str, doc: Mapping[str, object]) -> None:
     ambientctl(cluster, "delete", "-f", "-", stdin=json.dumps(doc))
 
 
