@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pod", metavar="NS/POD")
     p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
 
+    p = verb("metrics", verbs.metrics, "Prometheus metrics of a mesh component")
+    p.add_argument("component", help="controller | node-agent-<node> | ztunnel-<node>")
+    p.add_argument("--grep", help="only non-comment lines containing this text")
+
     p = verb("logs", verbs.logs, "print a pod's (or ambientmesh-system/<component>'s) log")
     p.add_argument("pod", metavar="NS/POD")
     p.add_argument("-c", "--container")

@@ -409,3 +409,21 @@ def certs(args: argparse.Namespace) -> int:
     rows = [[kind, c["serial"], c["notBefore"], c["notAfter"], c["name"]] for kind, c in typed]
     print(output.table(["TYPE", "SERIAL", "NOT BEFORE", "NOT AFTER", "NAME"], rows))
     return 0
+
+
+def metrics(args: argparse.Namespace) -> int:
+    """Prometheus metrics of a component (controller, node-agent-<node>, ztunnel-<node>)."""
+    cluster = _cluster(args)
+    component = system.find(cluster.name, cluster.nodes(), args.component)
+    if component is None:
+        names = ", ".join(c.name for c in system.components(cluster.name, cluster.nodes()))
+        raise ClusterError(f"no component {args.component!r} (components: {names})")
+    try:
+        status, body = system.metrics_get(component)
+    except OSError as exc:
+        raise ClusterError(f"{component.name} is not answering: {exc}") from None
+    lines = body.decode().splitlines()
+    if args.grep:
+        lines = [line for line in lines if args.grep in line and not line.startswith("#")]
+    print("\n".join(lines))
+    return 0 if status == 200 else 1

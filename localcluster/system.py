@@ -202,6 +202,15 @@ def status(store: ClusterStore, comps: list[Component]) -> list[dict[str, Any]]:
     return rows
 
 
+METRICS_PORTS = {"controller": 15014, "node-agent": 15025, "ztunnel": 15020}
+
+
+def metrics_get(component: Component) -> tuple[int, bytes]:
+    """A component's Prometheus text, fetched inside its netns."""
+    kind = component.name if component.name == CONTROLLER else component.name.rsplit("-", 1)[0]
+    return kernel.http_get_in(component.netns, "127.0.0.1", METRICS_PORTS[kind], "/metrics")
+
+
 def admin_get(cluster: str, node: str, path: str) -> tuple[int, bytes]:
     """A GET on a node's ztunnel admin port (loopback of the ztunnel netns only)."""
     return kernel.http_get_in(naming.ztunnel_netns(cluster, node), "127.0.0.1", ADMIN_PORT, path)

@@ -27,6 +27,8 @@ def test_demo_shows_a_request_from_client_to_server(state_dir: Path, cluster_nam
             assert done.returncode == 0, done.stdout + done.stderr
             assert '"pod": "server"' in done.stdout
             assert '"client": "10.244.1.3:' in done.stdout  # the client pod's own IP, no NAT
+            assert 'source_principal="spiffe://cluster.local/ns/demo/sa/client"' in done.stdout
+            assert "REDIRECTED" in done.stdout
             assert "Try next:" in done.stdout
             assert (
                 "spiffe://cluster.local/ns/demo/sa/client  held by the ztunnel of node1: "
