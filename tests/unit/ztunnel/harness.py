@@ -1,5 +1,5 @@
 """An in-process mesh on loopback (no root): a real controller CA, two ztunnels (node1, node2),
-"pods" at 127.0.<node>.<n> (every 127/8 address is local, so the original-source bind works
+"pods" at 127.<net>.<node>.<n> (every 127/8 address is local, so the original-source bind works
 without IP_TRANSPARENT), echo servers as workloads. Each ztunnel's HBONE listener gets its own
 port, which the other uses as the HBONE target port."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -23,12 +24,11 @@ from ztunnel.metrics import ProxyMetrics
 from ztunnel.proxy.server import Proxy, ProxySettings
 from ztunnel.state import workloads
 
-CLIENT_IP, SERVER_IP, PLAIN_IP = "127.0.1.3", "127.0.2.3", "127.0.2.4"
 ECHO_PORT = 9000
 ANY = "0.0.0.0"
 
 
-def base_objects() -> list[dict[str, Any]]:
+def base_objects(net: int) -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = [
         {
             "apiVersion": "v1",
@@ -38,9 +38,9 @@ def base_objects() -> list[dict[str, Any]]:
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "plain"}},
     ]
     for name, ns, node, ip in (
-        ("client", "mesh", "node1", CLIENT_IP),
-        ("server", "mesh", "node2", SERVER_IP),
-        ("legacy", "plain", "node2", PLAIN_IP),
+        ("client", "mesh", "node1", f"127.{net}.1.3"),
+        ("server", "mesh", "node2", f"127.{net}.2.3"),
+        ("legacy", "plain", "node2", f"127.{net}.2.4"),
     ):
         docs.append(
             {
@@ -102,6 +102,25 @@ class Mesh:
     snapshots: dict[str, Any] = field(default_factory=dict)
     echo: Echo = field(default_factory=Echo)
     revision: int = 1
+    # Each mesh gets its own 127.<net>.x.y addresses: sockets a previous test left closing can
+    # never collide with this one's (a regression: EADDRINUSE on fixed loopback addresses in CI).
+    net: int = 0
+
+    @property
+    def client_ip(self) -> str:
+        return f"127.{self.net}.1.3"
+
+    @property
+    def server_ip(self) -> str:
+        return f"127.{self.net}.2.3"
+
+    @property
+    def plain_ip(self) -> str:
+        return f"127.{self.net}.2.4"
+
+    @property
+    def server(self) -> tuple[str, int]:
+        return (self.server_ip, ECHO_PORT)
 
     def update(self, *extra: dict[str, Any]) -> None:
         """A config change: new snapshots for every node, then the policy re-check (F-10)."""
@@ -123,11 +142,11 @@ class Mesh:
     async def socks(
         self,
         target: tuple[str, int],
-        src_ip: str = CLIENT_IP,
+        src_ip: str | None = None,
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int]:
         """Open a SOCKS5 CONNECT through node1's ztunnel from `src_ip`; returns the reply code."""
         sock = socket.socket()
-        sock.bind((src_ip, 0))
+        sock.bind((src_ip or self.client_ip, 0))
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(
             sock, ("127.0.0.1", self.proxies["node1"].ports["socks5"])
@@ -146,7 +165,8 @@ class Mesh:
 async def mesh(cluster: str = "c") -> AsyncIterator[Mesh]:
     store = ClusterStore(cluster)
     store.create(ClusterInfo(cluster, 2))
-    docs = base_objects()
+    net = random.randint(1, 254)
+    docs = base_objects(net)
     store.commit(to_objects(docs, 1))
     tokens = {"node1": "t1", "node2": "t2"}
     for node, token in tokens.items():
@@ -156,9 +176,9 @@ async def mesh(cluster: str = "c") -> AsyncIterator[Mesh]:
     stop = asyncio.Event()
     task = asyncio.create_task(controller.run(stop))
     await controller.started.wait()
-    m = Mesh(controller, store, docs)
-    await m.echo.start(SERVER_IP)
-    await m.echo.start(PLAIN_IP)
+    m = Mesh(controller, store, docs, net=net)
+    await m.echo.start(m.server_ip)
+    await m.echo.start(m.plain_ip)
     bundle = [(store.ca_dir / "root-cert.pem").read_text()]
     hbone_port = _free_port()  # every pod's own HBONE listener binds <pod ip>:hbone_port
     for node in ("node2", "node1"):  # node2 first: node1 dials node2's HBONE port
@@ -186,10 +206,10 @@ async def mesh(cluster: str = "c") -> AsyncIterator[Mesh]:
         m.proxies[node] = proxy
     m.revision = 0
     m.update()
-    m.managers["node1"].track([workloads_identity(m, "node1", CLIENT_IP)])
-    m.managers["node2"].track([workloads_identity(m, "node2", SERVER_IP)])
-    await m.managers["node1"].get(workloads_identity(m, "node1", CLIENT_IP))
-    await m.managers["node2"].get(workloads_identity(m, "node2", SERVER_IP))
+    m.managers["node1"].track([workloads_identity(m, "node1", m.client_ip)])
+    m.managers["node2"].track([workloads_identity(m, "node2", m.server_ip)])
+    await m.managers["node1"].get(workloads_identity(m, "node1", m.client_ip))
+    await m.managers["node2"].get(workloads_identity(m, "node2", m.server_ip))
     for proxy in m.proxies.values():
         await proxy.sync_hbone_listeners()
     try:

@@ -18,7 +18,7 @@ import pytest
 from common import tls
 from controller.ca import authority
 from tests import pki
-from tests.unit.ztunnel.harness import CLIENT_IP, ECHO_PORT, PLAIN_IP, SERVER_IP, Mesh, mesh
+from tests.unit.ztunnel.harness import ECHO_PORT, Mesh, mesh
 from ztunnel.identity.manager import WorkloadCertificate
 
 NODE_CLIENT = Path(__file__).with_name("connect_client.js")
@@ -34,7 +34,7 @@ def run(body: Callable[[Mesh], Awaitable[None]]) -> None:
 
 def client_cert(m: Mesh) -> WorkloadCertificate:
     snap = m.snapshots["node1"]
-    cert = m.managers["node1"].current(snap.workload(CLIENT_IP).identity)
+    cert = m.managers["node1"].current(snap.workload(m.client_ip).identity)
     assert cert is not None
     return cert
 
@@ -54,7 +54,7 @@ async def node_connect(m: Mesh, tmp: Path, svid: list[str], authority_: str) -> 
     args = [
         "node",
         str(NODE_CLIENT),
-        SERVER_IP,
+        m.server_ip,
         str(m.proxies["node2"].ports["hbone"]),
         authority_,
         *svid,
@@ -77,7 +77,7 @@ def test_independent_http2_client_opens_a_tunnel_with_a_valid_svid(tmp_path: Pat
     async def body(m: Mesh) -> None:
         cert = client_cert(m)
         svid = write_svid(tmp_path, cert.chain_pem, cert.key_pem, cert.bundle_pem)
-        out = await node_connect(m, tmp_path, svid, f"{SERVER_IP}:{ECHO_PORT}")
+        out = await node_connect(m, tmp_path, svid, f"{m.server_ip}:{ECHO_PORT}")
         assert "STATUS 200" in out, out
         assert "BODY THIRD PARTY\n|EOF" in out, out
 
@@ -99,7 +99,7 @@ def test_independent_client_with_a_self_signed_look_alike_is_refused(tmp_path: P
         )
         bundle = client_cert(m).bundle_pem
         svid = write_svid(tmp_path, [authority.pem(leaf)], authority.key_pem(key), bundle)
-        out = await node_connect(m, tmp_path, svid, f"{SERVER_IP}:{ECHO_PORT}")
+        out = await node_connect(m, tmp_path, svid, f"{m.server_ip}:{ECHO_PORT}")
         assert "STATUS" not in out  # TLS 1.3: the client may only see the connection close
         assert m.echo.peers == []
 
@@ -108,7 +108,7 @@ def test_independent_client_with_a_self_signed_look_alike_is_refused(tmp_path: P
 
 async def _tls(m: Mesh, ctx: ssl.SSLContext) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.open_connection(
-        SERVER_IP, m.proxies["node2"].ports["hbone"], ssl=ctx, server_hostname=""
+        m.server_ip, m.proxies["node2"].ports["hbone"], ssl=ctx, server_hostname=""
     )
 
 
@@ -171,16 +171,17 @@ async def _h2_request(m: Mesh, headers: list[tuple[str, str]]) -> int:
 @pytest.mark.parametrize(
     ("authority_", "method", "status"),
     [
-        (f"{SERVER_IP}:{ECHO_PORT}", "CONNECT", 200),
-        (f"{SERVER_IP}:15000", "CONNECT", 400),  # H-4: ztunnel's own admin port
-        (f"{SERVER_IP}:15008", "CONNECT", 400),  # H-4: recursion into HBONE
-        (f"{PLAIN_IP}:{ECHO_PORT}", "CONNECT", 400),  # H-3: not the original destination
-        (f"{SERVER_IP}:{ECHO_PORT}", "GET", 400),  # H-1
+        ("{server}:{echo}", "CONNECT", 200),
+        ("{server}:15000", "CONNECT", 400),  # H-4: ztunnel's own admin port
+        ("{server}:15008", "CONNECT", 400),  # H-4: recursion into HBONE
+        ("{plain}:{echo}", "CONNECT", 400),  # H-3: not the original destination
+        ("{server}:{echo}", "GET", 400),  # H-1
     ],
 )
 def test_what_a_valid_peer_may_ask_for(authority_: str, method: str, status: int) -> None:
     async def body(m: Mesh) -> None:
-        headers = [(":method", method), (":authority", authority_)]
+        target = authority_.format(server=m.server_ip, plain=m.plain_ip, echo=ECHO_PORT)
+        headers = [(":method", method), (":authority", target)]
         if method == "GET":
             headers += [(":scheme", "https"), (":path", "/")]
         assert await _h2_request(m, headers) == status

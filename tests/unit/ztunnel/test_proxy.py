@@ -8,17 +8,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from tests.unit.ztunnel.harness import (
-    CLIENT_IP,
     ECHO_PORT,
-    PLAIN_IP,
-    SERVER_IP,
     Mesh,
     mesh,
 )
 from ztunnel.proxy.relay import Tunnel
 from ztunnel.proxy.splice import Held, Splice
-
-SERVER = (SERVER_IP, ECHO_PORT)
 
 
 def run(state_dir: Path, body: Callable[[Mesh], Awaitable[None]]) -> None:
@@ -31,8 +26,8 @@ def run(state_dir: Path, body: Callable[[Mesh], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
-async def roundtrip(m: Mesh, payload: bytes, target: tuple[str, int] = SERVER) -> bytes:
-    reader, writer, code = await m.socks(target)
+async def roundtrip(m: Mesh, payload: bytes, target: tuple[str, int] | None = None) -> bytes:
+    reader, writer, code = await m.socks(target or m.server)
     assert code == 0
     writer.write(payload)
     writer.write_eof()  # half-close: the server answers after our EOF
@@ -45,7 +40,7 @@ def test_bytes_cross_intact_both_ways_and_the_server_sees_the_client_ip(state_di
     async def body(m: Mesh) -> None:
         payload = bytes(range(256)) * 4096  # 1 MiB
         assert await roundtrip(m, payload) == payload.upper() + b"|EOF"
-        assert m.echo.peers == [CLIENT_IP]
+        assert m.echo.peers == [m.client_ip]
 
     run(state_dir, body)
 
@@ -101,7 +96,7 @@ def test_deny_policy_refuses_and_counts_the_reason(state_dir: Path) -> None:
                 },
             }
         )
-        _, writer, code = await m.socks(SERVER)
+        _, writer, code = await m.socks(m.server)
         writer.close()
         assert code == 2  # SOCKS "not allowed by ruleset"
         assert (
@@ -122,7 +117,7 @@ def test_policy_change_closes_an_open_connection(state_dir: Path) -> None:
     """F-10: ALLOW → DENY while a connection is open: it is closed promptly."""
 
     async def body(m: Mesh) -> None:
-        reader, writer, code = await m.socks(SERVER)
+        reader, writer, code = await m.socks(m.server)
         assert code == 0
         writer.write(b"before")
         assert await reader.readexactly(6) == b"BEFORE"
@@ -143,7 +138,7 @@ def test_policy_change_closes_an_open_connection(state_dir: Path) -> None:
 
 def test_non_mesh_destination_is_passed_through_in_plaintext(state_dir: Path) -> None:
     async def body(m: Mesh) -> None:
-        assert await roundtrip(m, b"plain", (PLAIN_IP, ECHO_PORT)) == b"PLAIN|EOF"
+        assert await roundtrip(m, b"plain", (m.plain_ip, ECHO_PORT)) == b"PLAIN|EOF"
         assert m.proxies["node1"].pool.dials == 0
 
     run(state_dir, body)
@@ -151,11 +146,11 @@ def test_non_mesh_destination_is_passed_through_in_plaintext(state_dir: Path) ->
 
 def test_unknown_source_and_no_config_fail_closed(state_dir: Path) -> None:
     async def body(m: Mesh) -> None:
-        _, writer, code = await m.socks(SERVER, src_ip="127.0.1.99")
+        _, writer, code = await m.socks(m.server, src_ip=f"127.{m.net}.1.99")
         writer.close()
         assert code == 2
         m.snapshots.clear()  # as before the first config arrives
-        _, writer, code = await m.socks(SERVER)
+        _, writer, code = await m.socks(m.server)
         writer.close()
         assert code == 2
         assert (
@@ -173,7 +168,7 @@ def test_unknown_source_and_no_config_fail_closed(state_dir: Path) -> None:
 
 def test_unreachable_pod_gets_503_and_an_unreachable_code(state_dir: Path) -> None:
     async def body(m: Mesh) -> None:
-        _, writer, code = await m.socks((SERVER_IP, 9999))
+        _, writer, code = await m.socks((m.server_ip, 9999))
         writer.close()
         assert code == 4  # host unreachable ← HBONE 503
         assert (

@@ -1,0 +1,452 @@
+"""The benchmark run behind `scripts/bench`: one local cluster, three paths, every row side by side.
+
+Paths (PERF.md "Topology"): a client pod on node1 and a server pod on node2 —
+  direct:  pods in a namespace that is not enrolled, plain TCP across the underlay;
+  stunnel: the same direct pods, through an stunnel4 mTLS pair (TLS 1.3, ECDSA P-256) running in
+           the same pods' netns (so it crosses the same veths and underlay);
+  mesh:    pods in an enrolled namespace: eBPF → ztunnel → HBONE/mTLS → ztunnel.
+Rows: single-stream throughput (iperf3), 1 KiB round trips (p50/p90/p99), new connections per
+second, proxy CPU during the stream, RSS per open connection. Each row runs `reps` times; the
+report gives medians and the min-max spread, and ratios computed within this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from api.spiffe import SpiffeId  # noqa: E402
+from controller.ca import authority  # noqa: E402
+from localcluster import teardown  # noqa: E402
+from localcluster.cluster import Cluster  # noqa: E402
+
+AMBIENTCTL = str(Path(sys.executable).parent / "ambientctl")
+PACKAGES = ("stunnel4", "iperf3")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def sh(*argv: str, stdin: str | None = None, check: bool = True) -> str:
+    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout
+
+
+def ensure_packages() -> None:
+    missing = [
+        p
+        for p in PACKAGES
+        if subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True, check=False
+        ).stdout
+        != "install ok installed"
+    ]
+    if missing:
+        print(f"installing {' '.join(missing)}", flush=True)
+        sh("apt-get", "install", "-y", "-qq", *missing)
+
+
+class Bench:
+    def __init__(self, reps: int, quick: bool) -> None:
+        self.reps, self.quick = reps, quick
+        self.cluster = f"bench{os.urandom(3).hex()}"
+        self.tmp = Path(tempfile.mkdtemp(prefix="ambientmesh-bench-"))
+        self.ip: dict[str, str] = {}
+
+    def ctl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
+        if "--" in args:
+            cut = args.index("--")
+            argv = [*args[:cut], "--cluster", self.cluster, *args[cut:]]
+        else:
+            argv = [*args, "--cluster", self.cluster]
+        return sh(AMBIENTCTL, *argv, stdin=stdin, check=check)
+
+    # --- set-up ---------------------------------------------------------------------------------
+
+    def pki(self) -> None:
+        now = datetime.now(UTC)
+        root, key = authority.generate_root("bench", now)
+        material = authority.CaMaterial(root, key, (root,), (root,))
+        (self.tmp / "ca.pem").write_text(authority.pem(root))
+        for name in ("server", "client"):
+            leaf_key = authority.new_key()
+            leaf = authority.sign_leaf(
+                material,
+                leaf_key.public_key(),
+                SpiffeId("bench", "stunnel", name),
+                authority.timedelta(days=1),
+                now,
+            )
+            (self.tmp / f"{name}.pem").write_text(authority.pem(leaf))
+            (self.tmp / f"{name}.key").write_bytes(authority.key_pem(leaf_key))
+
+    def stunnel_conf(self, role: str, services: dict[str, tuple[str, str]]) -> Path:
+        lines = ["foreground = yes", "pid =", "debug = 3"]
+        if role == "client":
+            lines.append("client = yes")
+        for name, (accept, connect) in services.items():
+            lines += [
+                f"[{name}]",
+                f"accept = {accept}",
+                f"connect = {connect}",
+                f"cert = {self.tmp / (role + '.pem')}",
+                f"key = {self.tmp / (role + '.key')}",
+                f"CAfile = {self.tmp / 'ca.pem'}",
+                "verifyChain = yes",
+                "sslVersionMin = TLSv1.3",
+                "curves = prime256v1",
+            ]
+            if role == "server":
+                lines.append("requireCert = yes")
+        path = self.tmp / f"stunnel-{role}.conf"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    @staticmethod
+    def pod(name: str, ns: str, node: str, containers: dict[str, list[str]]) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "nodeName": node,
+                "serviceAccountName": name,
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": c, "command": cmd} for c, cmd in containers.items()],
+            },
+        }
+
+    def apply(self, *docs: dict[str, Any]) -> None:
+        self.ctl("apply", "-f", "-", stdin="\n---\n".join(json.dumps(d) for d in docs))
+
+    def setup(self) -> None:
+        print(f"cluster {self.cluster}: building", flush=True)
+        self.ctl("up", "--nodes", "2")
+        ns = [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}
+            for n in ("bdirect", "bmesh")
+        ]
+        self.apply(*ns)
+        self.ctl("label", "namespace", "bmesh", "istio.io/dataplane-mode=ambient")
+        self.pki()
+        servers = {
+            "iperf": ["iperf3", "-s", "-p", "5201"],
+            "pingpong": ["python3", "-m", "samples.pingpong", "serve", "9000"],
+        }
+        srv_conf = self.stunnel_conf(
+            "server", {"iperf": ("5443", "127.0.0.1:5201"), "pp": ("9443", "127.0.0.1:9000")}
+        )
+        self.apply(
+            self.pod(
+                "srv", "bdirect", "node2", {**servers, "stunnel": ["stunnel4", str(srv_conf)]}
+            ),
+            self.pod("srv", "bmesh", "node2", servers),
+        )
+        pods = json.loads(self.ctl("get", "pods", "-A", "-o", "json"))["items"]
+        self.ip = {
+            f"{p['metadata']['namespace']}/{p['metadata']['name']}": p["status"]["podIP"]
+            for p in pods
+        }
+        direct = self.ip["bdirect/srv"]
+        cli_conf = self.stunnel_conf(
+            "client",
+            {
+                "iperf": ("127.0.0.1:15201", f"{direct}:5443"),
+                "pp": ("127.0.0.1:19000", f"{direct}:9443"),
+            },
+        )
+        sleep = {"main": ["sleep", "infinity"]}
+        self.apply(
+            self.pod("cli", "bdirect", "node1", {**sleep, "stunnel": ["stunnel4", str(cli_conf)]}),
+            self.pod("cli", "bmesh", "node1", sleep),
+        )
+        for path, (pod, host, port) in self.paths("9000", "19000").items():
+            self.wait_serving(pod, host, port, path)
+
+    def paths(self, port: str, stunnel_port: str) -> dict[str, tuple[str, str, str]]:
+        return {
+            "direct": ("bdirect/cli", self.ip["bdirect/srv"], port),
+            "stunnel": ("bdirect/cli", "127.0.0.1", stunnel_port),
+            "mesh": ("bmesh/cli", self.ip["bmesh/srv"], port),
+        }
+
+    def wait_serving(self, pod: str, host: str, port: str, path: str) -> None:
+        for _ in range(100):
+            out = self.ctl(
+                "exec",
+                pod,
+                "--",
+                "python3",
+                "-m",
+                "samples.pingpong",
+                "rtt",
+                host,
+                port,
+                "10",
+                check=False,
+            )
+            if out.startswith("{"):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{path} path never answered")
+
+    # --- measurements ---------------------------------------------------------------------------
+
+    def pids(self, path: str) -> list[int]:
+        """Processes doing the proxying on a path (none for direct)."""
+        store = Cluster(self.cluster).store
+        if path == "mesh":
+            dirs = [store.system_dir(f"ztunnel-node{i}") for i in (1, 2)]
+            names = [f"ztunnel-node{i}" for i in (1, 2)]
+        elif path == "stunnel":
+            dirs = [store.pod_dir("bdirect", "cli"), store.pod_dir("bdirect", "srv")]
+            names = ["stunnel", "stunnel"]
+        else:
+            return []
+        out = []
+        for run_dir, name in zip(dirs, names, strict=True):
+            status = json.loads((run_dir / "status.json").read_text())
+            out.append(int(status["containers"][name]["pid"]))
+        return out
+
+    @staticmethod
+    def cpu_s(pids: list[int]) -> float:
+        total = 0
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / CLK_TCK
+
+    @staticmethod
+    def rss_kib(pids: list[int]) -> int:
+        total = 0
+        for pid in pids:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        return total
+
+    def throughput(self, path: str) -> dict[str, float]:
+        pod, host, port = self.paths("5201", "15201")[path]
+        seconds = 3 if self.quick else 8
+        pids = self.pids(path)
+        cpu0 = self.cpu_s(pids)
+        out = json.loads(
+            self.ctl("exec", pod, "--", "iperf3", "-c", host, "-p", port, "-t", str(seconds), "-J")
+        )
+        cpu = (self.cpu_s(pids) - cpu0) / seconds
+        return {"gbit_s": out["end"]["sum_received"]["bits_per_second"] / 1e9, "proxy_cores": cpu}
+
+    def latency(self, path: str) -> dict[str, float]:
+        pod, host, port = self.paths("9000", "19000")[path]
+        count = "1000" if self.quick else "5000"
+        return json.loads(
+            self.ctl(
+                "exec", pod, "--", "python3", "-m", "samples.pingpong", "rtt", host, port, count
+            )
+        )
+
+    def connrate(self, path: str) -> dict[str, float]:
+        pod, host, port = self.paths("9000", "19000")[path]
+        seconds = "2" if self.quick else "5"
+        return json.loads(
+            self.ctl(
+                "exec",
+                pod,
+                "--",
+                "python3",
+                "-m",
+                "samples.pingpong",
+                "connrate",
+                host,
+                port,
+                seconds,
+            )
+        )
+
+    def memory(self, path: str) -> dict[str, float]:
+        pod, host, port = self.paths("9000", "19000")[path]
+        n = 200 if self.quick else 500
+        pids = self.pids(path)
+        before = self.rss_kib(pids)
+        proc = subprocess.Popen(
+            [
+                AMBIENTCTL,
+                "exec",
+                pod,
+                "--cluster",
+                self.cluster,
+                "--",
+                "python3",
+                "-m",
+                "samples.pingpong",
+                "hold",
+                host,
+                port,
+                str(n),
+                "6",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        proc.stdout.readline()  # {"held": n}
+        time.sleep(1)
+        during = self.rss_kib(pids)
+        proc.wait(30)
+        # Per proxy process: mesh and stunnel both put one process at each end.
+        return {
+            "kib_per_conn_per_proxy": (during - before) / n / max(len(pids), 1),
+            "connections": n,
+        }
+
+    # --- run --------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        rows: dict[str, dict[str, list[dict[str, float]]]] = {}
+        for name, measure in (
+            ("throughput", self.throughput),
+            ("latency", self.latency),
+            ("connrate", self.connrate),
+            ("memory", self.memory),
+        ):
+            rows[name] = {}
+            for rep in range(self.reps):
+                for path in ("direct", "stunnel", "mesh"):  # interleaved: same noise for all
+                    if name == "memory" and path == "direct":
+                        continue
+                    result = measure(path)
+                    rows[name].setdefault(path, []).append(result)
+                    print(f"  {name:10} rep {rep + 1} {path:8} {json.dumps(result)}", flush=True)
+        return rows
+
+    def teardown(self) -> None:
+        teardown.down(self.cluster)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def median(rows: list[dict[str, float]], key: str) -> tuple[float, float, float]:
+    values = [r[key] for r in rows]
+    return statistics.median(values), min(values), max(values)
+
+
+def report(rows: dict[str, Any], meta: dict[str, Any]) -> str:
+    def m(row: str, path: str, key: str) -> tuple[float, float, float]:
+        return median(rows[row][path], key)
+
+    def fmt(v: tuple[float, float, float], digits: int = 2) -> str:
+        return f"{v[0]:.{digits}f} ({v[1]:.{digits}f}-{v[2]:.{digits}f})"
+
+    tp = {p: m("throughput", p, "gbit_s") for p in ("direct", "stunnel", "mesh")}
+    cpu = {p: m("throughput", p, "proxy_cores") for p in ("stunnel", "mesh")}
+    lat = {p: {q: m("latency", p, f"{q}_us") for q in ("p50", "p99")} for p in tp}
+    cr = {p: m("connrate", p, "conns_per_s") for p in tp}
+    mem = {p: m("memory", p, "kib_per_conn_per_proxy") for p in ("stunnel", "mesh")}
+    added = {
+        p: {q: lat[p][q][0] - lat["direct"][q][0] for q in ("p50", "p99")}
+        for p in ("stunnel", "mesh")
+    }
+    lines = [
+        f"# ambientmesh benchmark — {meta['date']}",
+        "",
+        f"{meta['reps']} repetitions, interleaved; median (min-max). Machine: {meta['machine']}.",
+        "",
+        "| row | direct | stunnel pair | mesh (HBONE) | mesh ratio | target |",
+        "|---|---|---|---|---|---|",
+        f"| throughput, 1 stream (Gbit/s) | {fmt(tp['direct'])} | {fmt(tp['stunnel'])} | "
+        f"{fmt(tp['mesh'])} | {tp['mesh'][0] / tp['stunnel'][0]:.2f}x stunnel, "
+        f"{tp['mesh'][0] / tp['direct'][0]:.2f}x direct | ≥ 1.5x stunnel, ≥ 0.35x direct |",
+        f"| proxy CPU during the stream (cores, both ends) | - | {fmt(cpu['stunnel'])} | "
+        f"{fmt(cpu['mesh'])} | | |",
+        f"| 1 KiB RTT p50 (µs) | {fmt(lat['direct']['p50'], 0)} | "
+        f"{fmt(lat['stunnel']['p50'], 0)} | {fmt(lat['mesh']['p50'], 0)} | added "
+        f"{added['mesh']['p50']:.0f} µs vs stunnel's {added['stunnel']['p50']:.0f} µs "
+        "| ≤ stunnel's |",
+        f"| 1 KiB RTT p99 (µs) | {fmt(lat['direct']['p99'], 0)} | "
+        f"{fmt(lat['stunnel']['p99'], 0)} | {fmt(lat['mesh']['p99'], 0)} | added "
+        f"{added['mesh']['p99']:.0f} µs vs stunnel's {added['stunnel']['p99']:.0f} µs "
+        "| ≤ stunnel's |",
+        f"| new connections / s | {fmt(cr['direct'], 0)} | {fmt(cr['stunnel'], 0)} | "
+        f"{fmt(cr['mesh'], 0)} | {cr['mesh'][0] / cr['stunnel'][0]:.2f}x stunnel | ≥ 5x stunnel |",
+        f"| RSS per open connection, per proxy (KiB) | - | {fmt(mem['stunnel'], 1)} | "
+        f"{fmt(mem['mesh'], 1)} | | ≤ 8 KiB |",
+        "",
+        "Not run in this version: HBONE framing cost vs a raw mTLS relay of our own, eBPF redirect",
+        "cost alone, waypoint vs haproxy (no waypoint yet), control-plane propagation.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def chart(rows: dict[str, Any], path: Path) -> str:
+    try:
+        import matplotlib  # noqa: PLC0415 - optional: only for the chart
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return "chart skipped: matplotlib is not installed (pip install matplotlib)"
+    fig, ax = plt.subplots(figsize=(7, 4))
+    quantiles = ("p50", "p90", "p99")
+    for i, p in enumerate(("direct", "stunnel", "mesh")):
+        values = [median(rows["latency"][p], f"{q}_us")[0] for q in quantiles]
+        ax.bar([x + i * 0.27 for x in range(3)], values, width=0.27, label=p)
+    ax.set_xticks([x + 0.27 for x in range(3)], quantiles)
+    ax.set_ylabel("round trip, 1 KiB (µs)")
+    ax.set_title("Latency percentiles per path (lower is better)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    return f"chart: {path}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench")
+    parser.add_argument("--quick", action="store_true", help="short rows; under two minutes")
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("error: scripts/bench needs root (it builds a local cluster)", file=sys.stderr)
+        return 1
+    ensure_packages()
+    bench = Bench(max(args.reps, 3), args.quick)
+    started = time.monotonic()
+    try:
+        bench.setup()
+        rows = bench.run()
+    finally:
+        bench.teardown()
+    date = datetime.now(UTC).strftime("%Y-%m-%dT%H-%M-%SZ")
+    meta = {
+        "date": date,
+        "reps": bench.reps,
+        "quick": args.quick,
+        "machine": f"{platform.node()} {os.cpu_count()} CPUs, kernel {platform.release()}",
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    out = REPO / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{date}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    table = report(rows, meta)
+    (out / f"{date}.md").write_text(table)
+    print("\n" + table)
+    print(chart(rows, out / f"{date}.png"))
+    print(f"results: {out / date}.{{json,md}} ({meta['seconds']}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
