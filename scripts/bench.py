@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,7 @@ class Bench:
                 material,
                 leaf_key.public_key(),
                 SpiffeId("bench", "stunnel", name),
-                authority.timedelta(days=1),
+                timedelta(days=1),
                 now,
             )
             (self.tmp / f"{name}.pem").write_text(authority.pem(leaf))
@@ -254,16 +254,17 @@ class Bench:
     def latency(self, path: str) -> dict[str, float]:
         pod, host, port = self.paths("9000", "19000")[path]
         count = "1000" if self.quick else "5000"
-        return json.loads(
+        result: dict[str, float] = json.loads(
             self.ctl(
                 "exec", pod, "--", "python3", "-m", "samples.pingpong", "rtt", host, port, count
             )
         )
+        return result
 
     def connrate(self, path: str) -> dict[str, float]:
         pod, host, port = self.paths("9000", "19000")[path]
         seconds = "2" if self.quick else "5"
-        return json.loads(
+        result: dict[str, float] = json.loads(
             self.ctl(
                 "exec",
                 pod,
@@ -277,6 +278,7 @@ class Bench:
                 seconds,
             )
         )
+        return result
 
     def memory(self, path: str) -> dict[str, float]:
         pod, host, port = self.paths("9000", "19000")[path]

@@ -25,7 +25,19 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import hyperframe.frame
 from h2.errors import ErrorCodes
+
+
+def _data_frame_repr(frame: hyperframe.frame.DataFrame) -> str:
+    return f"<{len(frame.data)} bytes>"
+
+
+# h2 builds `repr(frame)` for a trace log line on every received frame, whatever the log level,
+# and hyperframe's DATA repr serializes and hex-encodes the whole payload: O(payload) of work per
+# received byte, measured as the largest single cost of the data path (PERF.md). A constant-time
+# repr for DATA frames keeps h2 as it is otherwise.
+hyperframe.frame.DataFrame._body_repr = _data_frame_repr  # type: ignore[method-assign,assignment]
 
 # ztunnel's values (h2.rs / pool.rs) unless noted.
 MAX_CONCURRENT_STREAMS = 200

@@ -5,6 +5,7 @@ from __future__ import annotations
 import h2.config
 import h2.connection
 import h2.events
+import hyperframe.frame
 import pytest
 from h2.errors import ErrorCodes
 
@@ -204,3 +205,11 @@ def test_garbage_after_the_preface_is_a_remote_protocol_error() -> None:
     events = server.receive(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x04\x09" * 50)
     assert isinstance(events[-1], p.Closed)
     assert server.receive(b"more") == []
+
+
+def test_data_frame_repr_does_not_scale_with_the_payload() -> None:
+    """h2 formats repr(frame) for every received frame; hyperframe's DATA repr hex-encoded the
+    whole payload (PERF.md: the largest single cost of the data path)."""
+    frame = hyperframe.frame.DataFrame(1, b"x" * (1 << 20))
+    assert "1048576 bytes" in repr(frame)
+    assert len(repr(frame)) < 200
