@@ -53,7 +53,7 @@ class Datapath:
 
     @property
     def enrolled(self) -> Any:
-        return self.bpf["enrolled"]
+        return self.bpf[b"enrolled"]
 
     def enroll(self, ip: str, ifindex: int) -> None:
         table = self.enrolled
@@ -70,7 +70,7 @@ class Datapath:
         return out
 
     def configure(self, *, zt_ifindex: int, zt_ip: str, zt_mac: str, mark: int) -> None:
-        table = self.bpf["config"]
+        table = self.bpf[b"config"]
         leaf = table.Leaf()
         leaf.zt_ifindex = zt_ifindex
         leaf.zt_ip = ip_key(zt_ip).value
@@ -80,7 +80,7 @@ class Datapath:
         table[ctypes.c_uint32(0)] = leaf
 
     def verdicts(self) -> dict[str, int]:
-        table = self.bpf["verdicts"]
+        table = self.bpf[b"verdicts"]
         return {v.name: int(sum(table[ctypes.c_uint32(v.value)])) for v in Verdict}
 
 
@@ -90,6 +90,6 @@ def compile_datapath(pin_dir: Path) -> Datapath:
     from bcc import BPF  # noqa: PLC0415
 
     pin_dir.mkdir(parents=True, exist_ok=True)
-    bpf = BPF(text=final_source(), cflags=cflags(pin_dir))
-    fds = {name: int(bpf.load_func(name, BPF.SCHED_CLS).fd) for name in PROGRAMS}
+    bpf = BPF(text=final_source().encode(), cflags=cflags(pin_dir))
+    fds = {name: int(bpf.load_func(name.encode(), BPF.SCHED_CLS).fd) for name in PROGRAMS}
     return Datapath(bpf, fds)

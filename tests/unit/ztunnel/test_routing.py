@@ -110,7 +110,7 @@ PRINCIPAL = "cluster.local/ns/mesh/sa/default"
         ("10.244.2.3", 8080, "10.244.2.3", None, 200, "no_policy"),  # plaintext, PERMISSIVE
     ],
 )
-def test_inbound(  # noqa: PLR0917 - one parameter per table column
+def test_inbound(
     target: str, port: int, original: str, principal: str | None, status: int, reason: str
 ) -> None:
     got = plan_inbound(
