@@ -109,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pod", metavar="NS/POD")
     p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
 
+    p = verb(
+        "restart",
+        verbs.restart,
+        "restart components (ztunnel: no refused connection; node agents: no disruption)",
+    )
+    p.add_argument(
+        "components", nargs="+", help="controller | node-agent[-<node>] | ztunnel[-<node>]"
+    )
+
     p = verb("metrics", verbs.metrics, "Prometheus metrics of a mesh component")
     p.add_argument("component", help="controller | node-agent-<node> | ztunnel-<node>")
     p.add_argument("--grep", help="only non-comment lines containing this text")

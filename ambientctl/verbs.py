@@ -427,3 +427,24 @@ def metrics(args: argparse.Namespace) -> int:
         lines = [line for line in lines if args.grep in line and not line.startswith("#")]
     print("\n".join(lines))
     return 0 if status == 200 else 1
+
+
+def restart(args: argparse.Namespace) -> int:
+    """Restart components; `ztunnel` means every node's, one node at a time."""
+    cluster = _cluster(args)
+    comps = system.components(cluster.name, cluster.nodes(), cluster.store.info().ca_dir)
+    by_name = {c.name: c for c in comps}
+    chosen: list[system.Component] = []
+    for name in args.components:
+        group = [c for c in comps if c.name.startswith(f"{name}-")]
+        if name in by_name:
+            chosen.append(by_name[name])
+        elif group:
+            chosen.extend(group)
+        else:
+            raise ClusterError(f"no component {name!r} (components: {', '.join(by_name)})")
+    for component in chosen:
+        started = time.monotonic()
+        system.restart(cluster.store, component)
+        print(f"{component.name} restarted ({time.monotonic() - started:.1f}s)")
+    return 0

@@ -129,8 +129,15 @@ async def _serve_connection(
 
 
 async def serve(
-    handler: Handler, host: str, port: int, *, tls: ssl.SSLContext | None = None
+    handler: Handler,
+    host: str,
+    port: int,
+    *,
+    tls: ssl.SSLContext | None = None,
+    reuse_port: bool = False,
 ) -> asyncio.Server:
+    """`reuse_port`: a second instance may bind beside this one (restart handover)."""
+
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _serve_connection(handler, reader, writer)
 
@@ -140,6 +147,7 @@ async def serve(
         port,
         ssl=tls,
         reuse_address=True,
+        reuse_port=reuse_port,
         ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S if tls else None,
     )
 

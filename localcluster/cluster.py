@@ -22,6 +22,7 @@ from localcluster.topology import NodePlan, plan_nodes
 Progress = Callable[[str], None]
 ZTUNNEL_HOST_IF = "ztunnel"
 CAPTURE_TIMEOUT_S = 10.0
+ZTUNNEL_SYSCTLS = {"net/ipv4/tcp_migrate_req": "1"}
 DEFAULT_NODES = 2
 
 
@@ -106,6 +107,9 @@ class Cluster:
                     pod_ip=plan.ztunnel_ip,
                     gateway_ip=plan.gateway_ip,
                 )
+            # A restarting ztunnel's pending connections move to the listener that stays
+            # (SO_REUSEPORT group) instead of being reset: no refused connection (F-4).
+            kernel.set_sysctls(zt_ns, ZTUNNEL_SYSCTLS)
             self.progress(
                 f"{plan.name:10} {node_ns} (node IP {plan.node_ip}, pods {plan.pod_cidr}, "
                 f"ztunnel netns {zt_ns} at {plan.ztunnel_ip})"

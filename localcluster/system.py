@@ -28,6 +28,7 @@ ADMIN_PORT = 15000
 READINESS_PORT = 15021
 READY_TIMEOUT_S = 20.0
 STOP_GRACE_S = 5.0
+ZTUNNEL_GRACE_S = 8.0  # ztunnel drains for 5 s (its --drain) before the shim would SIGKILL it
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,11 @@ def log_path(store: ClusterStore, name: str) -> Path:
     return store.system_dir(name) / f"{name}.log"
 
 
-def _spec(store: ClusterStore, component: Component) -> ShimSpec:
-    run_dir = store.system_dir(component.name)
+def _spec(store: ClusterStore, component: Component, run_dir: Path | None = None) -> ShimSpec:
+    run_dir = run_dir or store.system_dir(component.name)
+    argv = list(component.argv)
+    if component.name.startswith("ztunnel-"):
+        argv += ["--status-file", str(run_dir / "ztunnel.json")]
     env = {
         "PATH": f"{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": "/root",
@@ -113,7 +117,7 @@ def _spec(store: ClusterStore, component: Component) -> ShimSpec:
         naming.STATE_DIR_ENV: str(naming.state_dir()),
     }
     container = ContainerSpec(
-        component.name, component.argv, env, None, str(log_path(store, component.name))
+        component.name, argv, env, None, str(run_dir / f"{component.name}.log")
     )
     return ShimSpec(
         f"{SYSTEM_NAMESPACE}/{component.name}",
@@ -142,6 +146,49 @@ def ensure_running(store: ClusterStore, comps: list[Component]) -> list[str]:
 
 def stop(store: ClusterStore, component: Component) -> None:
     pods.terminate(store.system_dir(component.name), STOP_GRACE_S)
+
+
+def _handover_ready(run_dir: Path) -> bool:
+    try:
+        return bool(json.loads((run_dir / "ztunnel.json").read_text()).get("handoverReady"))
+    except (OSError, ValueError):
+        return False
+
+
+def _launch_and_wait(store: ClusterStore, component: Component, run_dir: Path) -> None:
+    (run_dir / "ztunnel.json").unlink(missing_ok=True)
+    pods.launch(
+        component.netns,
+        run_dir,
+        _spec(store, component, run_dir),
+        f"{SYSTEM_NAMESPACE}/{component.name}",
+    )
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not _handover_ready(run_dir):
+        if time.monotonic() > deadline:
+            raise pods.PodRuntimeError(
+                f"{component.name}: new instance not ready after "
+                f"{READY_TIMEOUT_S:.0f}s (see {run_dir})"
+            )
+        time.sleep(0.1)
+
+
+def restart(store: ClusterStore, component: Component) -> None:
+    """Restart a component. ztunnel without refusing a single new connection (F-4): a surge
+    instance binds beside the old one (SO_REUSEPORT on every listener), takes over once it is
+    ready with its certificates, the old one stops accepting — its pending connections migrate
+    (net.ipv4.tcp_migrate_req) — and drains; then the same again to return to the main slot.
+    Long-lived connections of a draining instance are cut at its drain deadline (documented)."""
+    main_dir = store.system_dir(component.name)
+    if not component.name.startswith("ztunnel-"):
+        stop(store, component)
+        ensure_running(store, [component])
+        return
+    surge_dir = store.system_dir(f"{component.name}-surge")
+    _launch_and_wait(store, component, surge_dir)
+    pods.terminate(main_dir, ZTUNNEL_GRACE_S)
+    _launch_and_wait(store, component, main_dir)
+    pods.terminate(surge_dir, ZTUNNEL_GRACE_S)
 
 
 def agent_status(store: ClusterStore, node: str) -> dict[str, Any]:

@@ -76,6 +76,23 @@ def connrate(host: str, port: int, seconds: float) -> dict[str, float]:
     return {"conns_per_s": done / (time.monotonic() - started), "count": done}
 
 
+def churn(host: str, port: int, seconds: float) -> dict[str, float]:
+    """New connections back to back; every failure (refused, reset, wrong echo) is counted."""
+    payload = b"x" * SIZE
+    ok = failed = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection((host, port), timeout=5) as conn:
+                conn.sendall(payload)
+                if _recv_exact(conn, SIZE) != payload:
+                    raise ConnectionError("wrong echo")
+            ok += 1
+        except OSError:
+            failed += 1
+    return {"ok": ok, "failed": failed}
+
+
 def hold(host: str, port: int, n: int, seconds: float) -> dict[str, float]:
     conns = []
     for _ in range(n):
@@ -100,6 +117,8 @@ def main(argv: list[str]) -> int:
         result = rtt(host, port, int(args[2]))
     elif mode == "connrate":
         result = connrate(host, port, float(args[2]))
+    elif mode == "churn":
+        result = churn(host, port, float(args[2]))
     elif mode == "hold":
         result = hold(host, port, int(args[2]), float(args[3]))
     else:

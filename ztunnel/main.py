@@ -15,10 +15,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 import uvloop
@@ -59,6 +61,8 @@ class Settings:
     """Listeners and datapath options."""
     drain_s: float = 5.0
     """How long open connections may finish after SIGTERM (Istio's ztunnel: 5 s default)."""
+    status_file: Path | None = None
+    """Where this instance reports readiness (a restart hands over only once it is ready)."""
 
 
 def local_workloads(watcher: StoreWatcher, node: str, trust_domain: str) -> list[dict[str, Any]]:
@@ -105,6 +109,7 @@ class Ztunnel:
         self.proxy_metrics = ProxyMetrics(self.registry)
         self.snapshot: Snapshot | None = None
         self.proxy: Proxy | None = None
+        self._last_status: dict[str, Any] = {}
 
     def waiting_for(self) -> list[str]:
         pending = []
@@ -146,6 +151,27 @@ class Ztunnel:
         for state in ("Available", "Initializing", "Unavailable"):
             self.cert_gauge.labels(state=state).set(states.count(state))
 
+    def handover_ready(self) -> bool:
+        """Ready, and holding a certificate for every local enrolled identity."""
+        if self.waiting_for() or self.manager is None:
+            return False
+        return all(c["state"] == "Available" for c in self.manager.dump())
+
+    def write_status(self) -> None:
+        if self.settings.status_file is None:
+            return
+        status = {
+            "pid": os.getpid(),
+            "ready": not self.waiting_for(),
+            "handoverReady": self.handover_ready(),
+            "waitingFor": self.waiting_for(),
+        }
+        if status != self._last_status:
+            self._last_status = status
+            tmp = self.settings.status_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(status))
+            tmp.replace(self.settings.status_file)
+
     def config_dump(self) -> dict[str, Any]:
         return {
             "node": self.settings.node,
@@ -177,9 +203,9 @@ class Ztunnel:
 
     async def run(self, stop: asyncio.Event) -> None:
         servers = [
-            await http1.serve(self.admin, "127.0.0.1", ADMIN_PORT),
-            await http1.serve(self.ready, "0.0.0.0", READINESS_PORT),  # noqa: S104
-            await http1.serve(self.metrics, "0.0.0.0", METRICS_PORT),  # noqa: S104
+            await http1.serve(self.admin, "127.0.0.1", ADMIN_PORT, reuse_port=True),
+            await http1.serve(self.ready, "0.0.0.0", READINESS_PORT, reuse_port=True),  # noqa: S104
+            await http1.serve(self.metrics, "0.0.0.0", METRICS_PORT, reuse_port=True),  # noqa: S104
         ]
         log.info(
             "ztunnel for %s/%s: admin 127.0.0.1:%d, readiness :%d, metrics :%d",
@@ -199,6 +225,7 @@ class Ztunnel:
                 log.info("proxy listening: %s", self.proxy.ports)
             if self.proxy is not None:
                 await self.proxy.sync_hbone_listeners()
+            self.write_status()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), POLL_S)
         if self.proxy is not None:
@@ -221,6 +248,7 @@ def parse_args(argv: list[str]) -> Settings:
     parser.add_argument("--controller", required=True, help="host[:port] of the controller")
     parser.add_argument("--socks-port", type=int, default=15080, help="SOCKS5 entry (0: off)")
     parser.add_argument("--drain", type=float, default=5.0, help="drain deadline after SIGTERM")
+    parser.add_argument("--status-file", type=Path, default=None)
     parser.add_argument(
         "--no-transparent",
         action="store_true",
@@ -238,6 +266,7 @@ def parse_args(argv: list[str]) -> Settings:
         controller=args.controller,
         proxy=proxy,
         drain_s=args.drain,
+        status_file=args.status_file,
     )
 
 

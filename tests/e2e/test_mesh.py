@@ -348,3 +348,35 @@ def test_unenrolling_a_namespace_returns_its_pods_to_plaintext(
         assert "after-optout" in capture.stop()
     finally:
         ambientctl(cluster, "label", "pod", "client", "-n", "mesh", "istio.io/dataplane-mode-")
+
+
+def test_ztunnel_restart_refuses_no_new_connection(mesh: dict[str, str]) -> None:
+    """F-4: new connections arrive back to back while both ztunnels are restarted; none fails
+    (SO_REUSEPORT overlap, migrated pending connections, REFUSED_STREAM retried elsewhere)."""
+    cluster = mesh["cluster"]
+    churn = subprocess.Popen(
+        [
+            AMBIENTCTL,
+            "exec",
+            "mesh/client",
+            "--cluster",
+            cluster,
+            "--",
+            "python3",
+            "-m",
+            "samples.pingpong",
+            "churn",
+            mesh["stream"],
+            "9000",
+            "10",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    ambientctl(cluster, "restart", "ztunnel")
+    out, _ = churn.communicate(timeout=60)
+    result = json.loads(out)
+    assert result["ok"] > 500
+    assert result["failed"] == 0, result
+    assert curl(cluster, "mesh/client", mesh["server"]) == "200"

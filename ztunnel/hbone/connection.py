@@ -59,6 +59,7 @@ class HboneConnection(asyncio.Protocol):
         self.peer_addr: tuple[str, int] = ("", 0)
         self.closed = asyncio.get_running_loop().create_future()
         self.write_paused = False
+        self.retired = False  # no new streams (the peer refused one: it is draining)
         self._last_rx = time.monotonic()
         self._idle_since: float | None = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
@@ -202,7 +203,8 @@ class HboneConnection(asyncio.Protocol):
     @property
     def usable(self) -> bool:
         return (
-            self.transport is not None
+            not self.retired
+            and self.transport is not None
             and not self.transport.is_closing()
             and (self.proto.closed is None)
         )

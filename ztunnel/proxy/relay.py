@@ -50,6 +50,7 @@ class Tunnel(asyncio.Protocol):
         self._sent_end = False
         self._done = False
         self.status = 0  # HBONE response status (client side)
+        self.reset_code: int | None = None  # RST_STREAM code, if the stream was reset
         self.response: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
     # --- wiring ---------------------------------------------------------------------------------
@@ -135,6 +136,7 @@ class Tunnel(asyncio.Protocol):
         self._maybe_finish()
 
     def on_reset(self, error_code: int) -> None:
+        self.reset_code = error_code
         if not self.response.done():
             self.response.set_result(0)
         if self._done:

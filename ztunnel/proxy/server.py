@@ -20,6 +20,7 @@ from api.spiffe import SpiffeId
 from common import tls
 from ztunnel.hbone import protocol as p
 from ztunnel.hbone.connection import HboneConnection
+from ztunnel.hbone.protocol import ErrorCodes
 from ztunnel.identity import verify
 from ztunnel.identity.manager import CertificateManager, CertificateUnavailable
 from ztunnel.metrics import ConnLabels, ProxyMetrics
@@ -121,6 +122,7 @@ class Proxy:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ctx_cache: dict[tuple[str, int, bool], ssl.SSLContext] = {}
         self.hbone: dict[str, _HboneListener] = {}
+        self.draining = False
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -149,11 +151,14 @@ class Proxy:
         self.hbone.clear()
 
     async def drain(self, deadline_s: float) -> None:
-        """Stop accepting, let open connections finish until the deadline, then cut them."""
+        """Stop accepting (listeners closed, new streams refused), let open connections finish
+        until the deadline, then cut them."""
+        self.draining = True
         self.stop_listening()
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline_s
-        while self.active and loop.time() < end:
+        # Connections still being set up (accepted, tunnel not yet up) count as open too.
+        while (self.active or self._tasks) and loop.time() < end:
             await asyncio.sleep(0.05)
         for record in list(self.active.values()):
             record.abort("drain deadline")
@@ -279,15 +284,19 @@ class Proxy:
         assert plan.dst is not None
         await self.certs.get(plan.src.identity)  # fail closed: no cert, no tunnel
         target = (acc.dst[0], self.settings.hbone_target_port)
-        conn = await self.pool.get(
-            PoolKey(acc.src_ip, plan.src.identity, target, plan.dst.identity)
-        )
+        key = PoolKey(acc.src_ip, plan.src.identity, target, plan.dst.identity)
         labels = _labels_for("source", plan.src, plan.dst, plan.src.identity.principal, True)
-        tunnel = Tunnel()
         authority = p.format_authority(*acc.dst)
-        stream_id = conn.open_stream(authority, {"forwarded": f'for="{acc.src_ip}"'}, tunnel)
-        async with asyncio.timeout(RESPONSE_TIMEOUT_S):
-            status = await tunnel.response
+        for _ in range(2):  # a draining peer refuses new streams: retry once, on a new connection
+            conn = await self.pool.get(key)
+            tunnel = Tunnel()
+            stream_id = conn.open_stream(authority, {"forwarded": f'for="{acc.src_ip}"'}, tunnel)
+            async with asyncio.timeout(RESPONSE_TIMEOUT_S):
+                status = await tunnel.response
+            if status == 0 and tunnel.reset_code == ErrorCodes.REFUSED_STREAM:
+                conn.retired = True
+                continue
+            break
         if status != 200:
             conn.finished(stream_id)
             code = socks5.NOT_ALLOWED if status == 401 else socks5.HOST_UNREACHABLE
@@ -510,6 +519,11 @@ class Proxy:
         return conn
 
     def _on_request(self, conn: HboneConnection, request: p.ConnectRequest) -> None:
+        if self.draining:
+            # RFC 9113 §8.7: REFUSED_STREAM = not processed, safe to retry elsewhere; the client
+            # retires this connection and opens one to the instance that replaces us.
+            conn.reset(request.stream_id, ErrorCodes.REFUSED_STREAM)
+            return
         target_ip, target_port = p.parse_authority(request.authority)
         src_ip = conn.peer_addr[0]
         principal = conn.peer.principal if conn.peer else None
