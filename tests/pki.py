@@ -107,3 +107,26 @@ def _sign(
 
 def der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
+
+
+def intermediate(
+    issuer: x509.Certificate,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    name: str,
+    now: datetime = NOW,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A CA certificate signed by `issuer` (plugged-in intermediate tests)."""
+    key = authority.new_key()
+    cert = _sign(
+        key,
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]),
+        issuer_key,
+        issuer.subject,
+        ca=True,
+        ku_sign=True,
+        sans=None,
+        eku=None,
+        not_before=now - timedelta(hours=1),
+        not_after=now + timedelta(days=30),
+    )
+    return cert, key

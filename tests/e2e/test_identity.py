@@ -13,7 +13,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -198,19 +198,7 @@ def test_plugged_intermediate_ca_issues_chains_to_the_external_root(
     state_dir: Path, cluster_name: str, tmp_path: Path
 ) -> None:
     ext_root, ext_key = pki.root(now=datetime.now(UTC), name="corp root")
-    inter_key = authority.new_key()
-    inter = pki._sign(
-        inter_key,
-        x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "mesh inter")]),
-        ext_key,
-        ext_root.subject,
-        ca=True,
-        ku_sign=True,
-        sans=None,
-        eku=None,
-        not_before=datetime.now(UTC) - timedelta(hours=1),
-        not_after=datetime.now(UTC) + timedelta(days=30),
-    )
+    inter, inter_key = pki.intermediate(ext_root, ext_key, "mesh inter", datetime.now(UTC))
     cacerts = tmp_path / "cacerts"
     cacerts.mkdir()
     (cacerts / "ca-cert.pem").write_text(authority.pem(inter))

@@ -189,6 +189,27 @@ class Proxy:
         self.active[key] = record
         self.metrics.open(record.labels, record.direction)
 
+    def _track_tunnel(self, tunnel: Tunnel, record: _Active, detail: str) -> None:
+        """Count the tunnel as open now and closed (with its bytes) when it ends. The request
+        direction is client → server: into the stream outbound, out of it inbound."""
+        key = id(tunnel)
+
+        def closed(t: Tunnel) -> None:
+            request, response = t.stats.to_stream, t.stats.from_stream
+            if record.direction == "inbound":
+                request, response = response, request
+            self._closed(
+                key,
+                request_bytes=request,
+                response_bytes=response,
+                started=t.stats.started,
+                error=t.stats.error,
+                detail=detail,
+            )
+
+        tunnel.on_close = closed
+        self._track(key, record)
+
     # --- outbound (15001, and 15080 SOCKS5) ------------------------------------------------------
 
     def _on_outbound(self, held: Held) -> None:
@@ -308,16 +329,7 @@ class Proxy:
             return
         if acc.socks:
             held.transport.write(socks5.reply(socks5.SUCCEEDED))
-        key_id = id(tunnel)
-        tunnel.on_close = lambda t: self._closed(
-            key_id,
-            request_bytes=t.stats.to_stream,
-            response_bytes=t.stats.from_stream,
-            started=t.stats.started,
-            error=t.stats.error,
-            detail=authority,
-        )
-        self._track(key_id, _Active("outbound", labels, tunnel.abort))
+        self._track_tunnel(tunnel, _Active("outbound", labels, tunnel.abort), authority)
         held.handoff(tunnel)
         tunnel.attach(conn, stream_id)
         held.transport.resume_reading()
@@ -592,16 +604,9 @@ class Proxy:
             conn.finished(request.stream_id)
             conn.respond(request.stream_id, 503, end=True)
             return
-        key_id = id(tunnel)
-        tunnel.on_close = lambda t: self._closed(
-            key_id,
-            request_bytes=t.stats.from_stream,
-            response_bytes=t.stats.to_stream,
-            started=t.stats.started,
-            error=t.stats.error,
-            detail=request.authority,
+        self._track_tunnel(
+            tunnel, _Active("inbound", labels, tunnel.abort, recheck), request.authority
         )
-        self._track(key_id, _Active("inbound", labels, tunnel.abort, recheck))
         conn.respond(request.stream_id, 200)
         tunnel.attach(conn, request.stream_id)
 

@@ -76,19 +76,7 @@ def test_plugged_intermediate_chains_to_an_external_root_beside_an_old_one(tmp_p
     intermediate to the new one."""
     ext_root, ext_key = pki.root(name="external root")
     old_root, _ = pki.root(name="old root")
-    inter_key = authority.new_key()
-    inter = pki._sign(
-        inter_key,
-        x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "intermediate")]),
-        ext_key,
-        ext_root.subject,
-        ca=True,
-        ku_sign=True,
-        sans=None,
-        eku=None,
-        not_before=pki.NOW - timedelta(days=1),
-        not_after=pki.NOW + timedelta(days=30),
-    )
+    inter, inter_key = pki.intermediate(ext_root, ext_key, "intermediate", pki.NOW)
     _write(tmp_path / authority.CA_CERT, inter)
     (tmp_path / authority.CA_KEY).write_bytes(authority.key_pem(inter_key))
     _write(tmp_path / authority.CERT_CHAIN, inter, ext_root)
