@@ -189,6 +189,19 @@ class ClusterStore:
         return self.root / "ca"
 
 
+class FileStore(ClusterStore):
+    """A store whose objects come from any file of the same format (a Kubernetes `List`):
+    ztunnel's static-config dev mode, as Istio's ztunnel has a local config file."""
+
+    def __init__(self, cluster: str, path: Path) -> None:
+        super().__init__(cluster)
+        self._path = path
+
+    @property
+    def objects_path(self) -> Path:
+        return self._path
+
+
 class StoreWatcher:
     """Read-only view of `objects.yaml` for long-running processes (controller, ztunnel dev mode).
 

@@ -33,7 +33,7 @@ from api.spiffe import SpiffeId
 from common import http1
 from controller.main import CA_PORT, controller_identity
 from localcluster import naming
-from localcluster.store import ClusterStore, StoreWatcher
+from localcluster.store import ClusterStore, FileStore, StoreWatcher
 from ztunnel.identity.caclient import CaClient
 from ztunnel.identity.manager import CertificateManager
 from ztunnel.metrics import ProxyMetrics
@@ -63,6 +63,9 @@ class Settings:
     """How long open connections may finish after SIGTERM (Istio's ztunnel: 5 s default)."""
     status_file: Path | None = None
     """Where this instance reports readiness (a restart hands over only once it is ready)."""
+    config: Path | None = None
+    """Static config (dev/test mode): a Kubernetes List of Pods, Namespaces and policies read
+    instead of the cluster's store; re-read when it changes."""
 
 
 def local_workloads(watcher: StoreWatcher, node: str, trust_domain: str) -> list[dict[str, Any]]:
@@ -96,7 +99,9 @@ class Ztunnel:
         info = self.store.info()
         self.trust_domain = info.trust_domain
         self.ttl_s = info.workload_cert_ttl_s
-        self.watcher = StoreWatcher(self.store)
+        self.watcher = StoreWatcher(
+            FileStore(settings.cluster, settings.config) if settings.config else self.store
+        )
         self.manager: CertificateManager | None = None
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
@@ -250,6 +255,12 @@ def parse_args(argv: list[str]) -> Settings:
     parser.add_argument("--drain", type=float, default=5.0, help="drain deadline after SIGTERM")
     parser.add_argument("--status-file", type=Path, default=None)
     parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="static config: a Kubernetes List YAML instead of the store",
+    )
+    parser.add_argument(
         "--no-transparent",
         action="store_true",
         help="plain listeners and dials (tests without CAP_NET_ADMIN)",
@@ -267,6 +278,7 @@ def parse_args(argv: list[str]) -> Settings:
         proxy=proxy,
         drain_s=args.drain,
         status_file=args.status_file,
+        config=args.config,
     )
 
 

@@ -5,9 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from api import validate
-from localcluster.store import ClusterInfo, ClusterStore, ObjectSet, StoreError
+from localcluster.store import (
+    ClusterInfo,
+    ClusterStore,
+    FileStore,
+    ObjectSet,
+    StoreError,
+    StoreWatcher,
+)
 
 
 def _ns(name: str) -> dict[str, object]:
@@ -48,3 +56,23 @@ def test_copy_is_independent() -> None:
     clone = original.copy()
     clone.put(_ns("b"))
     assert len(original.list("Namespace")) == 1
+
+
+def test_static_config_file_is_watched_and_a_bad_edit_keeps_the_last_good_state(
+    tmp_path: Path,
+) -> None:
+    """ztunnel's dev mode reads a Kubernetes List from any file; a broken edit is counted and the
+    previous good revision keeps serving (fail safe, not fail empty)."""
+    path = tmp_path / "config.yaml"
+    good = ObjectSet({}, 0)
+    good.put(_ns("a"))
+    ClusterStore("c", tmp_path).create(ClusterInfo("c", 1))
+    path.write_text(yaml.safe_dump(good.as_list()))
+    watcher = StoreWatcher(FileStore("c", path))
+    assert watcher.poll()
+    assert [o["metadata"]["name"] for o in watcher.current.list("Namespace")] == ["a"]
+    path.write_text("items: [broken")
+    assert not watcher.poll()
+    assert watcher.errors == 1
+    assert "is corrupt" in watcher.last_error
+    assert [o["metadata"]["name"] for o in watcher.current.list("Namespace")] == ["a"]
