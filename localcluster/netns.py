@@ -17,7 +17,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from pyroute2 import IPRoute, netns
-from pyroute2.netlink.exceptions import NetlinkError
 
 from localcluster.naming import NETNS_DIR
 from localcluster.topology import UNDERLAY, NodePlan
@@ -187,10 +186,6 @@ def kill_processes_in(names: list[str], grace_s: float) -> int:
         time.sleep(0.05)
         left = pids_in(names)
     return len(pids)
-
-
-def describe_netlink_error(exc: NetlinkError) -> str:
-    return f"netlink error {exc.code}: {os.strerror(exc.code)}"
 
 
 def connect_in(name: str, host: str, port: int, timeout_s: float) -> socket.socket:

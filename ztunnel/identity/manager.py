@@ -72,6 +72,9 @@ class CertificateManager:
         self.jitter = jitter
         self._slots: dict[SpiffeId, _Slot] = {}
         self._ca_slots = asyncio.Semaphore(CA_CONCURRENCY)
+        # Called when an identity's certificate expires with no replacement: connections that
+        # were authenticated with it must end (RELIABILITY F-7, "close at not_after").
+        self.on_expired: list[Callable[[SpiffeId], None]] = []
 
     def track(self, identities: Iterable[SpiffeId]) -> None:
         """Keep exactly these identities: start new workers, stop and forget the others."""
@@ -120,6 +123,8 @@ class CertificateManager:
                 )
                 slot.cert = None
                 slot.ready.clear()
+                for callback in self.on_expired:
+                    callback(identity)
             validity = slot.cert.validity if slot.cert else None
             wake = schedule.next_wakeup(validity, slot.retry_at, self.clock())
             await asyncio.sleep(max((wake - self.clock()).total_seconds(), 0.01))

@@ -73,7 +73,8 @@ class Pool:
         return [c for conns in self._conns.values() for c in conns]
 
     def drop_identity(self, identity: SpiffeId) -> None:
-        """A source identity lost its certificate: its connections must not carry new streams."""
+        """A source identity's certificate expired unreplaced: close its connections, streams and
+        all (F-7: nothing keeps running on a certificate that is no longer valid)."""
         for key in [k for k in self._conns if k.src == identity]:
             for conn in self._conns.pop(key):
                 conn.goaway(reason="certificate gone")

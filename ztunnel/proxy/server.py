@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from cryptography import x509
+
 from api.spiffe import SpiffeId
 from common import tls
 from ztunnel.hbone import protocol as p
@@ -66,6 +68,17 @@ class _Accepted:
     src_ip: str
     dst: tuple[str, int]
     socks: bool  # answer in SOCKS5 (the 15080 entry) rather than with RST/close
+
+
+def _close_at_peer_expiry(transport: asyncio.Transport) -> None:
+    """RELIABILITY F-7: TLS never re-validates an established session, so a connection ends when
+    its peer's certificate does (the fail-closed choice; the peer reconnects with its fresh one)."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    not_after = x509.load_der_x509_certificate(
+        ssl_object.getpeercert(binary_form=True)
+    ).not_valid_after_utc
+    delay = (not_after - datetime.now(UTC)).total_seconds()
+    asyncio.get_running_loop().call_later(max(delay, 0.0), transport.abort)
 
 
 @dataclass
@@ -120,9 +133,10 @@ class Proxy:
         self.active: dict[int, _Active] = {}
         self.ports: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._ctx_cache: dict[tuple[str, int, bool], ssl.SSLContext] = {}
+        self._ctx_cache: dict[tuple[str, int], ssl.SSLContext] = {}
         self.hbone: dict[str, _HboneListener] = {}
         self.draining = False
+        certs.on_expired.append(self.pool.drop_identity)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -397,7 +411,7 @@ class Proxy:
 
     async def _dial_hbone(self, key: PoolKey) -> HboneConnection:
         cert = await self.certs.get(key.src)
-        ctx = self._context(cert.identity, cert.validity.not_after.timestamp(), server=False)
+        ctx = self._client_context(cert.identity)
         sock = await sockets.dial(
             key.dst,
             src_ip=key.src_ip if self.settings.original_source else None,
@@ -423,28 +437,17 @@ class Proxy:
         gate.open(transport, conn)
         return conn
 
-    def _context(self, identity: SpiffeId, stamp: float, *, server: bool) -> ssl.SSLContext:
+    def _client_context(self, identity: SpiffeId) -> ssl.SSLContext:
+        """The HBONE client context of an identity, rebuilt when its certificate rotates."""
         cert = self.certs.current(identity)
         if cert is None:
             raise CertificateUnavailable(f"{identity}: no valid certificate")
-        key = (str(identity), cert.serial, server)
+        key = (str(identity), cert.serial)
         if key not in self._ctx_cache:
-            if server:
-                ctx = tls.server_context(
-                    cert.chain_pem,
-                    cert.key_pem,
-                    bundle_pem=cert.bundle_pem,
-                    require_client_cert=True,
-                    alpn=["h2"],
-                )
-            else:
-                ctx = tls.client_context(
-                    cert.bundle_pem, chain_pem=cert.chain_pem, key_pem=cert.key_pem, alpn=["h2"]
-                )
-            self._ctx_cache = {
-                k: v for k, v in self._ctx_cache.items() if k[0] != key[0] or k[2] != server
-            }
-            self._ctx_cache[key] = ctx
+            self._ctx_cache = {k: v for k, v in self._ctx_cache.items() if k[0] != key[0]}
+            self._ctx_cache[key] = tls.client_context(
+                cert.bundle_pem, chain_pem=cert.chain_pem, key_pem=cert.key_pem, alpn=["h2"]
+            )
         return self._ctx_cache[key]
 
     def _verify(
@@ -513,13 +516,15 @@ class Proxy:
     def _hbone_protocol(self, original_dst: str) -> HboneConnection:
         def verify_client(transport: asyncio.Transport) -> SpiffeId:
             try:
-                return self._verify(transport, verify.Purpose.CLIENT, None)
+                peer = self._verify(transport, verify.Purpose.CLIENT, None)
             except verify.PeerRejected as exc:
                 self.metrics.reject("inbound", f"peer_{exc.reason.value}")
                 log.warning(
                     "inbound peer %s rejected: %s", transport.get_extra_info("peername"), exc
                 )
                 raise
+            _close_at_peer_expiry(transport)
+            return peer
 
         conn = HboneConnection(
             client=False,

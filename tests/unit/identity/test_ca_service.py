@@ -194,6 +194,8 @@ def test_manager_renews_at_half_life_and_rides_out_a_ca_outage(state_dir: Path) 
         async with running(controller):
             port = controller.ports["ca"]
             manager = CertificateManager(client_for(controller, "node1", store), ttl_s=6)
+            expired: list[SpiffeId] = []
+            manager.on_expired.append(expired.append)
             first = await manager.get(CLIENT)
             await asyncio.sleep(3.5)
             renewed = manager.current(CLIENT)
@@ -208,6 +210,7 @@ def test_manager_renews_at_half_life_and_rides_out_a_ca_outage(state_dir: Path) 
         expiry = renewed.validity.not_after.timestamp() - time.time()
         await asyncio.sleep(max(expiry, 0) + 0.5)
         assert manager.current(CLIENT) is None, "an expired cert is never presented"
+        assert expired == [CLIENT], "connections authenticated with it are told to end (F-7)"
         assert manager.dump()[0]["state"] == "Unavailable"
         assert time.monotonic() - down_at > 3  # longer than half the lifetime
         controller2 = Controller(Settings("c", listen="127.0.0.1", ca_port=port, metrics_port=0))

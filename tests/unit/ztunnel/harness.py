@@ -162,9 +162,9 @@ class Mesh:
 
 
 @contextlib.asynccontextmanager
-async def mesh(cluster: str = "c") -> AsyncIterator[Mesh]:
+async def mesh(cluster: str = "c", ttl_s: int = 3600) -> AsyncIterator[Mesh]:
     store = ClusterStore(cluster)
-    store.create(ClusterInfo(cluster, 2))
+    store.create(ClusterInfo(cluster, 2, workload_cert_ttl_s=ttl_s))
     net = random.randint(1, 254)
     docs = base_objects(net)
     store.commit(to_objects(docs, 1))
@@ -189,7 +189,7 @@ async def mesh(cluster: str = "c") -> AsyncIterator[Mesh]:
             bundle,
             controller=controller_identity("cluster.local"),
         )
-        m.managers[node] = CertificateManager(ca, ttl_s=3600)
+        m.managers[node] = CertificateManager(ca, ttl_s=ttl_s)
         m.registries[node] = CollectorRegistry()
         m.metrics[node] = ProxyMetrics(m.registries[node])
         settings = ProxySettings(
@@ -212,9 +212,18 @@ async def mesh(cluster: str = "c") -> AsyncIterator[Mesh]:
     await m.managers["node2"].get(workloads_identity(m, "node2", m.server_ip))
     for proxy in m.proxies.values():
         await proxy.sync_hbone_listeners()
+
+    async def sync_forever() -> None:  # as ztunnel's main loop does (rotation, enrollment)
+        while True:
+            await asyncio.sleep(0.2)
+            for proxy in m.proxies.values():
+                await proxy.sync_hbone_listeners()
+
+    syncing = asyncio.create_task(sync_forever())
     try:
         yield m
     finally:
+        syncing.cancel()
         for proxy in m.proxies.values():
             await proxy.drain(0.5)
         for manager in m.managers.values():

@@ -243,3 +243,25 @@ def test_splice_keeps_client_bytes_until_the_server_side_connects() -> None:
     splice.halves[1].connection_made(server)
     assert server.data == b"GET / HTTP/1.0\r\n\r\n"
     assert server.eof
+
+
+def test_a_connection_ends_when_the_certificate_it_was_authenticated_with_expires(
+    state_dir: Path,
+) -> None:
+    """F-7, decided "close at not_after": TLS does not re-validate an established session, so
+    the server cuts an HBONE connection when its peer's certificate expires, even though a renewed
+    certificate exists meanwhile; new connections use the fresh one."""
+    del state_dir
+
+    async def main() -> None:
+        async with mesh(ttl_s=6) as m:
+            reader, writer, code = await m.socks(m.server)
+            assert code == 0
+            writer.write(b"early")
+            assert await reader.readexactly(5) == b"EARLY"
+            rest = await asyncio.wait_for(reader.read(), 10)  # expiry comes within ~6 s
+            assert rest == b""
+            writer.close()
+            assert await roundtrip(m, b"fresh") == b"FRESH|EOF"  # a new connection works
+
+    asyncio.run(main())
