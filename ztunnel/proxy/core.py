@@ -1,0 +1,240 @@
+"""What every part of the proxy shares: settings, connection records, the tunnel/splice
+bookkeeping that feeds metrics and the access log, and peer verification after TLS.
+`ProxyCore` is the base of the outbound and inbound halves; `server.Proxy` joins them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from api.spiffe import SpiffeId
+from ztunnel.hbone import protocol as p
+from ztunnel.hbone.connection import HboneConnection
+from ztunnel.identity import verify
+from ztunnel.identity.manager import CertificateManager
+from ztunnel.metrics import ConnLabels, ProxyMetrics
+from ztunnel.proxy import routing
+from ztunnel.proxy.pool import Pool, PoolKey
+from ztunnel.proxy.relay import Tunnel
+from ztunnel.proxy.splice import Held, Splice
+from ztunnel.state.workloads import Snapshot, Workload
+
+log = logging.getLogger("ztunnel.proxy")
+
+HANDSHAKE_TIMEOUT_S = 5.0  # asyncio's default is 60 s (RELIABILITY C-1)
+CONNECT_TIMEOUT_S = 5.0
+RESPONSE_TIMEOUT_S = 10.0
+# Global cap on proxied connections, below half of a 65536 fd limit (Envoy's guidance; each
+# proxied connection holds two fds).
+MAX_CONNECTIONS = 16_000
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    listen_ip: str = "0.0.0.0"  # noqa: S104 - inside ztunnel's own netns
+    """Address the listeners bind (transparent listeners accept for any address)."""
+    outbound_port: int = 15001
+    inbound_plain_port: int = 15006
+    hbone_port: int = 15008
+    socks_port: int = 0
+    """SOCKS5 test entry (ztunnel: 15080); 0 = off."""
+    transparent: bool = True
+    """IP_TRANSPARENT on listeners and inbound dials (needs CAP_NET_ADMIN)."""
+    original_source: bool = True
+    """Dial pods (and HBONE peers) from the client's IP, as ztunnel does."""
+    hbone_target_port: int = routing.HBONE_PORT
+    limits: p.Limits = field(default_factory=p.Limits)
+    max_connections: int = MAX_CONNECTIONS
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    """An accepted outbound connection and where its client wants to go."""
+
+    held: Held
+    src_ip: str
+    dst: tuple[str, int]
+    socks: bool  # answer in SOCKS5 (the 15080 entry) rather than with RST/close
+
+
+@dataclass
+class _HboneListener:
+    """15008 of one local pod: TLS from the first byte with that pod's certificate."""
+
+    server: asyncio.Server
+    ctx: ssl.SSLContext
+    identity: SpiffeId
+    serial: int
+
+
+@dataclass
+class _Active:
+    """An open proxied connection, kept to re-check policy (F-10) and to drain."""
+
+    direction: str
+    labels: ConnLabels
+    abort: Callable[[str], None]
+    recheck: Callable[[Snapshot | None], str | None] | None = None
+
+
+def _labels_for(
+    reporter: str, src: Workload | None, dst: Workload | None, src_principal: str | None, mtls: bool
+) -> ConnLabels:
+    return ConnLabels(
+        reporter=reporter,
+        source_workload=src.name if src else "unknown",
+        source_workload_namespace=src.namespace if src else "unknown",
+        source_principal=(f"spiffe://{src_principal}" if src_principal else "unknown"),
+        destination_workload=dst.name if dst else "unknown",
+        destination_workload_namespace=dst.namespace if dst else "unknown",
+        destination_principal=str(dst.identity) if dst and mtls else "unknown",
+        connection_security_policy="mutual_tls" if mtls else "unknown",
+    )
+
+
+class ProxyCore:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        snapshot: Callable[[], Snapshot | None],
+        certs: CertificateManager,
+        metrics: ProxyMetrics,
+    ) -> None:
+        self.settings = settings
+        self.snapshot = snapshot
+        self.certs = certs
+        self.metrics = metrics
+        self.pool = Pool(self._dial_hbone)
+        self.servers: list[asyncio.Server] = []
+        self.active: dict[int, _Active] = {}
+        self.ports: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ctx_cache: dict[tuple[str, int], ssl.SSLContext] = {}
+        self.hbone: dict[str, _HboneListener] = {}
+        self.draining = False
+        certs.on_expired.append(self.pool.drop_identity)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _over_capacity(self, held: Held, direction: str) -> bool:
+        if len(self.active) + len(self._tasks) < self.settings.max_connections:
+            return False
+        self.metrics.reject(direction, "overloaded")
+        held.refuse()
+        return True
+
+    def _track(self, key: int, record: _Active) -> None:
+        self.active[key] = record
+        self.metrics.open(record.labels, record.direction)
+
+    def _track_tunnel(self, tunnel: Tunnel, record: _Active, detail: str) -> None:
+        """Count the tunnel as open now and closed (with its bytes) when it ends. The request
+        direction is client → server: into the stream outbound, out of it inbound."""
+        key = id(tunnel)
+
+        def closed(t: Tunnel) -> None:
+            request, response = t.stats.to_stream, t.stats.from_stream
+            if record.direction == "inbound":
+                request, response = response, request
+            self._closed(
+                key,
+                request_bytes=request,
+                response_bytes=response,
+                started=t.stats.started,
+                error=t.stats.error,
+                detail=detail,
+            )
+
+        tunnel.on_close = closed
+        self._track(key, record)
+
+    def _splice(
+        self,
+        held: Held,
+        sock: Any,
+        *,
+        labels: ConnLabels,
+        direction: str,
+        detail: str,
+        recheck: Callable[[Snapshot | None], str | None] | None = None,
+    ) -> None:
+        if held.lost or held.transport is None:
+            sock.close()
+            return
+        splice = Splice()
+        key_id = id(splice)
+        splice.on_close = lambda s: self._closed(
+            key_id,
+            request_bytes=s.bytes[0],
+            response_bytes=s.bytes[1],
+            started=s.started,
+            error=s.error,
+            detail=detail,
+        )
+        self._track(key_id, _Active(direction, labels, splice.abort, recheck))
+        held.handoff(splice.halves[0])
+        self._spawn(self._connect_splice(splice, sock, held))
+
+    async def _connect_splice(self, splice: Splice, sock: Any, held: Held) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.create_connection(lambda: splice.halves[1], sock=sock)
+        except OSError as exc:
+            splice.abort(f"connect: {exc}")
+            return
+        if held.transport is not None and not held.transport.is_closing():
+            held.transport.resume_reading()
+
+    def _closed(
+        self,
+        key: int,
+        *,
+        request_bytes: int,
+        response_bytes: int,
+        started: float,
+        error: str,
+        detail: str,
+    ) -> None:
+        record = self.active.pop(key, None)
+        if record is None:
+            return
+        duration = asyncio.get_running_loop().time() - started
+        self.metrics.close(
+            record.labels,
+            record.direction,
+            request_bytes=request_bytes,
+            response_bytes=response_bytes,
+            duration_s=max(duration, 0.0),
+            error=error,
+            detail=detail,
+        )
+
+    def _verify(
+        self, transport: asyncio.BaseTransport, purpose: verify.Purpose, expected: SpiffeId | None
+    ) -> SpiffeId:
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+            raise verify.PeerRejected(verify.Reason.MALFORMED, "ALPN must be h2")  # I-8
+        der = ssl_object.getpeercert(binary_form=True)
+        if not der:
+            raise verify.PeerRejected(verify.Reason.NO_URI_SAN, "no peer certificate")
+        snap = self.snapshot()
+        trust_domain = snap.trust_domain if snap else (expected.trust_domain if expected else "")
+        return verify.verify_peer(
+            der,
+            trust_domain=trust_domain,
+            purpose=purpose,
+            now=datetime.now(UTC),
+            expected={expected} if expected else None,
+        )
+
+    async def _dial_hbone(self, key: PoolKey) -> HboneConnection:
+        raise NotImplementedError  # the outbound half dials

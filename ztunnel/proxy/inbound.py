@@ -1,0 +1,247 @@
+"""Inbound: HBONE on one 15008 listener per local enrolled pod (TLS from the first byte, that
+pod's certificate), and plaintext captured on 15006. Decisions come from `routing.plan_inbound`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+
+from api.spiffe import SpiffeId
+from common import tls
+from ztunnel.hbone import protocol as p
+from ztunnel.hbone.connection import HboneConnection
+from ztunnel.hbone.protocol import ErrorCodes
+from ztunnel.identity import verify
+from ztunnel.metrics import ConnLabels
+from ztunnel.proxy import routing, sockets
+from ztunnel.proxy.core import (
+    CONNECT_TIMEOUT_S,
+    HANDSHAKE_TIMEOUT_S,
+    ProxyCore,
+    _Active,
+    _HboneListener,
+    _labels_for,
+)
+from ztunnel.proxy.relay import Tunnel
+from ztunnel.proxy.splice import Held
+from ztunnel.state.workloads import Snapshot
+
+log = logging.getLogger("ztunnel.proxy")
+
+
+def _close_at_peer_expiry(transport: asyncio.Transport) -> None:
+    """RELIABILITY F-7: TLS never re-validates an established session, so a connection ends when
+    its peer's certificate does (the fail-closed choice; the peer reconnects with its fresh one)."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    not_after = x509.load_der_x509_certificate(
+        ssl_object.getpeercert(binary_form=True)
+    ).not_valid_after_utc
+    delay = (not_after - datetime.now(UTC)).total_seconds()
+    asyncio.get_running_loop().call_later(max(delay, 0.0), transport.abort)
+
+
+class InboundProxy(ProxyCore):
+    async def sync_hbone_listeners(self) -> None:
+        """One HBONE listener per local enrolled pod that has a certificate, bound (transparently)
+        to `<pod IP>:15008`. The certificate is therefore chosen by original destination, as
+        ztunnel does, with no SNI; TLS starts with the first byte; and a pod without a
+        certificate has no listener, so its inbound HBONE is dropped by the datapath (counted as
+        DROP_NO_LISTENER): fail closed. Rotation reloads the context in place."""
+        snap = self.snapshot()
+        wanted: dict[str, tuple[SpiffeId, Any]] = {}
+        if snap is not None:
+            for ip, w in snap.by_ip.items():
+                if w.node == snap.node and w.enrolled and (cert := self.certs.current(w.identity)):
+                    wanted[ip] = (w.identity, cert)
+        for ip in [ip for ip in self.hbone if ip not in wanted]:
+            self.hbone.pop(ip).server.close()
+        for ip, (identity, cert) in wanted.items():
+            listener = self.hbone.get(ip)
+            if listener is not None and listener.identity == identity:
+                if listener.serial != cert.serial:
+                    tls.load_identity(listener.ctx, cert.chain_pem, cert.key_pem)
+                    listener.serial = cert.serial
+                continue
+            if listener is not None:
+                listener.server.close()
+            self.hbone[ip] = await self._listen_hbone(ip, identity, cert)
+
+    async def _listen_hbone(self, ip: str, identity: SpiffeId, cert: Any) -> _HboneListener:
+        ctx = tls.server_context(
+            cert.chain_pem,
+            cert.key_pem,
+            bundle_pem=cert.bundle_pem,
+            require_client_cert=True,
+            alpn=["h2"],
+        )
+        sock = sockets.listener(ip, self.settings.hbone_port, transparent=self.settings.transparent)
+        server = await asyncio.get_running_loop().create_server(
+            lambda: self._hbone_protocol(ip),
+            sock=sock,
+            ssl=ctx,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
+        )
+        return _HboneListener(server, ctx, identity, cert.serial)
+
+    def _hbone_protocol(self, original_dst: str) -> HboneConnection:
+        def verify_client(transport: asyncio.Transport) -> SpiffeId:
+            try:
+                peer = self._verify(transport, verify.Purpose.CLIENT, None)
+            except verify.PeerRejected as exc:
+                self.metrics.reject("inbound", f"peer_{exc.reason.value}")
+                log.warning(
+                    "inbound peer %s rejected: %s", transport.get_extra_info("peername"), exc
+                )
+                raise
+            _close_at_peer_expiry(transport)
+            return peer
+
+        conn = HboneConnection(
+            client=False,
+            limits=self.settings.limits,
+            on_request=self._on_request,
+            verify_peer=verify_client,
+        )
+        conn.original_dst = original_dst  # type: ignore[attr-defined]
+        return conn
+
+    def _on_request(self, conn: HboneConnection, request: p.ConnectRequest) -> None:
+        if self.draining:
+            # RFC 9113 §8.7: REFUSED_STREAM = not processed, safe to retry elsewhere; the client
+            # retires this connection and opens one to the instance that replaces us.
+            conn.reset(request.stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        target_ip, target_port = p.parse_authority(request.authority)
+        src_ip = conn.peer_addr[0]
+        principal = conn.peer.principal if conn.peer else None
+        plan = routing.plan_inbound(
+            self.snapshot(),
+            target_ip=target_ip,
+            target_port=target_port,
+            original_dst_ip=getattr(conn, "original_dst", target_ip),
+            src_ip=src_ip,
+            src_principal=principal,
+        )
+        if not plan.allowed:
+            self.metrics.reject("inbound", plan.reason)
+            log.info(
+                "inbound %s (%s) -> %s refused: %s",
+                src_ip,
+                principal,
+                request.authority,
+                plan.reason,
+            )
+            conn.respond(request.stream_id, plan.status, end=True)
+            return
+        tunnel = Tunnel()
+        conn.register(request.stream_id, tunnel)
+        snap = self.snapshot()
+        src = snap.workload(src_ip) if snap else None
+        labels = _labels_for("destination", src, plan.dst, principal, mtls=True)
+
+        def recheck(snapshot: Snapshot | None) -> str | None:
+            again = routing.plan_inbound(
+                snapshot,
+                target_ip=target_ip,
+                target_port=target_port,
+                original_dst_ip=target_ip,
+                src_ip=src_ip,
+                src_principal=principal,
+            )
+            return None if again.allowed else again.reason
+
+        self._spawn(
+            self._inbound_dial(conn, request, tunnel, src_ip=src_ip, labels=labels, recheck=recheck)
+        )
+
+    async def _inbound_dial(
+        self,
+        conn: HboneConnection,
+        request: p.ConnectRequest,
+        tunnel: Tunnel,
+        *,
+        src_ip: str,
+        labels: ConnLabels,
+        recheck: Callable[[Snapshot | None], str | None],
+    ) -> None:
+        target = p.parse_authority(request.authority)
+        try:
+            sock = await sockets.dial(
+                target,
+                src_ip=src_ip if self.settings.original_source else None,
+                transparent=self.settings.transparent,
+                timeout_s=CONNECT_TIMEOUT_S,
+            )
+            await asyncio.get_running_loop().create_connection(lambda: tunnel, sock=sock)
+        except (OSError, TimeoutError) as exc:
+            self.metrics.reject("inbound", "upstream_unreachable")
+            log.info("inbound to %s failed: %s", request.authority, exc)
+            conn.finished(request.stream_id)
+            conn.respond(request.stream_id, 503, end=True)
+            return
+        self._track_tunnel(
+            tunnel, _Active("inbound", labels, tunnel.abort, recheck), request.authority
+        )
+        conn.respond(request.stream_id, 200)
+        tunnel.attach(conn, request.stream_id)
+
+    def _on_inbound_plain(self, held: Held) -> None:
+        if self._over_capacity(held, "inbound"):
+            return
+        assert held.transport is not None
+        src = held.transport.get_extra_info("peername")
+        dst = held.transport.get_extra_info("sockname")
+        self._spawn(self._inbound_plain(held, src[0], (dst[0], dst[1])))
+
+    async def _inbound_plain(self, held: Held, src_ip: str, dst: tuple[str, int]) -> None:
+        snap = self.snapshot()
+        plan = routing.plan_inbound(
+            snap,
+            target_ip=dst[0],
+            target_port=dst[1],
+            original_dst_ip=dst[0],
+            src_ip=src_ip,
+            src_principal=None,
+        )
+        if not plan.allowed:
+            self.metrics.reject("inbound", plan.reason)
+            held.refuse()
+            return
+        try:
+            sock = await sockets.dial(
+                dst,
+                src_ip=src_ip if self.settings.original_source else None,
+                transparent=self.settings.transparent,
+                timeout_s=CONNECT_TIMEOUT_S,
+            )
+        except (OSError, TimeoutError):
+            self.metrics.reject("inbound", "upstream_unreachable")
+            held.refuse()
+            return
+        src = snap.workload(src_ip) if snap else None
+        labels = _labels_for("destination", src, plan.dst, None, mtls=False)
+
+        def recheck(snapshot: Snapshot | None) -> str | None:
+            again = routing.plan_inbound(
+                snapshot,
+                target_ip=dst[0],
+                target_port=dst[1],
+                original_dst_ip=dst[0],
+                src_ip=src_ip,
+                src_principal=None,
+            )
+            return None if again.allowed else again.reason
+
+        self._splice(
+            held,
+            sock,
+            labels=labels,
+            direction="inbound",
+            detail=f"{src_ip}->{dst[0]}:{dst[1]}",
+            recheck=recheck,
+        )
