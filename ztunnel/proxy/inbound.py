@@ -4,6 +4,7 @@ pod's certificate), and plaintext captured on 15006. Decisions come from `routin
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -119,14 +120,15 @@ class InboundProxy(ProxyCore):
         target_ip, target_port = p.parse_authority(request.authority)
         src_ip = conn.peer_addr[0]
         principal = conn.peer.principal if conn.peer else None
-        plan = routing.plan_inbound(
-            self.snapshot(),
+        judge = functools.partial(
+            routing.plan_inbound,
             target_ip=target_ip,
             target_port=target_port,
             original_dst_ip=getattr(conn, "original_dst", target_ip),
             src_ip=src_ip,
             src_principal=principal,
         )
+        plan = judge(self.snapshot())
         if not plan.allowed:
             self.metrics.reject("inbound", plan.reason)
             log.info(
@@ -144,19 +146,10 @@ class InboundProxy(ProxyCore):
         src = snap.workload(src_ip) if snap else None
         labels = _labels_for("destination", src, plan.dst, principal, mtls=True)
 
-        def recheck(snapshot: Snapshot | None) -> str | None:
-            again = routing.plan_inbound(
-                snapshot,
-                target_ip=target_ip,
-                target_port=target_port,
-                original_dst_ip=target_ip,
-                src_ip=src_ip,
-                src_principal=principal,
-            )
-            return None if again.allowed else again.reason
-
         self._spawn(
-            self._inbound_dial(conn, request, tunnel, src_ip=src_ip, labels=labels, recheck=recheck)
+            self._inbound_dial(
+                conn, request, tunnel, src_ip=src_ip, labels=labels, recheck=_rechecker(judge)
+            )
         )
 
     async def _inbound_dial(
@@ -200,14 +193,15 @@ class InboundProxy(ProxyCore):
 
     async def _inbound_plain(self, held: Held, src_ip: str, dst: tuple[str, int]) -> None:
         snap = self.snapshot()
-        plan = routing.plan_inbound(
-            snap,
+        judge = functools.partial(
+            routing.plan_inbound,
             target_ip=dst[0],
             target_port=dst[1],
             original_dst_ip=dst[0],
             src_ip=src_ip,
             src_principal=None,
         )
+        plan = judge(snap)
         if not plan.allowed:
             self.metrics.reject("inbound", plan.reason)
             held.refuse()
@@ -226,22 +220,23 @@ class InboundProxy(ProxyCore):
         src = snap.workload(src_ip) if snap else None
         labels = _labels_for("destination", src, plan.dst, None, mtls=False)
 
-        def recheck(snapshot: Snapshot | None) -> str | None:
-            again = routing.plan_inbound(
-                snapshot,
-                target_ip=dst[0],
-                target_port=dst[1],
-                original_dst_ip=dst[0],
-                src_ip=src_ip,
-                src_principal=None,
-            )
-            return None if again.allowed else again.reason
-
         self._splice(
             held,
             sock,
             labels=labels,
             direction="inbound",
             detail=f"{src_ip}->{dst[0]}:{dst[1]}",
-            recheck=recheck,
+            recheck=_rechecker(judge),
         )
+
+
+def _rechecker(
+    judge: Callable[[Snapshot | None], routing.Inbound],
+) -> Callable[[Snapshot | None], str | None]:
+    """F-10: the same judgement on a newer snapshot; the reason if the connection must end."""
+
+    def recheck(snapshot: Snapshot | None) -> str | None:
+        verdict = judge(snapshot)
+        return None if verdict.allowed else verdict.reason
+
+    return recheck
