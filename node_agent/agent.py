@@ -4,7 +4,8 @@
   the programs (pinned maps are reused, so state survives restarts), *replace* the programs on
   ztunnel's eth0 and on every enrolled pod's veth, configure ztunnel's local routing.
 - Loop: enroll pods of this node whose namespace or pod label says ambient (attach pod_out/pod_in
-  on the host veth found by a route lookup, then add the map entry); un-enroll the rest (map
+  on the host veth found by route lookup, or route + neighbour + bridge FDB for bridged CNIs;
+  then add the map entry); un-enroll the rest (map
   entry first, then detach). A pod whose IP now belongs to another pod (UID changed) is redone.
 - Drift: every `drift_interval_s`, filters and map entries are checked and repaired, counted.
 - Exit: never detaches anything (the datapath keeps working while the agent is away).
@@ -181,7 +182,7 @@ class Agent:
     def _capture(self, ip: str, pod: Mapping[str, Any]) -> None:
         assert self.datapath is not None
         name = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
-        ifindex = attach.route_oif(ip)
+        ifindex = attach.pod_veth(ip)
         if ifindex is None:
             self.metrics.errors.labels(reason="veth_not_found").inc()
             log.warning("pod %s (%s): no route to its veth; not enrolled yet", name, ip)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -26,6 +28,8 @@ HANDLE = 0xA0
 MARK = 0x5A0
 LOCAL_TABLE = 0x5A0
 RULE_PRIORITY = 100
+DISCARD_PORT = 9  # RFC 863: a datagram here only makes the node resolve the pod's MAC
+ARP_WAIT_S = 1.0
 RT_SCOPE_HOST = 254
 
 
@@ -108,6 +112,49 @@ def route_oif(ip: str) -> int | None:
         oif = route.get_attr("RTA_OIF")
         if oif:
             return int(oif)
+    return None
+
+
+def _neighbour_mac(ipr: IPRoute, ip: str) -> str | None:
+    for entry in ipr.get_neighbours(dst=ip):
+        if mac := entry.get_attr("NDA_LLADDR"):
+            return str(mac)
+    return None
+
+
+def _resolve_mac(ipr: IPRoute, ip: str) -> str | None:
+    """The pod's MAC as the node knows it; prompts ARP (a datagram to the discard port) if the
+    neighbour table has no entry yet."""
+    if (mac := _neighbour_mac(ipr, ip)) is not None:
+        return mac
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as prod:
+        prod.sendto(b"", (ip, DISCARD_PORT))
+    deadline = time.monotonic() + ARP_WAIT_S
+    while time.monotonic() < deadline:
+        if (mac := _neighbour_mac(ipr, ip)) is not None:
+            return mac
+        time.sleep(0.02)
+    return None
+
+
+def pod_veth(ip: str) -> int | None:
+    """The host-side veth of a pod. Routed CNIs (Calico, ptp, the local cluster): the interface
+    the node routes the pod's IP out of. Bridged CNIs (bridge plugin, flannel's cni0): that
+    interface is the bridge; the veth is the bridge port that learned the pod's MAC
+    (neighbour lookup, then the bridge FDB)."""
+    oif = route_oif(ip)
+    if oif is None:
+        return None
+    with _ipr(None) as ipr:
+        info = ipr.get_links(oif)[0].get_attr("IFLA_LINKINFO")
+        if info is None or info.get_attr("IFLA_INFO_KIND") != "bridge":
+            return oif
+        mac = _resolve_mac(ipr, ip)
+        if mac is None:
+            return None
+        for entry in ipr.fdb("dump"):
+            if entry.get_attr("NDA_LLADDR") == mac and entry.get_attr("NDA_MASTER") == oif:
+                return int(entry["ifindex"])
     return None
 
 
