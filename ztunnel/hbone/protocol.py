@@ -19,12 +19,14 @@ import ipaddress
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
 import hyperframe.frame
 from h2.errors import ErrorCodes
 
@@ -155,6 +157,29 @@ def format_authority(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
+class _H2Connection(h2.connection.H2Connection):
+    """h2 with one change (RELIABILITY H-7): a peer stream beyond our advertised
+    MAX_CONCURRENT_STREAMS is refused alone, with RST_STREAM(REFUSED_STREAM) as RFC 9113 §5.1.2
+    allows, where h2 would tear down the whole connection (TooManyStreamsError). h2 has no hook
+    for this; the override keeps HPACK in step, the stream id order, and h2's record of streams it
+    reset (so later frames on that stream get RST_STREAM too). Pinned h2; tested."""
+
+    def _receive_headers_frame(self, frame: Any) -> Any:
+        excess = (
+            not self.config.client_side
+            and frame.stream_id not in self.streams
+            and self.open_inbound_streams + 1 > self.local_settings.max_concurrent_streams
+        )
+        if not excess:
+            return super()._receive_headers_frame(frame)
+        h2.connection._decode_headers(self.decoder, frame.data)  # HPACK state stays in step
+        self.highest_inbound_stream_id = max(self.highest_inbound_stream_id, frame.stream_id)
+        self._closed_streams[frame.stream_id] = h2.stream.StreamClosedBy.SEND_RST_STREAM
+        refuse = hyperframe.frame.RstStreamFrame(frame.stream_id)
+        refuse.error_code = ErrorCodes.REFUSED_STREAM
+        return [refuse], []
+
+
 class HboneProtocol:
     """One HBONE connection, client or server side."""
 
@@ -167,7 +192,7 @@ class HboneProtocol:
         self.client = client
         self.limits = limits
         self.clock = clock
-        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2 = _H2Connection(config=config)
         self.closed: Closed | None = None
         self._resets: deque[float] = deque()
         self._pending_control = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import hyperframe.frame
 import pytest
 from h2.errors import ErrorCodes
@@ -213,3 +214,34 @@ def test_data_frame_repr_does_not_scale_with_the_payload() -> None:
     frame = hyperframe.frame.DataFrame(1, b"x" * (1 << 20))
     assert "1048576 bytes" in repr(frame)
     assert len(repr(frame)) < 200
+
+
+def test_a_stream_beyond_the_limit_is_refused_alone() -> None:
+    """H-7: the excess stream gets REFUSED_STREAM; streams already open are unaffected and the
+    connection takes new streams once there is room (h2 alone would close the connection)."""
+    limits = p.Limits(max_concurrent_streams=2)
+    server = p.HboneProtocol(client=False, limits=limits, clock=Clock())
+    server.start()
+    raw = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    raw.initiate_connection()
+    server.receive(raw.data_to_send())
+    raw.receive_data(server.data_to_send())  # our SETTINGS reach the client, which ACKs them
+    server.receive(raw.data_to_send())  # from now on the limit is in force
+    # A misbehaving client that ignores the limit it was told:
+    raw.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 100
+    raw.remote_settings.acknowledge()
+    for sid in (1, 3, 5):
+        raw.send_headers(sid, [(":method", "CONNECT"), (":authority", "10.0.0.1:80")])
+    events = server.receive(raw.data_to_send())
+    assert [e.stream_id for e in events if isinstance(e, p.ConnectRequest)] == [1, 3]
+    assert not [e for e in events if isinstance(e, p.Closed)]
+    replies = raw.receive_data(server.data_to_send())
+    resets = [(e.stream_id, e.error_code) for e in replies if isinstance(e, h2.events.StreamReset)]
+    assert resets == [(5, ErrorCodes.REFUSED_STREAM)]
+    server.respond(1, 200, end=True)
+    raw.receive_data(server.data_to_send())
+    raw.end_stream(1)
+    server.receive(raw.data_to_send())
+    raw.send_headers(7, [(":method", "CONNECT"), (":authority", "10.0.0.1:80")])
+    again = server.receive(raw.data_to_send())
+    assert [e.stream_id for e in again if isinstance(e, p.ConnectRequest)] == [7]
