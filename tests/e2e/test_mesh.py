@@ -380,3 +380,48 @@ def test_ztunnel_restart_refuses_no_new_connection(mesh: dict[str, str]) -> None
     assert result["ok"] > 500
     assert result["failed"] == 0, result
     assert curl(cluster, "mesh/client", mesh["server"]) == "200"
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_memory_per_open_connection_stays_within_budget(mesh: dict[str, str]) -> None:
+    """L-4 / PERF.md: ≤ 8 KiB of ztunnel RSS per open tunneled connection, at each end."""
+    cluster, n = mesh["cluster"], 300
+    store = Cluster(cluster).store
+    pids = []
+    for node in ("node1", "node2"):
+        status = json.loads((store.system_dir(f"ztunnel-{node}") / "status.json").read_text())
+        pids.append(status["containers"][f"ztunnel-{node}"]["pid"])
+    before = sum(_rss_kib(pid) for pid in pids)
+    hold = subprocess.Popen(
+        [
+            AMBIENTCTL,
+            "exec",
+            "mesh/client",
+            "--cluster",
+            cluster,
+            "--",
+            "python3",
+            "-m",
+            "samples.pingpong",
+            "hold",
+            mesh["stream"],
+            "9000",
+            str(n),
+            "4",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert hold.stdout is not None
+    assert json.loads(hold.stdout.readline()) == {"held": n}
+    time.sleep(0.5)
+    per_connection = (sum(_rss_kib(pid) for pid in pids) - before) / n / len(pids)
+    hold.wait(30)
+    print(f"ztunnel RSS per open connection per end: {per_connection:.1f} KiB")
+    assert per_connection <= 8.0
