@@ -177,6 +177,12 @@ def observe(run_dir: Path) -> dict[str, Any]:
     return {"shimAlive": alive, "containers": status.get("containers", {})}
 
 
+def container_pid(run_dir: Path, container: str) -> int | None:
+    """The pid of a running container of a shim (pod or system component), from its status."""
+    pid = observe(run_dir)["containers"].get(container, {}).get("pid")
+    return int(pid) if pid else None
+
+
 def observed(store: ClusterStore, ref: PodRef) -> dict[str, Any]:
     return observe(store.pod_dir(ref.namespace, ref.name))
 

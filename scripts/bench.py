@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from api.spiffe import SpiffeId  # noqa: E402
 from controller.ca import authority  # noqa: E402
-from localcluster import teardown  # noqa: E402
+from localcluster import pods, teardown  # noqa: E402
 from localcluster.cluster import Cluster  # noqa: E402
 
 AMBIENTCTL = str(Path(sys.executable).parent / "ambientctl")
@@ -217,11 +217,10 @@ class Bench:
             names = ["stunnel", "stunnel"]
         else:
             return []
-        out = []
-        for run_dir, name in zip(dirs, names, strict=True):
-            status = json.loads((run_dir / "status.json").read_text())
-            out.append(int(status["containers"][name]["pid"]))
-        return out
+        pids = [pods.container_pid(d, n) for d, n in zip(dirs, names, strict=True)]
+        if None in pids:
+            raise RuntimeError(f"{path}: a proxy process is not running")
+        return [pid for pid in pids if pid is not None]
 
     @staticmethod
     def cpu_s(pids: list[int]) -> float:

@@ -115,3 +115,12 @@ def http_probe(cluster: str, pod: str, urls: list[str]) -> dict[str, str]:
         cluster, "exec", pod, "--", "sh", "-c", script, "probe", *urls, check=False
     ).stdout
     return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+
+def exec_background(cluster: str, pod: str, *command: str) -> subprocess.Popen[str]:
+    """`ambientctl exec POD -- COMMAND` left running (stdout piped) while the test acts."""
+    return subprocess.Popen(
+        [AMBIENTCTL, "exec", pod, "--cluster", cluster, "--", *command],
+        stdout=subprocess.PIPE,
+        text=True,
+    )

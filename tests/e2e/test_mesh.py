@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from localcluster import naming, system, teardown
+from localcluster import naming, pods, system, teardown
 from localcluster.cluster import Cluster
 from localcluster.netns import http_get_in
 from tests.support import (
-    AMBIENTCTL,
     ambientctl,
+    exec_background,
     leftovers,
     namespace_manifest,
     pod_manifest,
@@ -257,30 +257,24 @@ def test_node_agent_sigkill_during_a_transfer_interrupts_nothing(mesh: dict[str,
     """F-1: a connection sending every 5 ms survives SIGKILL + restart of both agents."""
     cluster = mesh["cluster"]
     store = Cluster(cluster).store
-    stream = subprocess.Popen(
-        [
-            AMBIENTCTL,
-            "exec",
-            "mesh/client",
-            "--cluster",
-            cluster,
-            "--",
-            "python3",
-            "-m",
-            "samples.tcpecho",
-            "stream",
-            mesh["stream"],
-            "9000",
-            "6",
-            "5",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+    stream = exec_background(
+        cluster,
+        "mesh/client",
+        "python3",
+        "-m",
+        "samples.tcpecho",
+        "stream",
+        mesh["stream"],
+        "9000",
+        "6",
+        "5",
     )
     time.sleep(1.5)
     for node in ("node1", "node2"):
-        status = json.loads((store.system_dir(f"node-agent-{node}") / "status.json").read_text())
-        os.kill(status["containers"][f"node-agent-{node}"]["pid"], signal.SIGKILL)
+        name = f"node-agent-{node}"
+        pid = pods.container_pid(store.system_dir(name), name)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
     out, _ = stream.communicate(timeout=30)
     assert stream.returncode == 0, out
     assert out.startswith("OK ")
@@ -354,24 +348,16 @@ def test_ztunnel_restart_refuses_no_new_connection(mesh: dict[str, str]) -> None
     """F-4: new connections arrive back to back while both ztunnels are restarted; none fails
     (SO_REUSEPORT overlap, migrated pending connections, REFUSED_STREAM retried elsewhere)."""
     cluster = mesh["cluster"]
-    churn = subprocess.Popen(
-        [
-            AMBIENTCTL,
-            "exec",
-            "mesh/client",
-            "--cluster",
-            cluster,
-            "--",
-            "python3",
-            "-m",
-            "samples.pingpong",
-            "churn",
-            mesh["stream"],
-            "9000",
-            "10",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+    churn = exec_background(
+        cluster,
+        "mesh/client",
+        "python3",
+        "-m",
+        "samples.pingpong",
+        "churn",
+        mesh["stream"],
+        "9000",
+        "10",
     )
     time.sleep(1.5)
     ambientctl(cluster, "restart", "ztunnel")
@@ -393,30 +379,23 @@ def test_memory_per_open_connection_stays_within_budget(mesh: dict[str, str]) ->
     """L-4 / PERF.md: ≤ 8 KiB of ztunnel RSS per open tunneled connection, at each end."""
     cluster, n = mesh["cluster"], 300
     store = Cluster(cluster).store
-    pids = []
-    for node in ("node1", "node2"):
-        status = json.loads((store.system_dir(f"ztunnel-{node}") / "status.json").read_text())
-        pids.append(status["containers"][f"ztunnel-{node}"]["pid"])
+    pids = [
+        pods.container_pid(store.system_dir(f"ztunnel-{n}"), f"ztunnel-{n}") or 0
+        for n in ("node1", "node2")
+    ]
+    assert all(pids)
     before = sum(_rss_kib(pid) for pid in pids)
-    hold = subprocess.Popen(
-        [
-            AMBIENTCTL,
-            "exec",
-            "mesh/client",
-            "--cluster",
-            cluster,
-            "--",
-            "python3",
-            "-m",
-            "samples.pingpong",
-            "hold",
-            mesh["stream"],
-            "9000",
-            str(n),
-            "4",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+    hold = exec_background(
+        cluster,
+        "mesh/client",
+        "python3",
+        "-m",
+        "samples.pingpong",
+        "hold",
+        mesh["stream"],
+        "9000",
+        str(n),
+        "4",
     )
     assert hold.stdout is not None
     assert json.loads(hold.stdout.readline()) == {"held": n}
