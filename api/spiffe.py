@@ -71,3 +71,12 @@ class SpiffeId:
         if len(segments) != 4 or segments[0] != "ns" or segments[2] != "sa":
             raise SpiffeIdError(f"{value[:120]!r} is not of the form {SCHEME}<td>/ns/<ns>/sa/<sa>")
         return cls(authority, segments[1], segments[3])
+
+
+# The controller's own identity: proxies accept the CA only when it presents this SVID.
+CONTROLLER_NAMESPACE = "ambientmesh-system"
+CONTROLLER_SERVICE_ACCOUNT = "ambientmesh-controller"
+
+
+def controller_identity(trust_domain: str) -> SpiffeId:
+    return SpiffeId(trust_domain, CONTROLLER_NAMESPACE, CONTROLLER_SERVICE_ACCOUNT)

@@ -20,7 +20,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from api.spiffe import SpiffeId
+from api import ports
+from api.spiffe import controller_identity
 from common import http1, tls
 from controller.ca import authority
 from controller.ca.nodeauth import NodeTokens
@@ -31,10 +32,6 @@ from localcluster.topology import node_name
 
 log = logging.getLogger("controller")
 
-CA_PORT = 15012
-METRICS_PORT = 15014
-CONTROLLER_NAMESPACE = "ambientmesh-system"
-CONTROLLER_SA = "ambientmesh-controller"
 SERVING_CERT_TTL = timedelta(hours=24)
 
 
@@ -46,14 +43,10 @@ class Settings:
     """Address for 15012 and 15014."""
     ca_dir: Path | None = None
     """Plugged-in CA material (Istio cacerts layout); default: a local root in the state dir."""
-    ca_port: int = CA_PORT
+    ca_port: int = ports.CONTROLLER
     """CA (and, next, config) port; 0 picks a free one (tests)."""
-    metrics_port: int = METRICS_PORT
+    metrics_port: int = ports.CONTROLLER_METRICS
     """Prometheus port; 0 picks a free one (tests)."""
-
-
-def controller_identity(trust_domain: str) -> SpiffeId:
-    return SpiffeId(trust_domain, CONTROLLER_NAMESPACE, CONTROLLER_SA)
 
 
 def now() -> datetime:

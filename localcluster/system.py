@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from api import ports
 from localcluster import naming, pods
 from localcluster import netns as kernel
 from localcluster.shim import ContainerSpec, ShimSpec
@@ -23,9 +24,6 @@ from localcluster.topology import NodePlan
 
 SYSTEM_NAMESPACE = "ambientmesh-system"
 CONTROLLER = "controller"
-CA_PORT = 15012
-ADMIN_PORT = 15000
-READINESS_PORT = 15021
 READY_TIMEOUT_S = 20.0
 STOP_GRACE_S = 5.0
 ZTUNNEL_GRACE_S = 8.0  # ztunnel drains for 5 s (its --drain) before the shim would SIGKILL it
@@ -40,7 +38,7 @@ class Component:
 
 
 def controller_address(plans: list[NodePlan]) -> str:
-    return f"{plans[0].node_ip}:{CA_PORT}"
+    return f"{plans[0].node_ip}:{ports.CONTROLLER}"
 
 
 def components(cluster: str, plans: list[NodePlan], ca_dir: str = "") -> list[Component]:
@@ -210,10 +208,10 @@ def health(component: Component, store: ClusterStore | None = None) -> str:
         return "Ready" if agent_status(store, component.node).get("ready") else "NotReady"
     try:
         if component.name == CONTROLLER:
-            kernel.connect_in(component.netns, "127.0.0.1", CA_PORT, 1.0).close()
+            kernel.connect_in(component.netns, "127.0.0.1", ports.CONTROLLER, 1.0).close()
             return "Ready"
         status, body = kernel.http_get_in(
-            component.netns, "127.0.0.1", READINESS_PORT, "/healthz/ready", 1.0
+            component.netns, "127.0.0.1", ports.ZTUNNEL_READINESS, "/healthz/ready", 1.0
         )
     except OSError as exc:
         return f"NotReady ({exc.strerror or exc})"
@@ -249,7 +247,11 @@ def status(store: ClusterStore, comps: list[Component]) -> list[dict[str, Any]]:
     return rows
 
 
-METRICS_PORTS = {"controller": 15014, "node-agent": 15025, "ztunnel": 15020}
+METRICS_PORTS = {
+    "controller": ports.CONTROLLER_METRICS,
+    "node-agent": ports.NODE_AGENT_METRICS,
+    "ztunnel": ports.ZTUNNEL_METRICS,
+}
 
 
 def metrics_get(component: Component) -> tuple[int, bytes]:
@@ -260,4 +262,6 @@ def metrics_get(component: Component) -> tuple[int, bytes]:
 
 def admin_get(cluster: str, node: str, path: str) -> tuple[int, bytes]:
     """A GET on a node's ztunnel admin port (loopback of the ztunnel netns only)."""
-    return kernel.http_get_in(naming.ztunnel_netns(cluster, node), "127.0.0.1", ADMIN_PORT, path)
+    return kernel.http_get_in(
+        naming.ztunnel_netns(cluster, node), "127.0.0.1", ports.ZTUNNEL_ADMIN, path
+    )

@@ -14,6 +14,7 @@ from http import HTTPStatus
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from api import ports
 from bpf.loader import final_source
 from common import http1
 from localcluster import naming
@@ -22,7 +23,6 @@ from node_agent.agent import Agent, AgentSettings
 
 log = logging.getLogger("node_agent")
 
-METRICS_PORT = 15025
 POLL_S = 0.1
 
 
@@ -64,7 +64,7 @@ async def run(cluster: str, node: str) -> int:
         body = generate_latest(agent.metrics.registry)
         return http1.Response(HTTPStatus.OK, body, CONTENT_TYPE_LATEST)
 
-    server = await http1.serve(metrics, "0.0.0.0", METRICS_PORT)  # noqa: S104 - node netns
+    server = await http1.serve(metrics, "0.0.0.0", ports.NODE_AGENT_METRICS)  # noqa: S104 - node netns
     # Not loop.add_signal_handler: that installs a wakeup fd, and pyroute2 forks helper children
     # (to open netlink sockets in other netns) that inherit it — a signal pyroute2 sends its
     # helper would then look like our SIGTERM. A flag checked every pass has no such channel.

@@ -27,11 +27,11 @@ import uvloop
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from api import ports
 from api.ambient import enrolled
 from api.objects import ObjectRef
-from api.spiffe import SpiffeId
+from api.spiffe import SpiffeId, controller_identity
 from common import http1
-from controller.main import CA_PORT, controller_identity
 from localcluster import naming
 from localcluster.store import ClusterStore, FileStore, StoreWatcher
 from ztunnel.identity.caclient import CaClient
@@ -43,9 +43,6 @@ from ztunnel.state.workloads import Snapshot
 
 log = logging.getLogger("ztunnel")
 
-ADMIN_PORT = 15000
-METRICS_PORT = 15020
-READINESS_PORT = 15021
 POLL_S = 0.2  # store poll; replaced by the controller's stream in the control-plane stage
 
 
@@ -133,7 +130,7 @@ class Ztunnel:
         host, _, port = self.settings.controller.partition(":")
         ca = CaClient(
             host,
-            int(port or CA_PORT),
+            int(port or ports.CONTROLLER),
             self.store.node_token_path(self.settings.node).read_text().strip(),
             [bundle.read_text()],
             controller=controller_identity(self.trust_domain),
@@ -208,17 +205,17 @@ class Ztunnel:
 
     async def run(self, stop: asyncio.Event) -> None:
         servers = [
-            await http1.serve(self.admin, "127.0.0.1", ADMIN_PORT, reuse_port=True),
-            await http1.serve(self.ready, "0.0.0.0", READINESS_PORT, reuse_port=True),  # noqa: S104
-            await http1.serve(self.metrics, "0.0.0.0", METRICS_PORT, reuse_port=True),  # noqa: S104
+            await http1.serve(self.admin, "127.0.0.1", ports.ZTUNNEL_ADMIN, reuse_port=True),
+            await http1.serve(self.ready, "0.0.0.0", ports.ZTUNNEL_READINESS, reuse_port=True),  # noqa: S104
+            await http1.serve(self.metrics, "0.0.0.0", ports.ZTUNNEL_METRICS, reuse_port=True),  # noqa: S104
         ]
         log.info(
             "ztunnel for %s/%s: admin 127.0.0.1:%d, readiness :%d, metrics :%d",
             self.settings.cluster,
             self.settings.node,
-            ADMIN_PORT,
-            READINESS_PORT,
-            METRICS_PORT,
+            ports.ZTUNNEL_ADMIN,
+            ports.ZTUNNEL_READINESS,
+            ports.ZTUNNEL_METRICS,
         )
         while not stop.is_set():
             self._sync()
@@ -251,7 +248,9 @@ def parse_args(argv: list[str]) -> Settings:
     parser.add_argument("--cluster", default=naming.DEFAULT_CLUSTER)
     parser.add_argument("--node", required=True)
     parser.add_argument("--controller", required=True, help="host[:port] of the controller")
-    parser.add_argument("--socks-port", type=int, default=15080, help="SOCKS5 entry (0: off)")
+    parser.add_argument(
+        "--socks-port", type=int, default=ports.ZTUNNEL_SOCKS5, help="SOCKS5 entry (0: off)"
+    )
     parser.add_argument("--drain", type=float, default=5.0, help="drain deadline after SIGTERM")
     parser.add_argument("--status-file", type=Path, default=None)
     parser.add_argument(

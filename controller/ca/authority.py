@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from api.spiffe import SpiffeId
+from common.keys import key_pem, new_key, pem
 
 ROOT_VALIDITY = timedelta(days=3650)
 # Backdating absorbs clock skew between nodes (Istio backdates workload certs too).
@@ -26,6 +27,19 @@ BACKDATE = timedelta(minutes=5)
 DEFAULT_LEAF_TTL = timedelta(hours=24)  # Istio's default workload cert TTL
 MAX_LEAF_TTL = timedelta(days=90)  # Istio's max_workload_cert_ttl
 MIN_LEAF_TTL = timedelta(seconds=5)  # short TTLs are for tests of rotation
+
+__all__ = [  # key helpers are re-exported: the CA is where callers look for them
+    "CaMaterial",
+    "CaMaterialError",
+    "generate_root",
+    "key_pem",
+    "load_or_create",
+    "load_plugged",
+    "new_key",
+    "pem",
+    "publish_bundle",
+    "sign_leaf",
+]
 
 ROOT_CERT = "root-cert.pem"
 CA_CERT, CA_KEY, CERT_CHAIN = "ca-cert.pem", "ca-key.pem", "cert-chain.pem"
@@ -47,20 +61,6 @@ class CaMaterial:
 
     def bundle_pem(self) -> list[str]:
         return [pem(c) for c in self.roots]
-
-
-def pem(cert: x509.Certificate) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def new_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
 
 
 def _serial() -> int:

@@ -24,6 +24,7 @@ from cryptography.x509 import verification
 from spiffe import SpiffeId as RefSpiffeId
 from spiffe import TrustDomain, X509Bundle, X509Svid
 
+from api import ports
 from api.spiffe import SpiffeId
 from common import http1, tls
 from controller.ca import authority
@@ -107,10 +108,10 @@ def _sign(cluster: str, node: str, identity: SpiffeId, csr_pem: str) -> tuple[in
     node1 = naming.node_netns(cluster, "node1")
 
     async def call() -> tuple[int, Any]:
-        sock = connect_in(node1, "127.0.0.1", system.CA_PORT, 5)
+        sock = connect_in(node1, "127.0.0.1", ports.CONTROLLER, 5)
         status, body, _ = await http1.request(
             "127.0.0.1",
-            system.CA_PORT,
+            ports.CONTROLLER,
             "POST",
             "/v1/certificates",
             tls=ctx,

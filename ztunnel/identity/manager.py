@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from api.spiffe import SpiffeId
-from controller.ca.authority import key_pem, new_key
+from common.keys import key_pem, new_key
 from ztunnel.identity import schedule
 from ztunnel.identity.caclient import CaClient, CaError
 

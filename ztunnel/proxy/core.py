@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from api import ports
 from api.spiffe import SpiffeId
 from ztunnel.hbone import protocol as p
 from ztunnel.hbone.connection import HboneConnection
 from ztunnel.identity import verify
 from ztunnel.identity.manager import CertificateManager
 from ztunnel.metrics import ConnLabels, ProxyMetrics
-from ztunnel.proxy import routing
 from ztunnel.proxy.pool import Pool, PoolKey
 from ztunnel.proxy.relay import Tunnel
 from ztunnel.proxy.splice import Held, Splice
@@ -38,16 +38,16 @@ MAX_CONNECTIONS = 16_000
 class ProxySettings:
     listen_ip: str = "0.0.0.0"  # noqa: S104 - inside ztunnel's own netns
     """Address the listeners bind (transparent listeners accept for any address)."""
-    outbound_port: int = 15001
-    inbound_plain_port: int = 15006
-    hbone_port: int = 15008
+    outbound_port: int = ports.ZTUNNEL_OUTBOUND
+    inbound_plain_port: int = ports.ZTUNNEL_INBOUND_PLAINTEXT
+    hbone_port: int = ports.HBONE
     socks_port: int = 0
     """SOCKS5 test entry (ztunnel: 15080); 0 = off."""
     transparent: bool = True
     """IP_TRANSPARENT on listeners and inbound dials (needs CAP_NET_ADMIN)."""
     original_source: bool = True
     """Dial pods (and HBONE peers) from the client's IP, as ztunnel does."""
-    hbone_target_port: int = routing.HBONE_PORT
+    hbone_target_port: int = ports.HBONE
     limits: p.Limits = field(default_factory=p.Limits)
     max_connections: int = MAX_CONNECTIONS
 

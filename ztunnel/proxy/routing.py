@@ -13,12 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from api import ports
 from ztunnel.state.policy import Connection, Decision, evaluate, mtls_mode
 from ztunnel.state.workloads import Snapshot, Workload
-
-HBONE_PORT = 15008
-# Every port ztunnel listens on (ztunnel's own list): a tunnel to one of them is a self-call.
-ZTUNNEL_PORTS = frozenset({15000, 15001, 15006, 15008, 15020, 15021, 15080})
 
 
 @dataclass(frozen=True)
@@ -70,7 +67,7 @@ def plan_inbound(  # noqa: PLR0911 - one return per rule, in order
     """For HBONE `src_principal` is the verified peer; for plaintext (15006) it is None."""
     if snap is None:
         return Inbound(False, "no_config", 503)
-    if target_port in ZTUNNEL_PORTS:
+    if target_port in ports.ZTUNNEL_PORTS:
         return Inbound(False, "self_call", 400)  # H-4; loopback is never a pod: unknown below
     if target_ip != original_dst_ip:
         return Inbound(False, "target_mismatch", 400)  # H-3

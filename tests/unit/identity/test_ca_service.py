@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from api import validate
-from api.spiffe import SpiffeId
+from api.spiffe import SpiffeId, controller_identity
 from common import http1, tls
 from controller.ca import authority
-from controller.main import Controller, Settings, controller_identity
+from controller.main import Controller, Settings
 from localcluster.store import ClusterInfo, ClusterStore, ObjectSet
 from ztunnel.identity.caclient import CaClient, CaError, build_csr
 from ztunnel.identity.manager import CertificateManager

@@ -16,7 +16,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from api import validate
-from controller.main import Controller, Settings, controller_identity
+from api.spiffe import controller_identity
+from controller.main import Controller, Settings
 from localcluster.store import ClusterInfo, ClusterStore, ObjectSet
 from ztunnel.identity.caclient import CaClient
 from ztunnel.identity.manager import CertificateManager
