@@ -60,7 +60,8 @@ class Held(asyncio.Protocol):
 
 
 class Gate(asyncio.Protocol):
-    """Holds a TLS connection's early bytes until the peer identity is checked."""
+    """Buffers a connection's bytes while something else decides (a TLS peer being verified,
+    a SOCKS5 handshake being parsed), then hands them to the real protocol."""
 
     def __init__(self) -> None:
         self.buffer = bytearray()
