@@ -1,0 +1,165 @@
+"""A fake Kubernetes API server speaking the real HTTP list/watch protocol (aiohttp).
+
+Lists are paginated with `limit`/`continue`; watches stream newline-delimited JSON events from a
+resourceVersion, send BOOKMARKs, end after `timeoutSeconds`, answer a compacted version with an
+in-stream ERROR 410 (as the API server does), and can be dropped abruptly. `fieldSelector`
+supports `spec.nodeName=` (what node agents use). Requests are recorded for assertions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+TOKEN = "fake-token"
+
+
+@dataclass
+class Event:
+    version: int
+    path: str
+    type: str
+    obj: dict[str, Any]
+
+
+@dataclass
+class FakeKube:
+    objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = field(default_factory=dict)
+    log: list[Event] = field(default_factory=list)
+    version: int = 100
+    compacted: int = 0
+    requests: list[dict[str, str]] = field(default_factory=list)
+    bookmark_s: float = 0.2
+    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _watches: dict[int, web.Request] = field(default_factory=dict)
+    _fail: dict[str, int] = field(default_factory=dict)
+
+    # --- test controls -------------------------------------------------------------------
+    async def put(self, path: str, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        key = (meta.get("namespace", ""), meta["name"])
+        store = self.objects.setdefault(path, {})
+        kind = "MODIFIED" if key in store else "ADDED"
+        await self._record(path, kind, key, obj)
+
+    async def delete(self, path: str, namespace: str, name: str) -> None:
+        obj = self.objects[path][(namespace, name)]
+        await self._record(path, "DELETED", (namespace, name), obj)
+
+    def compact(self) -> None:
+        """Forget history: every watch from an older version gets 410 Gone."""
+        self.compacted = self.version
+
+    def fail(self, path: str, times: int) -> None:
+        """The next `times` lists of `path` answer 500."""
+        self._fail[path] = times
+
+    async def drop_watches(self) -> None:
+        """Cut every open watch without a clean end (a dropped TCP connection)."""
+        for request in list(self._watches.values()):
+            if request.transport is not None:
+                request.transport.abort()
+        self._watches.clear()
+
+    async def _record(
+        self, path: str, kind: str, key: tuple[str, str], obj: dict[str, Any]
+    ) -> None:
+        self.version += 1
+        obj = copy.deepcopy(obj)
+        obj["metadata"]["resourceVersion"] = str(self.version)
+        if kind == "DELETED":
+            del self.objects[path][key]
+        else:
+            self.objects[path][key] = obj
+        self.log.append(Event(self.version, path, kind, obj))
+        async with self._changed:
+            self._changed.notify_all()
+
+    # --- the HTTP API ------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        query = dict(request.query)
+        self.requests.append({"path": request.path, **query})
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return _status(401, "Unauthorized")
+        if query.get("watch") in {"true", "1"}:
+            return await self._watch(request, query)
+        if self._fail.get(request.path, 0) > 0:
+            self._fail[request.path] -= 1
+            return _status(500, "injected failure")
+        return self._list(request.path, query)
+
+    def _selected(self, path: str, query: dict[str, str]) -> list[dict[str, Any]]:
+        items = [o for _, o in sorted(self.objects.get(path, {}).items())]
+        return [o for o in items if _matches(o, query.get("fieldSelector"))]
+
+    def _list(self, path: str, query: dict[str, str]) -> web.Response:
+        items = self._selected(path, query)
+        start = int(query.get("continue") or 0)
+        limit = int(query.get("limit") or len(items) or 1)
+        page = [
+            {k: v for k, v in o.items() if k not in {"kind", "apiVersion"}}
+            for o in items[start : start + limit]
+        ]
+        meta: dict[str, Any] = {"resourceVersion": str(self.version)}
+        if start + limit < len(items):
+            meta["continue"] = str(start + limit)
+        return web.json_response({"kind": "List", "metadata": meta, "items": page})
+
+    async def _watch(self, request: web.Request, query: dict[str, str]) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        since = int(query.get("resourceVersion") or self.version)
+        if since < self.compacted:
+            gone = {
+                "kind": "Status",
+                "code": 410,
+                "reason": "Expired",
+                "message": f"too old resource version: {since} ({self.compacted})",
+            }
+            await resp.write(json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n")
+            return resp
+        self._watches[id(request)] = request
+        deadline = asyncio.get_running_loop().time() + float(query.get("timeoutSeconds", 30))
+        bookmarks = query.get("allowWatchBookmarks") == "true"
+        try:
+            while (left := deadline - asyncio.get_running_loop().time()) > 0:
+                for ev in [e for e in self.log if e.version > since]:
+                    since = ev.version
+                    if ev.path == request.path and _matches(ev.obj, query.get("fieldSelector")):
+                        line = {"type": ev.type, "object": ev.obj}
+                        await resp.write(json.dumps(line).encode() + b"\n")
+                async with self._changed:
+                    try:
+                        await asyncio.wait_for(self._changed.wait(), min(left, self.bookmark_s))
+                    except TimeoutError:
+                        if bookmarks:
+                            mark = {
+                                "type": "BOOKMARK",
+                                "object": {"metadata": {"resourceVersion": str(since)}},
+                            }
+                            await resp.write(json.dumps(mark).encode() + b"\n")
+        finally:
+            self._watches.pop(id(request), None)
+        return resp
+
+
+def _matches(obj: dict[str, Any], selector: str | None) -> bool:
+    if not selector:
+        return True
+    field_name, _, value = selector.partition("=")
+    assert field_name == "spec.nodeName", selector
+    return bool(obj.get("spec", {}).get("nodeName") == value)
+
+
+def _status(code: int, message: str) -> web.Response:
+    return web.json_response({"kind": "Status", "code": code, "message": message}, status=code)
