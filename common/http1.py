@@ -9,7 +9,7 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -44,6 +44,7 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+ConnectionHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 class HttpError(Exception):
@@ -135,11 +136,19 @@ async def serve(
     *,
     tls: ssl.SSLContext | None = None,
     reuse_port: bool = False,
+    alpn: Mapping[str, ConnectionHandler] | None = None,
 ) -> asyncio.Server:
-    """`reuse_port`: a second instance may bind beside this one (restart handover)."""
+    """`reuse_port`: a second instance may bind beside this one (restart handover). `alpn`:
+    connections that negotiated one of these protocols go to its handler instead (the
+    controller's config stream is `h2` on the CA's port)."""
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _serve_connection(handler, reader, writer)
+        ssl_object = writer.get_extra_info("ssl_object")
+        protocol = ssl_object.selected_alpn_protocol() if ssl_object else None
+        if alpn and protocol is not None and protocol in alpn:
+            await alpn[protocol](reader, writer)
+        else:
+            await _serve_connection(handler, reader, writer)
 
     return await asyncio.start_server(
         on_connection,

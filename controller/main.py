@@ -1,7 +1,8 @@
-"""The controller process: CA on 15012 (HTTPS), metrics on 15014. (Config streaming: next issue.)
+"""The controller process: CA (HTTPS/1.1) and config stream (HTTP/2, by ALPN) on 15012;
+metrics and `/debug/proxies` on 15014.
 
-Local mode: `python -m controller.main --cluster C` reads the cluster's store (pods, for node
-authorization), node bootstrap tokens and CA material from the state directory.
+Local mode: `python -m controller.main --cluster C` watches the cluster's store through the local
+cluster source, and reads node bootstrap tokens and CA material from the state directory.
 """
 
 from __future__ import annotations
@@ -25,10 +26,15 @@ from api.spiffe import controller_identity
 from common import http1, tls
 from controller.ca import authority
 from controller.ca.nodeauth import NodeTokens
+from controller.ca.refusal import Refusal
 from controller.ca.service import CaMetrics, CaService
+from controller.config.compile import Proxy
+from controller.config.server import ConfigMetrics, ConfigServer
 from localcluster import naming
-from localcluster.store import ClusterStore, StoreWatcher
+from localcluster.store import ClusterStore
 from localcluster.topology import node_name
+from sources.base import Cache
+from sources.local import LocalSource
 
 log = logging.getLogger("controller")
 
@@ -69,12 +75,15 @@ class Controller:
             path = self.store.node_token_path(node_name(i))
             if path.exists():
                 tokens[node_name(i)] = path.read_text().strip()
-        self.watcher = StoreWatcher(self.store)
+        self.tokens = NodeTokens(tokens)
+        self.source = LocalSource(self.store)
+        self.cache = Cache(self.source.kinds)
         self.registry = CollectorRegistry()
+        self.config = ConfigServer(self.cache, self._authenticate, ConfigMetrics(self.registry))
         self.ca = CaService(
             self.material,
             info.trust_domain,
-            NodeTokens(tokens),
+            self.tokens,
             self._pods,
             CaMetrics(self.registry),
             max_ttl=timedelta(seconds=info.workload_cert_ttl_s),
@@ -85,8 +94,15 @@ class Controller:
         self.started = asyncio.Event()
 
     def _pods(self) -> list[dict[str, object]]:
-        self.watcher.poll()
-        return self.watcher.current.list("Pod")
+        current = self.cache.current()
+        return current.list("Pod") if current else []  # not synced: no pod is known yet
+
+    def _authenticate(self, headers: dict[str, str]) -> Proxy | None:
+        try:
+            node = self.tokens.authenticate(headers.get("authorization"))
+        except Refusal:
+            return None
+        return Proxy("ztunnel", node)
 
     def _serving_pair(self) -> tuple[list[str], bytes]:
         key = authority.new_key()
@@ -108,16 +124,26 @@ class Controller:
         return http1.Response(HTTPStatus.NOT_FOUND, b'{"message": "not found"}')
 
     async def handle_metrics(self, request: http1.Request) -> http1.Response:
+        if request.target == "/debug/proxies":  # istiod serves its debug views on 15014 too
+            return http1.Response(HTTPStatus.OK, _json(self.config.status()))
         if request.target != "/metrics":
             return http1.Response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
         return http1.Response(HTTPStatus.OK, generate_latest(self.registry), CONTENT_TYPE_LATEST)
 
     async def run(self, stop: asyncio.Event) -> None:
         chain, key = self._serving_pair()
-        ctx = tls.server_context(chain, key)
+        ctx = tls.server_context(chain, key, alpn=["h2", "http/1.1"])
         ca_server = await http1.serve(
-            self.handle_ca, self.settings.listen, self.settings.ca_port, tls=ctx
+            self.handle_ca,
+            self.settings.listen,
+            self.settings.ca_port,
+            tls=ctx,
+            alpn={"h2": self.config.serve},
         )
+        tasks = [
+            asyncio.create_task(self.source.run(self.cache)),
+            asyncio.create_task(self.config.run()),
+        ]
         metrics = await http1.serve(
             self.handle_metrics, self.settings.listen, self.settings.metrics_port
         )
@@ -139,6 +165,8 @@ class Controller:
                 await asyncio.wait_for(stop.wait(), refresh)
             except TimeoutError:
                 tls.load_identity(ctx, *self._serving_pair())  # renewed at half-life
+        for task in tasks:
+            task.cancel()
         ca_server.close()
         metrics.close()
         await ca_server.wait_closed()

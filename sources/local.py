@@ -26,7 +26,7 @@ class LocalSource:
 
     async def run(self, cache: Cache) -> None:
         while True:
-            if self.watcher.poll() and self.watcher.current.revision > 0:
+            if self.watcher.poll():
                 cache.replace_all(self.watcher.current)
                 await cache.publish()
             await asyncio.sleep(self.poll_s)

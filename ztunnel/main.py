@@ -2,10 +2,10 @@
 15080 SOCKS5 test entry), workload identities of the node's enrolled pods, admin and readiness.
 
 Ports (ztunnel's): 15000 admin (`/config_dump`, loopback only), 15020 `/metrics`,
-15021 `/healthz/ready`. Local mode reads its config from the cluster's store (the static-config
-dev mode; the controller's stream replaces it in the control-plane stage). Until the first
-snapshot and the pod's certificate exist, nothing is forwarded. SIGTERM: stop accepting, drain
-open connections for `--drain` seconds, then close them.
+15021 `/healthz/ready`. Config comes from the controller's stream (15012, `ztunnel.config`);
+`--config FILE` is the static dev mode. Until the first snapshot and the pod's certificate
+exist, nothing is forwarded. SIGTERM: stop accepting, drain open connections for `--drain`
+seconds, then close them.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, genera
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from api import ports
-from api.ambient import enrolled
-from api.objects import ObjectRef
-from api.spiffe import SpiffeId, controller_identity
+from api.meshconfig import Resource
+from api.spiffe import controller_identity
 from common import http1
 from localcluster import naming
 from localcluster.store import ClusterStore, FileStore, StoreWatcher
+from ztunnel.config.client import ClientMetrics, ConfigClient
 from ztunnel.identity.caclient import CaClient
 from ztunnel.identity.manager import CertificateManager
 from ztunnel.metrics import ProxyMetrics
@@ -43,7 +43,7 @@ from ztunnel.state.workloads import Snapshot
 
 log = logging.getLogger("ztunnel")
 
-POLL_S = 0.2  # store poll; replaced by the controller's stream in the control-plane stage
+POLL_S = 0.2  # housekeeping pass: listeners, certificates, status file
 
 
 @dataclass(frozen=True)
@@ -65,28 +65,20 @@ class Settings:
     instead of the cluster's store; re-read when it changes."""
 
 
-def local_workloads(watcher: StoreWatcher, node: str, trust_domain: str) -> list[dict[str, Any]]:
-    objects = watcher.current
-    out = []
-    for pod in objects.list("Pod"):
-        meta, spec = pod["metadata"], pod["spec"]
-        if spec.get("nodeName") != node:
-            continue
-        namespace = objects.get(ObjectRef("Namespace", "", meta["namespace"]))
-        out.append(
-            {
-                "uid": meta["uid"],
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "serviceAccount": spec["serviceAccountName"],
-                "podIP": pod["status"]["podIP"],
-                "enrolled": enrolled(pod, namespace),
-                "identity": str(
-                    SpiffeId(trust_domain, meta["namespace"], spec["serviceAccountName"])
-                ),
-            }
-        )
-    return out
+def workload_dump(snapshot: Snapshot | None) -> list[dict[str, Any]]:
+    return [
+        {
+            "uid": w.uid,
+            "name": w.name,
+            "namespace": w.namespace,
+            "serviceAccount": w.service_account,
+            "podIP": w.ip,
+            "enrolled": w.enrolled,
+            "waypoint": w.waypoint,
+            "identity": str(w.identity),
+        }
+        for w in (snapshot.local_workloads() if snapshot else [])
+    ]
 
 
 class Ztunnel:
@@ -96,9 +88,11 @@ class Ztunnel:
         info = self.store.info()
         self.trust_domain = info.trust_domain
         self.ttl_s = info.workload_cert_ttl_s
-        self.watcher = StoreWatcher(
-            FileStore(settings.cluster, settings.config) if settings.config else self.store
+        self.watcher = (
+            StoreWatcher(FileStore(settings.cluster, settings.config)) if settings.config else None
         )
+        self.config: ConfigClient | None = None
+        self._config_task: asyncio.Task[None] | None = None
         self.manager: CertificateManager | None = None
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
@@ -109,6 +103,7 @@ class Ztunnel:
             registry=self.registry,
         )
         self.proxy_metrics = ProxyMetrics(self.registry)
+        self.config_metrics = ClientMetrics(self.registry)
         self.snapshot: Snapshot | None = None
         self.proxy: Proxy | None = None
         self._last_status: dict[str, Any] = {}
@@ -118,37 +113,58 @@ class Ztunnel:
         if self.manager is None:
             pending.append("trust bundle (controller CA not started yet)")
         if self.snapshot is None:
-            pending.append("cluster state")
+            pending.append("config snapshot" + (" from the controller" if self.config else ""))
         if self.proxy is None:
             pending.append("listeners")
         return pending
 
-    def _start_manager(self) -> None:
+    def _start_clients(self) -> None:
+        """CA and config clients, once the controller's trust bundle exists."""
         bundle = self.store.ca_dir / "root-cert.pem"
         if self.manager is not None or not bundle.exists():
             return
         host, _, port = self.settings.controller.partition(":")
+        token = self.store.node_token_path(self.settings.node).read_text().strip()
+        controller = controller_identity(self.trust_domain)
         ca = CaClient(
-            host,
-            int(port or ports.CONTROLLER),
-            self.store.node_token_path(self.settings.node).read_text().strip(),
-            [bundle.read_text()],
-            controller=controller_identity(self.trust_domain),
+            host, int(port or ports.CONTROLLER), token, [bundle.read_text()], controller=controller
         )
         self.manager = CertificateManager(ca, ttl_s=self.ttl_s)
+        if self.watcher is None:
+            self.config = ConfigClient(
+                host,
+                int(port or ports.CONTROLLER),
+                token,
+                [bundle.read_text()],
+                controller=controller,
+                headers={
+                    "x-ambientmesh-proxy": "ztunnel",
+                    "x-ambientmesh-node": self.settings.node,
+                },
+                on_update=self.on_config,
+                metrics=self.config_metrics,
+            )
+            self._config_task = asyncio.create_task(self.config.run())
+
+    def on_config(self, resources: dict[str, Resource], version: int) -> None:
+        """A validated config version: the new snapshot, then re-judge open connections."""
+        self._apply(workloads.build(resources, self.settings.node, self.trust_domain, version))
+
+    def _apply(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        if self.proxy is not None and (closed := self.proxy.recheck_policies()):
+            log.info("closed %d connections that policy now denies", closed)
 
     def _sync(self) -> None:
-        if self.watcher.poll() and self.watcher.current.revision > 0:
-            self.snapshot = workloads.build(
-                self.watcher.current, self.settings.node, self.trust_domain
+        if self.watcher is not None and self.watcher.poll():
+            self._apply(
+                workloads.from_objects(self.watcher.current, self.settings.node, self.trust_domain)
             )
-            if self.proxy is not None and (closed := self.proxy.recheck_policies()):
-                log.info("closed %d connections that policy now denies", closed)
-        self._start_manager()
-        if self.manager is None:
+        self._start_clients()
+        if self.manager is None or self.snapshot is None:
             return
-        local = local_workloads(self.watcher, self.settings.node, self.trust_domain)
-        self.manager.track({SpiffeId.parse(w["identity"]) for w in local if w["enrolled"]})
+        local = self.snapshot.local_workloads()
+        self.manager.track({w.identity for w in local if w.enrolled})
         states = [c["state"] for c in self.manager.dump()]
         for state in ("Available", "Initializing", "Unavailable"):
             self.cert_gauge.labels(state=state).set(states.count(state))
@@ -178,8 +194,13 @@ class Ztunnel:
         return {
             "node": self.settings.node,
             "trustDomain": self.trust_domain,
-            "storeRevision": self.watcher.current.revision,
-            "workloads": local_workloads(self.watcher, self.settings.node, self.trust_domain),
+            "configVersion": self.snapshot.revision if self.snapshot else None,
+            "configSource": "static" if self.watcher else "controller",
+            "configError": self.config.last_error if self.config else "",
+            "workloads": workload_dump(self.snapshot),
+            "services": sorted(
+                {s.host for s in self.snapshot.by_vip.values()} if self.snapshot else set()
+            ),
             "certificates": self.manager.dump() if self.manager else [],
             "policies": [p.key for p in self.snapshot.policies] if self.snapshot else [],
             "activeConnections": len(self.proxy.active) if self.proxy else 0,
@@ -239,6 +260,8 @@ class Ztunnel:
             await self.proxy.drain(self.settings.drain_s)
         for server in servers:
             server.close()
+        if self._config_task is not None:
+            self._config_task.cancel()
         if self.manager:
             await self.manager.close()
 

@@ -45,6 +45,24 @@ def build_csr(identity: SpiffeId, key: ec.EllipticCurvePrivateKey) -> str:
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
+def controller_rejected(ssl_object: object, controller: SpiffeId) -> str | None:
+    """Why the TLS peer is not the controller, or None when it is."""
+    der = getattr(ssl_object, "getpeercert", lambda **_: None)(binary_form=True)
+    if not der:
+        return "no certificate presented"
+    try:
+        verify.verify_peer(
+            der,
+            trust_domain=controller.trust_domain,
+            purpose=verify.Purpose.SERVER,
+            now=datetime.now(UTC),
+            expected={controller},
+        )
+    except verify.PeerRejected as exc:
+        return str(exc)
+    return None
+
+
 class CaClient:
     def __init__(
         self,
@@ -95,19 +113,8 @@ class CaClient:
         return self._check_issued(reply, identity, key)
 
     def _check_controller(self, ssl_object: object) -> None:
-        der = getattr(ssl_object, "getpeercert", lambda **_: None)(binary_form=True)
-        if not der:
-            raise CaError("CA presented no certificate")
-        try:
-            verify.verify_peer(
-                der,
-                trust_domain=self.controller.trust_domain,
-                purpose=verify.Purpose.SERVER,
-                now=datetime.now(UTC),
-                expected={self.controller},
-            )
-        except verify.PeerRejected as exc:
-            raise CaError(f"CA is not the controller: {exc}") from None
+        if reason := controller_rejected(ssl_object, self.controller):
+            raise CaError(f"CA is not the controller: {reason}")
 
     @staticmethod
     def _check_issued(

@@ -1,7 +1,9 @@
-"""The snapshot ztunnel judges connections against: workloads by IP, compiled policies, modes.
+"""The snapshot ztunnel judges connections against: workloads by IP, services by VIP, compiled
+policies, PeerAuthentication modes.
 
-Built (pure) from the cluster's objects for one config revision. An IP claimed by two pods is
-*ambiguous* and resolves to nothing (RELIABILITY F-9: reject rather than guess).
+Built (pure) from the mesh config the controller streamed (`api.meshconfig` resources) for one
+config version. An IP claimed by two workloads is *ambiguous* and resolves to nothing
+(RELIABILITY F-9: reject rather than guess).
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from api.ambient import enrolled
-from api.objects import Obj, ObjectRef
+from api.meshconfig import Resource
+from api.objects import Obj
 from api.spiffe import SpiffeId
 from localcluster.store import ObjectSet
 from ztunnel.state.policy import CompiledPolicy, compile_policy
@@ -33,10 +35,26 @@ class Workload:
     labels: Mapping[str, str]
     enrolled: bool
     identity: SpiffeId
+    waypoint: str = ""
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    namespace: str
+    vips: tuple[str, ...]
+    ports: Mapping[int, int]  # service port → target port
+    endpoints: tuple[str, ...]  # workload uids, ready ones
+    waypoint: str = ""
+
+    @property
+    def host(self) -> str:
+        """Istio's `destination_service` value."""
+        return f"{self.name}.{self.namespace}.svc.cluster.local"
 
 
 @dataclass(frozen=True)
@@ -49,6 +67,8 @@ class Snapshot:
     policies: tuple[CompiledPolicy, ...]
     peer_auths: tuple[Obj, ...]
     mesh_cidrs: tuple[Any, ...] = field(default=())
+    by_uid: Mapping[str, Workload] = field(default_factory=dict)
+    by_vip: Mapping[str, Service] = field(default_factory=dict)
 
     def workload(self, ip: str) -> Workload | None:
         return self.by_ip.get(ip)
@@ -57,57 +77,94 @@ class Snapshot:
         w = self.by_ip.get(ip)
         return w if w is not None and w.node == self.node else None
 
+    def service(self, vip: str) -> Service | None:
+        return self.by_vip.get(vip)
+
     def in_mesh_space(self, ip: str) -> bool:
         address = ipaddress.ip_address(ip)
         return any(address in net for net in self.mesh_cidrs)
 
+    def local_workloads(self) -> list[Workload]:
+        return sorted((w for w in self.by_uid.values() if w.node == self.node), key=lambda w: w.key)
 
-def _workload(pod: Obj, namespace: Obj | None, trust_domain: str) -> Workload | None:
-    meta, spec, status = pod["metadata"], pod["spec"], pod.get("status") or {}
-    ip = status.get("podIP")
-    if not ip:
-        return None
+
+def _workload(res: Resource, trust_domain: str) -> Workload:
     return Workload(
-        uid=meta["uid"],
-        name=meta["name"],
-        namespace=meta["namespace"],
-        service_account=spec.get("serviceAccountName", "default"),
-        node=spec.get("nodeName", ""),
-        ip=ip,
-        labels=dict(meta.get("labels") or {}),
-        enrolled=enrolled(pod, namespace),
-        identity=SpiffeId(
-            trust_domain, meta["namespace"], spec.get("serviceAccountName", "default")
-        ),
+        uid=res["uid"],
+        name=res["name"],
+        namespace=res["namespace"],
+        service_account=res["serviceAccount"],
+        node=res["node"],
+        ip=res["ip"],
+        labels=dict(res["labels"]),
+        enrolled=res["enrolled"],
+        identity=SpiffeId(trust_domain, res["namespace"], res["serviceAccount"]),
+        waypoint=res.get("waypoint", ""),
     )
 
 
+def _service(res: Resource) -> Service:
+    return Service(
+        name=res["name"],
+        namespace=res["namespace"],
+        vips=tuple(res["vips"]),
+        ports={p["port"]: p["targetPort"] for p in res["ports"]},
+        endpoints=tuple(res["endpoints"]),
+        waypoint=res.get("waypoint", ""),
+    )
+
+
+def _as_object(res: Resource) -> Obj:
+    return {"metadata": {"namespace": res["namespace"], "name": res["name"]}, "spec": res["spec"]}
+
+
 def build(
-    objects: ObjectSet,
+    resources: Mapping[str, Resource],
     node: str,
     trust_domain: str,
+    version: int,
     mesh_cidrs: Iterable[str] = DEFAULT_MESH_CIDRS,
 ) -> Snapshot:
+    """`resources` are validated (`api.meshconfig.apply_update`)."""
     by_ip: dict[str, Workload] = {}
+    by_uid: dict[str, Workload] = {}
     ambiguous: set[str] = set()
-    for pod in objects.list("Pod"):
-        ns = objects.get(ObjectRef("Namespace", "", pod["metadata"]["namespace"]))
-        w = _workload(pod, ns, trust_domain)
-        if w is None:
-            continue
+    by_type: dict[str, list[Resource]] = {}
+    for key in sorted(resources):
+        by_type.setdefault(resources[key]["type"], []).append(resources[key])
+    for res in by_type.get("workload", []):
+        w = _workload(res, trust_domain)
+        by_uid[w.uid] = w
         if w.ip in by_ip and by_ip[w.ip].uid != w.uid:
             ambiguous.add(w.ip)
         by_ip[w.ip] = w
     for ip in ambiguous:
         del by_ip[ip]
-    policies = tuple(p for o in objects.list("AuthorizationPolicy") if (p := compile_policy(o)))
+    by_vip = {vip: svc for svc in map(_service, by_type.get("service", [])) for vip in svc.vips}
+    policies = tuple(p for r in by_type.get("policy", []) if (p := compile_policy(_as_object(r))))
     return Snapshot(
-        revision=objects.revision,
+        revision=version,
         node=node,
         trust_domain=trust_domain,
         by_ip=by_ip,
         ambiguous=frozenset(ambiguous),
         policies=policies,
-        peer_auths=tuple(objects.list("PeerAuthentication")),
+        peer_auths=tuple(_as_object(r) for r in by_type.get("peerauth", [])),
         mesh_cidrs=tuple(ipaddress.ip_network(c) for c in mesh_cidrs),
+        by_uid=by_uid,
+        by_vip=by_vip,
     )
+
+
+def from_objects(
+    objects: ObjectSet,
+    node: str,
+    trust_domain: str,
+    mesh_cidrs: Iterable[str] = DEFAULT_MESH_CIDRS,
+) -> Snapshot:
+    """What the controller would stream to this node's ztunnel, compiled in place (the static
+    config dev mode, and tests)."""
+    from controller.config.compile import Proxy, compile_mesh, view  # noqa: PLC0415 - dev mode
+
+    resources = view(compile_mesh(objects), Proxy("ztunnel", node))
+    return build(resources, node, trust_domain, objects.revision, mesh_cidrs)

@@ -130,7 +130,7 @@ class Mesh:
         objects = to_objects(self.docs, self.revision)
         self.store.commit(objects)
         for node in self.proxies:
-            self.snapshots[node] = workloads.build(
+            self.snapshots[node] = workloads.from_objects(
                 objects, node, "cluster.local", ["10.244.0.0/16"]
             )
         for proxy in self.proxies.values():

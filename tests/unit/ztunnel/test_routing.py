@@ -46,8 +46,8 @@ def objects(*extra: dict[str, Any]) -> ObjectSet:
     return s
 
 
-SNAP1 = workloads.build(objects(), "node1", "cluster.local")
-SNAP2 = workloads.build(objects(), "node2", "cluster.local")
+SNAP1 = workloads.from_objects(objects(), "node1", "cluster.local")
+SNAP2 = workloads.from_objects(objects(), "node2", "cluster.local")
 
 
 @pytest.mark.parametrize(
@@ -76,10 +76,10 @@ def test_ip_claimed_by_two_pods_is_ambiguous() -> None:
     dup = dict(clash.list("Pod", "mesh")[1])
     dup = {**dup, "metadata": {**dup["metadata"], "name": "b2", "uid": "b2"}}
     clash.put(dup)
-    snap = workloads.build(clash, "node2", "cluster.local")
+    snap = workloads.from_objects(clash, "node2", "cluster.local")
     assert (
         plan_outbound(
-            workloads.build(clash, "node1", "cluster.local"), "10.244.1.3", "10.244.2.3"
+            workloads.from_objects(clash, "node1", "cluster.local"), "10.244.1.3", "10.244.2.3"
         ).reason
         == "ambiguous_destination"
     )
@@ -131,7 +131,7 @@ def test_strict_peer_authentication_refuses_plaintext_but_not_mtls() -> None:
         "metadata": {"name": "strict", "namespace": "mesh"},
         "spec": {"mtls": {"mode": "STRICT"}},
     }
-    snap = workloads.build(objects(strict), "node2", "cluster.local")
+    snap = workloads.from_objects(objects(strict), "node2", "cluster.local")
 
     def inbound(principal: str | None) -> Inbound:
         return plan_inbound(
@@ -154,7 +154,7 @@ def test_deny_policy_gives_401() -> None:
         "metadata": {"name": "deny-all", "namespace": "mesh"},
         "spec": {"action": "DENY", "rules": [{}]},
     }
-    snap = workloads.build(objects(deny), "node2", "cluster.local")
+    snap = workloads.from_objects(objects(deny), "node2", "cluster.local")
     got = plan_inbound(
         snap,
         target_ip="10.244.2.3",

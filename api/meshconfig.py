@@ -1,0 +1,139 @@
+"""The mesh config the controller streams to proxies: its resources and their validation.
+
+A resource is a JSON object with a `type` and a `key` unique within the type:
+  workload      uid, name, namespace, serviceAccount, node, ip, labels, enrolled, waypoint
+  service       namespace/name, vips, ports [{port, targetPort}], endpoints [workload uid]
+  policy        namespace/name, spec (an AuthorizationPolicy spec; the proxy builds matchers)
+  peerauth      namespace/name, spec (a PeerAuthentication spec)
+
+A proxy validates every resource of an update before applying any (RELIABILITY F-12): one bad
+resource NACKs the whole update and the previous good state stays. Limits bound what a hostile
+or broken controller can make a proxy hold.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from typing import Any
+
+from api import names
+
+Resource = dict[str, Any]
+TYPES = ("workload", "service", "policy", "peerauth")
+MAX_RESOURCES = 200_000  # 10 000 pods + services + policies, with 10x room
+MAX_LABELS = 64
+MAX_ENDPOINTS = 10_000
+MAX_STRING = 253  # a DNS subdomain, the longest name Kubernetes allows
+
+
+class ConfigError(ValueError):
+    """A resource the proxy refuses; the message names it and the field."""
+
+
+def key_of(resource: Mapping[str, Any]) -> str:
+    return f"{resource['type']}/{resource['key']}"
+
+
+def _string(res: Mapping[str, Any], name: str, *, empty: bool = False) -> str:
+    value = res.get(name)
+    if not isinstance(value, str) or len(value) > MAX_STRING or (not value and not empty):
+        raise ConfigError(f"{name}: want a string of 1-{MAX_STRING} characters")
+    return value
+
+
+def _ip(value: object, name: str) -> None:
+    try:
+        ipaddress.ip_address(value)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {value!r} is not an IP address") from exc
+
+
+def _labels(value: object) -> None:
+    if not isinstance(value, dict) or len(value) > MAX_LABELS:
+        raise ConfigError(f"labels: want a map of at most {MAX_LABELS} entries")
+    if problem := names.labels(value):
+        raise ConfigError(f"labels: {problem}")
+
+
+def _port(value: object, name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
+        raise ConfigError(f"{name}: {value!r} is not a port")
+
+
+def _workload(res: Mapping[str, Any]) -> None:
+    for name in ("uid", "name", "namespace", "serviceAccount", "node"):
+        _string(res, name)
+    _string(res, "waypoint", empty=True)
+    _ip(res.get("ip"), "ip")
+    _labels(res.get("labels"))
+    if not isinstance(res.get("enrolled"), bool):
+        raise ConfigError("enrolled: want true or false")
+
+
+def _service(res: Mapping[str, Any]) -> None:
+    _string(res, "name")
+    _string(res, "namespace")
+    _string(res, "waypoint", empty=True)
+    vips, svc_ports, endpoints = res.get("vips"), res.get("ports"), res.get("endpoints")
+    if not isinstance(vips, list) or len(vips) > 2:
+        raise ConfigError("vips: want a list of at most 2 addresses")
+    for vip in vips:
+        _ip(vip, "vips")
+    if not isinstance(svc_ports, list) or len(svc_ports) > 256:
+        raise ConfigError("ports: want a list of at most 256")
+    for p in svc_ports:
+        if not isinstance(p, dict):
+            raise ConfigError("ports: want {port, targetPort} objects")
+        _port(p.get("port"), "ports.port")
+        _port(p.get("targetPort"), "ports.targetPort")
+    if not isinstance(endpoints, list) or len(endpoints) > MAX_ENDPOINTS:
+        raise ConfigError(f"endpoints: want a list of at most {MAX_ENDPOINTS} workload uids")
+    if not all(isinstance(e, str) for e in endpoints):
+        raise ConfigError("endpoints: want workload uids")
+
+
+def _spec(res: Mapping[str, Any]) -> None:
+    _string(res, "name")
+    _string(res, "namespace")
+    if not isinstance(res.get("spec"), dict):
+        raise ConfigError("spec: want an object")
+
+
+_CHECKS = {"workload": _workload, "service": _service, "policy": _spec, "peerauth": _spec}
+
+
+def validate(res: object) -> Resource:
+    """The resource, or ConfigError naming what is wrong with it."""
+    if not isinstance(res, dict):
+        raise ConfigError("resource: want an object")
+    kind = res.get("type")
+    if kind not in _CHECKS:
+        raise ConfigError(f"type: {kind!r} is not one of {', '.join(TYPES)}")
+    key = _string(res, "key")
+    try:
+        _CHECKS[kind](res)
+    except ConfigError as exc:
+        raise ConfigError(f"{kind} {key}: {exc}") from None
+    return res
+
+
+def apply_update(state: Mapping[str, Resource], update: Mapping[str, Any]) -> dict[str, Resource]:
+    """The state after one update (pure). A snapshot replaces everything; a delta upserts and
+    removes by key. Raises ConfigError, leaving `state` untouched, if any part is invalid."""
+    version = update.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise ConfigError("update: version must be a non-negative integer")
+    upserts, removes = update.get("upserts"), update.get("removes")
+    if not isinstance(upserts, list) or not isinstance(removes, list):
+        raise ConfigError("update: want upserts and removes lists")
+    new = {} if update.get("snapshot") else dict(state)
+    for key in removes:
+        if not isinstance(key, str):
+            raise ConfigError("removes: want resource keys")
+        new.pop(key, None)
+    for res in upserts:
+        new[key_of(validate(res))] = res
+    if len(new) > MAX_RESOURCES:
+        raise ConfigError(f"update: {len(new)} resources exceed the limit of {MAX_RESOURCES}")
+    return new

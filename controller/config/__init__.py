@@ -1,0 +1,1 @@
+"""Config distribution: compile the cluster into mesh config and stream it to proxies."""

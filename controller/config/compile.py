@@ -1,0 +1,147 @@
+"""Cluster objects → mesh config resources, and each proxy's share of them (pure, table-tested).
+
+What a proxy gets (DESIGN "Config distribution"; the issue asks to document the cost):
+- a ztunnel: every workload's address record (any pod may be a destination; remote ones
+  without labels, which only local policy selection needs), every service, and the policies and
+  PeerAuthentications of the root namespace and of the namespaces that have a pod on its node;
+- a waypoint: everything.
+At 10 000 pods that is ~10 000 x ~230 B ≈ 2.3 MiB per ztunnel snapshot, sent once per
+(re)connect; afterwards a pod change costs one ~230 B upsert to every ztunnel. Istio's ztunnel
+makes the same trade (full WDS; on-demand lookups are optional).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from api.ambient import USE_WAYPOINT, enrolled
+from api.meshconfig import Resource, key_of
+from api.objects import Obj
+from localcluster.store import ObjectSet
+
+ROOT_NAMESPACE = "istio-system"  # Istio's default root namespace
+
+
+@dataclass(frozen=True)
+class Proxy:
+    kind: str  # "ztunnel" | "waypoint"
+    node: str = ""  # a ztunnel's node
+
+
+def _labels(obj: Obj | None) -> dict[str, str]:
+    return dict((obj or {}).get("metadata", {}).get("labels") or {})
+
+
+def _ready(pod: Obj) -> bool:
+    """Kubernetes' Ready condition when the source reports one (local pods have none)."""
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return all(c.get("status") == "True" for c in conditions if c.get("type") == "Ready")
+
+
+def _workload(pod: Obj, namespace: Obj | None) -> Resource | None:
+    meta, spec, status = pod["metadata"], pod["spec"], pod.get("status") or {}
+    if not status.get("podIP") or spec.get("hostNetwork"):
+        return None  # host-network pods share the node's address: never mesh workloads
+    waypoint = _labels(pod).get(USE_WAYPOINT) or _labels(namespace).get(USE_WAYPOINT) or ""
+    return {
+        "type": "workload",
+        "key": meta["uid"],
+        "uid": meta["uid"],
+        "name": meta["name"],
+        "namespace": meta["namespace"],
+        "serviceAccount": spec.get("serviceAccountName") or "default",
+        "node": spec.get("nodeName") or "",
+        "ip": status["podIP"],
+        "labels": _labels(pod),
+        "enrolled": enrolled(pod, namespace),
+        "waypoint": waypoint,
+    }
+
+
+def _service(svc: Obj, pods: Iterable[Obj], namespace: Obj | None) -> Resource:
+    """`pods`: those of the service's namespace."""
+    meta, spec = svc["metadata"], svc.get("spec") or {}
+    selector = spec.get("selector") or {}
+    endpoints = sorted(
+        p["metadata"]["uid"]
+        for p in pods
+        if selector
+        and (p.get("status") or {}).get("podIP")
+        and _ready(p)
+        and all(_labels(p).get(k) == v for k, v in selector.items())
+    )
+    vip = spec.get("clusterIP")
+    return {
+        "type": "service",
+        "key": f"{meta['namespace']}/{meta['name']}",
+        "name": meta["name"],
+        "namespace": meta["namespace"],
+        "vips": [vip] if vip and vip != "None" else [],
+        "ports": [
+            {"port": p["port"], "targetPort": p.get("targetPort", p["port"])}
+            for p in spec.get("ports") or []
+            if isinstance(p.get("targetPort", p["port"]), int)  # named ports: not yet resolved
+        ],
+        "endpoints": endpoints,
+        "waypoint": _labels(svc).get(USE_WAYPOINT) or _labels(namespace).get(USE_WAYPOINT) or "",
+    }
+
+
+def _spec_resource(kind: str, obj: Obj) -> Resource:
+    meta = obj["metadata"]
+    return {
+        "type": kind,
+        "key": f"{meta['namespace']}/{meta['name']}",
+        "name": meta["name"],
+        "namespace": meta["namespace"],
+        "spec": obj.get("spec") or {},
+    }
+
+
+def compile_mesh(objects: ObjectSet) -> dict[str, Resource]:
+    """Every resource of the mesh, by key."""
+    namespaces = {ns["metadata"]["name"]: ns for ns in objects.list("Namespace")}
+    pods_by_ns: dict[str, list[Obj]] = {}
+    out: list[Resource] = []
+    for pod in objects.list("Pod"):
+        ns = pod["metadata"]["namespace"]
+        pods_by_ns.setdefault(ns, []).append(pod)
+        if w := _workload(pod, namespaces.get(ns)):
+            out.append(w)
+    for svc in objects.list("Service"):
+        ns = svc["metadata"]["namespace"]
+        out.append(_service(svc, pods_by_ns.get(ns, []), namespaces.get(ns)))
+    out += [_spec_resource("policy", o) for o in objects.list("AuthorizationPolicy")]
+    out += [_spec_resource("peerauth", o) for o in objects.list("PeerAuthentication")]
+    return {key_of(r): r for r in out}
+
+
+def view(mesh: Mapping[str, Resource], proxy: Proxy) -> dict[str, Resource]:
+    """The part of the mesh config one proxy needs."""
+    if proxy.kind == "waypoint":
+        return dict(mesh)
+    local_ns = {
+        r["namespace"] for r in mesh.values() if r["type"] == "workload" and r["node"] == proxy.node
+    }
+    out: dict[str, Resource] = {}
+    for key, res in mesh.items():
+        kind = res["type"]
+        if kind == "workload" and res["node"] != proxy.node and res["labels"]:
+            out[key] = {**res, "labels": {}}
+        elif kind in {"workload", "service"}:
+            out[key] = res
+        elif res["namespace"] in local_ns or res["namespace"] == ROOT_NAMESPACE:
+            if kind == "policy" and (res["spec"].get("targetRefs") or res["spec"].get("targetRef")):
+                continue  # bound to a waypoint: enforced there, not at ztunnel
+            out[key] = res
+    return out
+
+
+def diff(
+    old: Mapping[str, Resource], new: Mapping[str, Resource]
+) -> tuple[list[Resource], list[str]]:
+    """Upserts and removals turning `old` into `new`."""
+    upserts = [res for key, res in new.items() if old.get(key) != res]
+    removes = sorted(key for key in old if key not in new)
+    return upserts, removes

@@ -1,0 +1,1 @@
+"""The proxy side of the config stream."""
