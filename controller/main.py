@@ -167,6 +167,7 @@ class Controller:
                 tls.load_identity(ctx, *self._serving_pair())  # renewed at half-life
         for task in tasks:
             task.cancel()
+        self.config.shutdown()
         ca_server.close()
         metrics.close()
         await ca_server.wait_closed()

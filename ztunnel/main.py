@@ -170,10 +170,16 @@ class Ztunnel:
             self.cert_gauge.labels(state=state).set(states.count(state))
 
     def handover_ready(self) -> bool:
-        """Ready, and holding a certificate for every local enrolled identity."""
-        if self.waiting_for() or self.manager is None:
+        """Ready, and serving every local enrolled pod: its certificate held and its HBONE
+        listener bound (judged on the snapshot itself, which may have arrived a moment ago)."""
+        if self.waiting_for() or self.manager is None or self.proxy is None:
             return False
-        return all(c["state"] == "Available" for c in self.manager.dump())
+        snap = self.snapshot
+        assert snap is not None
+        local = [w for w in snap.local_workloads() if w.enrolled and w.ip not in snap.ambiguous]
+        return all(
+            self.manager.current(w.identity) is not None and w.ip in self.proxy.hbone for w in local
+        )
 
     def write_status(self) -> None:
         if self.settings.status_file is None:
@@ -240,7 +246,9 @@ class Ztunnel:
         )
         while not stop.is_set():
             self._sync()
-            if self.proxy is None and self.manager is not None:
+            if self.proxy is None and self.manager is not None and self.snapshot is not None:
+                # Bind only with config: a SO_REUSEPORT sibling would otherwise hand us
+                # connections we could only refuse.
                 self.proxy = Proxy(
                     self.settings.proxy, lambda: self.snapshot, self.manager, self.proxy_metrics
                 )

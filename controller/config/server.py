@@ -106,6 +106,7 @@ class ConfigServer:
         self._ids = itertools.count(1)
         self._new_version = asyncio.Condition()
         self._snapshot_slots = asyncio.Semaphore(SNAPSHOT_SLOTS)
+        self._sessions: set[_Session] = set()
 
     async def run(self) -> None:
         """Compile each new source revision; wake the sessions when the result changed."""
@@ -135,15 +136,24 @@ class ConfigServer:
         """One proxy's HTTP/2 connection, from the TLS handshake to its end."""
         channel = MessageChannel(client_side=False)
         session = _Session(self, channel, reader, writer)
+        self._sessions.add(session)
         try:
             await session.run()
         except (ConnectionError, TimeoutError, OSError) as exc:
             log.info("config stream %s ended: %s", session.peer, exc)
         finally:
+            self._sessions.discard(session)
             session.close()
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    def shutdown(self) -> None:
+        """GOAWAY to every proxy: they reconnect (to a new instance) instead of idling here."""
+        for session in list(self._sessions):
+            session.channel.close("controller shutting down")
+            session.flush()
+            session.writer.close()
 
     async def wait_version(self, after: int) -> None:
         async with self._new_version:
