@@ -284,7 +284,27 @@ def status(args: argparse.Namespace) -> int:
             ],
         )
     )
+    _print_config(report["config"])
     return 0
+
+
+def _print_config(config: dict[str, Any]) -> None:
+    if not config:
+        print("\nConfig streams: controller unreachable")
+        return
+    print(f"\nConfig streams (controller at version {config['version']}):")
+    rows = [
+        [
+            p["kind"],
+            p["node"],
+            p["peer"],
+            p["ackedVersion"],
+            "in sync" if p["ackedVersion"] == config["version"] else "behind",
+            f"v{p['nackedVersion']}: {p['lastError']}" if p["nackedVersion"] else "",
+        ]
+        for p in config["proxies"]
+    ]
+    print(output.table(["PROXY", "NODE", "PEER", "ACKED", "STATE", "LAST-NACK"], rows))
 
 
 def exec_(args: argparse.Namespace) -> int:

@@ -1,13 +1,15 @@
 """What the API server does to an object before it is stored, as pure functions.
 
 Defaulting of server-owned fields (uid, creationTimestamp), the namespace-exists rule, scheduling
-(`spec.nodeName`), IPAM (`status.podIP`), pod spec immutability, and cascading namespace deletion.
+(`spec.nodeName`), IPAM (`status.podIP`, a Service's `spec.clusterIP`), pod spec immutability,
+and cascading namespace deletion.
 Every function works on an ObjectSet copy; the caller commits it only when all of them succeeded,
 so bad input leaves the store as it was.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +22,9 @@ from localcluster.store import ObjectSet
 from localcluster.topology import NodePlan, allocate_pod_ip, pick_node
 
 _METADATA_USER_FIELDS = ("labels", "annotations")
+# kind's service subnet; .1 (kubernetes) and .10 (kube-dns) are by convention not handed out.
+SERVICE_CIDR = ipaddress.ip_network("10.96.0.0/16")
+_FIRST_SERVICE_IP = 11
 _SERVER_METADATA = ("uid", "creationTimestamp", "resourceVersion")
 
 
@@ -66,6 +71,38 @@ def _schedule_pod(store: ObjectSet, pod: Obj, nodes: list[NodePlan], ref: Object
     pod["status"] = {"podIP": ip, "podIPs": [{"ip": ip}], "hostIP": node.node_ip}
 
 
+def _assign_cluster_ip(store: ObjectSet, svc: Obj, old: Obj | None, ref: ObjectRef) -> None:
+    """Kubernetes' service IPAM: a free VIP from the service CIDR, kept for the service's life.
+    `None` (headless) and a user-chosen free address inside the CIDR are honoured."""
+    spec = svc["spec"]
+    wanted = spec.get("clusterIP")
+    if old is not None:
+        kept = old["spec"].get("clusterIP")
+        if wanted not in (None, "", kept):
+            raise ObjectError(str(ref), "spec.clusterIP", "field is immutable")
+        spec["clusterIP"] = kept
+        return
+    if wanted == "None":
+        return
+    in_use = {s["spec"].get("clusterIP") for s in store.list("Service")}
+    if wanted:
+        try:
+            address = ipaddress.ip_address(wanted)
+        except ValueError:
+            raise ObjectError(str(ref), "spec.clusterIP", f"{wanted!r} is not an IP") from None
+        if address not in SERVICE_CIDR or wanted in in_use:
+            why = "already allocated" if wanted in in_use else f"not in {SERVICE_CIDR}"
+            raise ObjectError(str(ref), "spec.clusterIP", f"{wanted}: {why}")
+        return
+    for host in SERVICE_CIDR.hosts():
+        if int(host) - int(SERVICE_CIDR.network_address) >= _FIRST_SERVICE_IP and (
+            str(host) not in in_use
+        ):
+            spec["clusterIP"] = str(host)
+            return
+    raise ObjectError(str(ref), "spec.clusterIP", f"service range {SERVICE_CIDR} is full")
+
+
 def _check_pod_update(old: Obj, new: Obj, ref: ObjectRef) -> None:
     if new["spec"].get("nodeName") is None:
         new["spec"]["nodeName"] = old["spec"]["nodeName"]
@@ -92,6 +129,9 @@ def apply(store: ObjectSet, incoming: list[Obj], nodes: list[NodePlan]) -> list[
                 str(ref), "metadata.namespace", f"namespace {ref.namespace!r} not found"
             )
         old = store.get(ref)
+        if ref.kind == "Service":
+            obj["spec"] = dict(obj["spec"])
+            _assign_cluster_ip(store, obj, old, ref)
         meta = obj["metadata"]
         for key in _SERVER_METADATA:
             meta.pop(key, None)

@@ -260,6 +260,7 @@ class Cluster:
             "pods": self.pod_rows(objects),
             "network": "ok" if all(n["ready"] for n in node_rows) else "degraded",
             "components": system.status(self.store, system.components(self.name, self.nodes())),
+            "config": system.config_status(self.name, self.nodes()),
         }
 
     def find(self, kind: str, namespace: str, name: str) -> Obj:

@@ -260,6 +260,19 @@ def metrics_get(component: Component) -> tuple[int, bytes]:
     return kernel.http_get_in(component.netns, "127.0.0.1", METRICS_PORTS[kind], "/metrics")
 
 
+def config_status(cluster: str, plans: list[NodePlan]) -> dict[str, Any]:
+    """The controller's view of its config streams (`/debug/proxies`), or {} when unreachable."""
+    controller = next(c for c in components(cluster, plans) if c.name == CONTROLLER)
+    try:
+        code, body = kernel.http_get_in(
+            controller.netns, "127.0.0.1", ports.CONTROLLER_METRICS, "/debug/proxies"
+        )
+        data: dict[str, Any] = json.loads(body) if code == 200 else {}
+    except (OSError, ValueError):
+        return {}
+    return data
+
+
 def admin_get(cluster: str, node: str, path: str) -> tuple[int, bytes]:
     """A GET on a node's ztunnel admin port (loopback of the ztunnel netns only)."""
     return kernel.http_get_in(

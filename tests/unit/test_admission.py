@@ -146,3 +146,45 @@ def test_label_needs_overwrite_to_change_a_value(store: ObjectSet) -> None:
     admission.label(store, ref, {"m": "none"}, overwrite=True)
     admission.label(store, ref, {"m": None}, overwrite=False)
     assert "m" not in (store.get(ref) or {})["metadata"]["labels"]
+
+
+def service(name: str, **spec: Any) -> dict[str, Any]:
+    body = {"selector": {"app": name}, "ports": [{"port": 80}], **spec}
+    return validate(
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": body}
+    )
+
+
+def test_services_get_a_cluster_ip_kept_for_their_life(store: ObjectSet) -> None:
+    changes = admission.apply(store, [service("a"), service("b")], NODES)
+    assert [c.obj["spec"]["clusterIP"] for c in changes] == ["10.96.0.11", "10.96.0.12"]
+    again = admission.apply(store, [service("a")], NODES)
+    assert again[0].action == "unchanged", "re-applying without clusterIP changed the service"
+    assert again[0].obj["spec"]["clusterIP"] == "10.96.0.11"
+    admission.delete(store, [ObjectRef("Service", "default", "a")], ignore_missing=False)
+    reused = admission.apply(store, [service("c")], NODES)
+    assert reused[0].obj["spec"]["clusterIP"] == "10.96.0.11"
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        ({"clusterIP": "10.97.0.5"}, "not in 10.96.0.0/16"),
+        ({"clusterIP": "10.96.0.11"}, "already allocated"),
+        ({"clusterIP": "bogus"}, "not an IP"),
+    ],
+)
+def test_cluster_ip_choices_are_checked(
+    store: ObjectSet, spec: dict[str, str], problem: str
+) -> None:
+    admission.apply(store, [service("first")], NODES)
+    with pytest.raises(ObjectError, match=problem):
+        admission.apply(store, [service("second", **spec)], NODES)
+
+
+def test_cluster_ip_is_immutable_and_headless_has_none(store: ObjectSet) -> None:
+    admission.apply(store, [service("a")], NODES)
+    with pytest.raises(ObjectError, match="immutable"):
+        admission.apply(store, [service("a", clusterIP="10.96.0.99")], NODES)
+    headless = admission.apply(store, [service("h", clusterIP="None")], NODES)
+    assert headless[0].obj["spec"]["clusterIP"] == "None"

@@ -83,7 +83,13 @@ class _Active:
 
 
 def _labels_for(
-    reporter: str, src: Workload | None, dst: Workload | None, src_principal: str | None, mtls: bool
+    reporter: str,
+    src: Workload | None,
+    dst: Workload | None,
+    src_principal: str | None,
+    mtls: bool,
+    *,
+    service: str = "unknown",
 ) -> ConnLabels:
     return ConnLabels(
         reporter=reporter,
@@ -94,6 +100,7 @@ def _labels_for(
         destination_workload_namespace=dst.namespace if dst else "unknown",
         destination_principal=str(dst.identity) if dst and mtls else "unknown",
         connection_security_policy="mutual_tls" if mtls else "unknown",
+        destination_service=service,
     )
 
 

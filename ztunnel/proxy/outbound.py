@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import ssl
 
 from api.spiffe import SpiffeId
@@ -84,7 +85,8 @@ class OutboundProxy(ProxyCore):
             acc.held.refuse()
 
     async def _outbound(self, acc: _Accepted) -> None:
-        plan = routing.plan_outbound(self.snapshot(), acc.src_ip, acc.dst[0])
+        choice = random.getrandbits(32)
+        plan = routing.plan_outbound(self.snapshot(), acc.src_ip, *acc.dst, choice)
         if plan.action == "reject":
             self._refuse(acc, plan.reason)
             return
@@ -104,13 +106,14 @@ class OutboundProxy(ProxyCore):
             log.info("outbound %s -> %s:%d failed: %s", acc.src_ip, *acc.dst, exc)
 
     async def _passthrough(self, acc: _Accepted, plan: routing.Outbound) -> None:
+        assert plan.target is not None
         sock = await sockets.dial(
-            acc.dst,
+            plan.target,
             src_ip=acc.src_ip if self.settings.original_source else None,
             transparent=self.settings.transparent,
             timeout_s=CONNECT_TIMEOUT_S,
         )
-        labels = _labels_for("source", plan.src, plan.dst, None, mtls=False)
+        labels = _labels_for("source", plan.src, plan.dst, None, False, service=_service(plan))
         if acc.socks and acc.held.transport is not None:
             acc.held.transport.write(socks5.reply(socks5.SUCCEEDED))
         self._splice(
@@ -118,17 +121,19 @@ class OutboundProxy(ProxyCore):
             sock,
             labels=labels,
             direction="outbound",
-            detail=f"{acc.src_ip}->{acc.dst[0]}:{acc.dst[1]}",
+            detail=f"{acc.src_ip}->{plan.target[0]}:{plan.target[1]}",
         )
 
     async def _via_hbone(self, acc: _Accepted, plan: routing.Outbound) -> None:
         assert plan.src is not None
         assert plan.dst is not None
+        assert plan.target is not None
         await self.certs.get(plan.src.identity)  # fail closed: no cert, no tunnel
-        target = (acc.dst[0], self.settings.hbone_target_port)
+        target = (plan.target[0], self.settings.hbone_target_port)
         key = PoolKey(acc.src_ip, plan.src.identity, target, plan.dst.identity)
-        labels = _labels_for("source", plan.src, plan.dst, plan.src.identity.principal, True)
-        authority = p.format_authority(*acc.dst)
+        principal = plan.src.identity.principal
+        labels = _labels_for("source", plan.src, plan.dst, principal, True, service=_service(plan))
+        authority = p.format_authority(*plan.target)
         for _ in range(2):  # a draining peer refuses new streams: retry once, on a new connection
             conn = await self.pool.get(key)
             tunnel = Tunnel()
@@ -195,3 +200,7 @@ class OutboundProxy(ProxyCore):
                 cert.bundle_pem, chain_pem=cert.chain_pem, key_pem=cert.key_pem, alpn=["h2"]
             )
         return self._ctx_cache[key]
+
+
+def _service(plan: routing.Outbound) -> str:
+    return plan.service.host if plan.service else "unknown"

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from api.meshconfig import Resource
 from api.spiffe import controller_identity
-from controller.config import server as config_server
+from controller.config.compile import compile_mesh
 from controller.main import Controller, Settings
 from localcluster.store import ClusterInfo, ClusterStore
 from ztunnel.config.client import ClientMetrics, ConfigClient
@@ -134,8 +134,6 @@ def test_rejected_update_is_nacked_and_the_previous_state_kept(
     """F-12: the controller sends an invalid resource; the proxy keeps serving what it had."""
     del state_dir
     store = setup_store()
-    compile_mesh = config_server.compile_mesh
-
     def hostile(objects: Any) -> dict[str, Resource]:
         mesh = compile_mesh(objects)
         for res in mesh.values():
@@ -143,7 +141,7 @@ def test_rejected_update_is_nacked_and_the_previous_state_kept(
                 res["ip"] = "999.1.1.1"
         return mesh
 
-    monkeypatch.setattr(config_server, "compile_mesh", hostile)
+    monkeypatch.setattr("controller.config.server.compile_mesh", hostile)
 
     async def main() -> None:
         async with controller() as c:

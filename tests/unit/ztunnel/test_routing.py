@@ -62,12 +62,12 @@ SNAP2 = workloads.from_objects(objects(), "node2", "cluster.local")
     ],
 )
 def test_outbound(src: str, dst: str, action: str, reason: str) -> None:
-    plan = plan_outbound(SNAP1, src, dst)
+    plan = plan_outbound(SNAP1, src, dst, 80)
     assert (plan.action, plan.reason) == (action, reason)
 
 
 def test_outbound_without_config_fails_closed() -> None:
-    assert plan_outbound(None, "10.244.1.3", "10.244.2.3").action == "reject"
+    assert plan_outbound(None, "10.244.1.3", "10.244.2.3", 80).action == "reject"
 
 
 def test_ip_claimed_by_two_pods_is_ambiguous() -> None:
@@ -79,7 +79,10 @@ def test_ip_claimed_by_two_pods_is_ambiguous() -> None:
     snap = workloads.from_objects(clash, "node2", "cluster.local")
     assert (
         plan_outbound(
-            workloads.from_objects(clash, "node1", "cluster.local"), "10.244.1.3", "10.244.2.3"
+            workloads.from_objects(clash, "node1", "cluster.local"),
+            "10.244.1.3",
+            "10.244.2.3",
+            80,
         ).reason
         == "ambiguous_destination"
     )
@@ -168,3 +171,46 @@ def test_deny_policy_gives_401() -> None:
         "denied_by_policy",
         "mesh/deny-all",
     )
+
+
+def with_service(*endpoint_labels: str) -> Any:
+    """The base objects plus a Service `web` (VIP 10.96.0.20, 80 → 8080) selecting app=web, and
+    that label on the named pods."""
+    objs = objects()
+    for pod in objs.list("Pod"):
+        if pod["metadata"]["name"] in endpoint_labels:
+            pod["metadata"]["labels"] = {"app": "web"}
+    svc = validate(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web", "namespace": "mesh"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        }
+    )
+    svc["spec"]["clusterIP"] = "10.96.0.20"
+    objs.put(svc)
+    return workloads.from_objects(objs, "node1", "cluster.local")
+
+
+def test_service_vip_is_balanced_across_ready_endpoints_on_the_target_port() -> None:
+    snap = with_service("b", "e", "c")
+    targets = {
+        plan_outbound(snap, "10.244.1.3", "10.96.0.20", 80, choice=i).target for i in range(6)
+    }
+    assert targets == {("10.244.2.3", 8080), ("10.244.2.9", 8080)}, "c is another namespace"
+    plan = plan_outbound(snap, "10.244.1.3", "10.96.0.20", 80)
+    assert (plan.action, plan.reason) == ("hbone", "service")
+    assert plan.service is not None
+    assert plan.service.host == "web.mesh.svc.cluster.local"
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "port", "reason"),
+    [(("b",), 81, "unknown_service_port"), ((), 80, "no_healthy_upstream")],
+)
+def test_service_without_port_or_endpoints_is_refused(
+    endpoints: tuple[str, ...], port: int, reason: str
+) -> None:
+    plan = plan_outbound(with_service(*endpoints), "10.244.1.3", "10.96.0.20", port)
+    assert (plan.action, plan.reason) == ("reject", reason)
