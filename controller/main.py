@@ -33,7 +33,8 @@ from controller.config.server import ConfigMetrics, ConfigServer
 from localcluster import naming
 from localcluster.store import ClusterStore
 from localcluster.topology import node_name
-from sources.base import Cache
+from sources import select
+from sources.base import Cache, ClusterSource, SourceError
 from sources.local import LocalSource
 
 log = logging.getLogger("controller")
@@ -53,6 +54,8 @@ class Settings:
     """CA (and, next, config) port; 0 picks a free one (tests)."""
     metrics_port: int = ports.CONTROLLER_METRICS
     """Prometheus port; 0 picks a free one (tests)."""
+    source: ClusterSource | None = None
+    """Where cluster objects come from; default: the local cluster's store."""
 
 
 def now() -> datetime:
@@ -76,7 +79,7 @@ class Controller:
             if path.exists():
                 tokens[node_name(i)] = path.read_text().strip()
         self.tokens = NodeTokens(tokens)
-        self.source = LocalSource(self.store)
+        self.source = settings.source or LocalSource(self.store)
         self.cache = Cache(self.source.kinds)
         self.registry = CollectorRegistry()
         self.config = ConfigServer(self.cache, self._authenticate, ConfigMetrics(self.registry))
@@ -178,7 +181,7 @@ def _json(body: object) -> bytes:
     return json.dumps(body).encode() + b"\n"
 
 
-def parse_args(argv: list[str]) -> Settings:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m controller.main")
     parser.add_argument("--cluster", default=naming.DEFAULT_CLUSTER)
     parser.add_argument("--listen", default="0.0.0.0")  # noqa: S104
@@ -188,11 +191,13 @@ def parse_args(argv: list[str]) -> Settings:
         default=None,
         help="plug-in CA (ca-cert.pem, ca-key.pem[, cert-chain.pem, root-cert.pem])",
     )
-    args = parser.parse_args(argv)
-    return Settings(cluster=args.cluster, listen=args.listen, ca_dir=args.ca_dir)
+    select.add_arguments(parser)
+    return parser.parse_args(argv)
 
 
-async def amain(settings: Settings) -> int:
+async def amain(args: argparse.Namespace) -> int:
+    source = await select.open_source(args, args.cluster)
+    settings = Settings(args.cluster, args.listen, args.ca_dir, source=source)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -204,9 +209,9 @@ async def amain(settings: Settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        settings = parse_args(sys.argv[1:] if argv is None else argv)
-        return asyncio.run(amain(settings))
-    except (authority.CaMaterialError, OSError) as exc:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        return asyncio.run(amain(args))
+    except (authority.CaMaterialError, SourceError, OSError) as exc:
         log.error("cannot start: %s", exc)  # noqa: TRY400 - one line; no traceback for config
         return 1
 

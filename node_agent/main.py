@@ -18,8 +18,10 @@ from api import ports
 from bpf.loader import final_source
 from common import http1
 from localcluster import naming
-from localcluster.store import ClusterStore, StoreWatcher
+from localcluster.store import ClusterStore
 from node_agent.agent import Agent, AgentSettings
+from sources import select
+from sources.base import Cache
 
 log = logging.getLogger("node_agent")
 
@@ -31,19 +33,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--cluster", default=naming.DEFAULT_CLUSTER)
     parser.add_argument("--node")
     parser.add_argument("--dump-bpf", action="store_true", help="print the C program and exit")
+    select.add_arguments(parser)
     return parser.parse_args(argv)
 
 
-def step(agent: Agent, watcher: StoreWatcher) -> None:
-    """One pass: reconcile on a new store revision, repair drift, publish status."""
-    if watcher.poll() or not agent.ready:
-        agent.reconcile(watcher.current)
+def step(agent: Agent, cache: Cache, last: int) -> int:
+    """One pass: reconcile on a new source revision, repair drift, publish status. Returns the
+    revision reconciled."""
+    objects = cache.current()
+    if objects is not None and (objects.revision != last or not agent.ready):
+        agent.reconcile(objects)
         agent.write_status()
+        last = objects.revision
     if agent.check_drift():
         agent.write_status()
+    return last
 
 
-async def run(cluster: str, node: str) -> int:
+async def run(args: argparse.Namespace) -> int:
+    cluster, node = args.cluster, args.node
     store = ClusterStore(cluster)
     settings = AgentSettings(
         node=node,
@@ -55,7 +63,9 @@ async def run(cluster: str, node: str) -> int:
     # Netlink work is synchronous (pyroute2's IPRoute runs its own loop): keep it off ours.
     await asyncio.to_thread(agent.acquire_lock)
     await asyncio.to_thread(agent.start)
-    watcher = StoreWatcher(store)
+    source = await select.open_source(args, cluster, node=node)
+    cache = Cache(source.kinds)
+    watching = asyncio.create_task(source.run(cache))
 
     async def metrics(request: http1.Request) -> http1.Response:
         if request.target != "/metrics":
@@ -71,9 +81,11 @@ async def run(cluster: str, node: str) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    last = -1
     while not stop.is_set():
-        await asyncio.to_thread(step, agent, watcher)
+        last = await asyncio.to_thread(step, agent, cache, last)
         await asyncio.sleep(POLL_S)
+    watching.cancel()
     server.close()
     log.info("exiting; the datapath stays attached")
     return 0
@@ -88,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --node is required", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return asyncio.run(run(args.cluster, args.node))
+    return asyncio.run(run(args))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from localcluster import probe, teardown
+from localcluster.store import ClusterStore
 
 REPO = Path(__file__).resolve().parents[1]
 AMBIENTCTL = [sys.executable, "-m", "ambientctl.main"]
@@ -46,6 +47,7 @@ def main() -> int:
     cluster = f"prop{os.urandom(2).hex()}"
     nodes = [f"node{i}" for i in range(1, args.nodes + 1)]
     results: dict[str, list[float]] = {"label": [], "apply": [], "delete": []}
+    commit_to_proxy: list[float] = []  # from the store's commit (file mtime) on
     try:
         ctl(cluster, "up", "--nodes", str(args.nodes))
         ctl(cluster, "apply", "-f", str(REPO / "manifests/demo/app.yaml"))
@@ -71,11 +73,17 @@ def main() -> int:
             ctl(cluster, "delete", "authorizationpolicy", "probe", "-n", "demo")
             gone = probe.has_policy("demo/probe", present=False)
             results["delete"].append(probe.wait_all(cluster, nodes[:2], gone, t))
+            commit = ClusterStore(cluster).objects_path.stat().st_mtime
+            commit_to_proxy.append(time.time() - commit)
     finally:
         teardown.down(cluster)
     print(f"propagation over {args.reps} reps, {args.nodes} nodes (seconds, incl. ambientctl):")
     for kind, values in results.items():
         print(f"  {kind:<7} median {statistics.median(values):.3f}  max {max(values):.3f}")
+    print(
+        f"  store commit → every ztunnel (delete): median {statistics.median(commit_to_proxy):.3f}"
+        f"  max {max(commit_to_proxy):.3f}"
+    )
     return 0
 
 

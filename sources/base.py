@@ -18,6 +18,10 @@ from localcluster.store import ObjectSet
 log = logging.getLogger("sources")
 
 
+class SourceError(Exception):
+    """A source that cannot start (no credentials, no store)."""
+
+
 def ref(obj: Obj) -> ObjectRef:
     meta = obj["metadata"]
     return ObjectRef(obj["kind"], meta.get("namespace", "") or "", meta["name"])
@@ -85,6 +89,7 @@ class ClusterSource(Protocol):
     """Fills a cache until cancelled; recovers from its own errors (backoff, relist)."""
 
     name: str
+    kinds: frozenset[str]
 
     async def run(self, cache: Cache) -> None: ...
 

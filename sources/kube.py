@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio import watch
-from kubernetes_asyncio.client import ApiClient, ApiException
+from kubernetes_asyncio import config, watch
+from kubernetes_asyncio.client import ApiClient, ApiException, Configuration
 from prometheus_client import CollectorRegistry, Counter
 
 from api.objects import Obj
-from sources.base import Cache
+from sources.base import Cache, SourceError
 
 log = logging.getLogger("sources.kube")
 
@@ -68,6 +68,19 @@ RESOURCES = (
 def node_agent_resources() -> tuple[Resource, ...]:
     """What a node agent watches: namespaces (for the enrollment label) and its node's pods."""
     return (NAMESPACES, PODS)
+
+
+async def api_client(kubeconfig: str | None = None) -> ApiClient:
+    """In-cluster credentials (the pod's service account), or a kubeconfig file."""
+    conf = Configuration()
+    try:
+        if kubeconfig:
+            await config.load_kube_config(config_file=kubeconfig, client_configuration=conf)
+        else:
+            config.load_incluster_config(client_configuration=conf)  # type: ignore[no-untyped-call]
+    except (config.ConfigException, OSError) as exc:
+        raise SourceError(f"no Kubernetes credentials: {exc}") from None
+    return ApiClient(conf)
 
 
 class SourceMetrics:

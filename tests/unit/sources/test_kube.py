@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from aiohttp import web
 from kubernetes_asyncio.client import ApiClient, Configuration
 from prometheus_client import CollectorRegistry
 
-from sources import kube
+from sources import kube, select
 from sources.base import Cache
 from sources.kube import KubeSource, SourceMetrics
 from tests.fakekube import TOKEN, FakeKube
@@ -224,3 +227,52 @@ def test_node_agent_sees_only_its_node_pods() -> None:
         assert all(r["fieldSelector"] == "spec.nodeName=node1" for r in pod_requests)
 
     run(body, seed=seed, selectors={"Pod": "spec.nodeName=node1"})
+
+
+def test_node_agent_source_from_a_kubeconfig_watches_only_its_node(tmp_path: Path) -> None:
+    """The node agent's `--source kubernetes --kubeconfig F` path, end to end."""
+
+    async def main() -> None:
+        fake = FakeKube()
+        await fake.put(NAMESPACES, namespace("default"))
+        await fake.put(PODS, pod("mine", node="node2"))
+        await fake.put(PODS, pod("theirs", node="node1"))
+        runner = web.AppRunner(fake.app())
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [
+                        {
+                            "name": "fake",
+                            "cluster": {"server": f"http://127.0.0.1:{runner.addresses[0][1]}"},
+                        }
+                    ],
+                    "users": [{"name": "agent", "user": {"token": TOKEN}}],
+                    "contexts": [{"name": "c", "context": {"cluster": "fake", "user": "agent"}}],
+                    "current-context": "c",
+                }
+            )
+        )
+        args = argparse.Namespace(source="kubernetes", kubeconfig=str(kubeconfig))
+        source = await select.open_source(args, "unused", node="node2")
+        assert isinstance(source, KubeSource)
+        cache = Cache(source.kinds)
+        task = asyncio.create_task(source.run(cache))
+        try:
+            await until(lambda: names(cache) == {"mine"})
+            assert names(cache, "Namespace") == {"default"}
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await source.api.close()
+            await fake.drop_watches()
+            await runner.cleanup()
+
+    asyncio.run(main())
