@@ -134,6 +134,7 @@ def test_rejected_update_is_nacked_and_the_previous_state_kept(
     """F-12: the controller sends an invalid resource; the proxy keeps serving what it had."""
     del state_dir
     store = setup_store()
+
     def hostile(objects: Any) -> dict[str, Resource]:
         mesh = compile_mesh(objects)
         for res in mesh.values():
