@@ -25,9 +25,10 @@ from api import ports
 from api.spiffe import controller_identity
 from common import http1, tls
 from controller.ca import authority
-from controller.ca.nodeauth import NodeTokens
+from controller.ca.nodeauth import Authenticator, NodeTokens
 from controller.ca.refusal import Refusal
 from controller.ca.service import CaMetrics, CaService
+from controller.ca.tokenreview import TokenReviewer
 from controller.config.compile import Proxy
 from controller.config.server import ConfigMetrics, ConfigServer
 from localcluster import naming
@@ -35,6 +36,7 @@ from localcluster.store import ClusterStore
 from localcluster.topology import node_name
 from sources import select
 from sources.base import Cache, ClusterSource, SourceError
+from sources.kube import KubeSource
 from sources.local import LocalSource
 
 log = logging.getLogger("controller")
@@ -56,40 +58,62 @@ class Settings:
     """Prometheus port; 0 picks a free one (tests)."""
     source: ClusterSource | None = None
     """Where cluster objects come from; default: the local cluster's store."""
+    kubernetes: KubernetesMode | None = None
+    """Set when running on Kubernetes: no local store, facts from the command line."""
+
+
+@dataclass(frozen=True)
+class KubernetesMode:
+    trust_domain: str
+    workload_cert_ttl_s: int
+    authenticator: Authenticator
 
 
 def now() -> datetime:
     return datetime.now(UTC)
 
 
+def _local_mode(settings: Settings) -> tuple[KubernetesMode, authority.CaMaterial]:
+    """The local cluster's facts: its store's trust domain and TTL, its node tokens, and a CA
+    generated into (or plugged from) its state directory, whose root ztunnels read."""
+    store = ClusterStore(settings.cluster)
+    info = store.info()
+    material = (
+        authority.load_plugged(settings.ca_dir)
+        if settings.ca_dir
+        else authority.load_or_create(store.ca_dir, info.trust_domain, now())
+    )
+    authority.publish_bundle(store.ca_dir, material)
+    tokens = {}
+    for i in range(1, info.nodes + 1):
+        path = store.node_token_path(node_name(i))
+        if path.exists():
+            tokens[node_name(i)] = path.read_text().strip()
+    facts = KubernetesMode(info.trust_domain, info.workload_cert_ttl_s, NodeTokens(tokens))
+    return facts, material
+
+
 class Controller:
     def __init__(self, settings: Settings) -> None:
-        self.store = ClusterStore(settings.cluster)
-        info = self.store.info()
-        self.trust_domain = info.trust_domain
-        self.material = (
-            authority.load_plugged(settings.ca_dir)
-            if settings.ca_dir
-            else authority.load_or_create(self.store.ca_dir, info.trust_domain, now())
-        )
-        authority.publish_bundle(self.store.ca_dir, self.material)
-        tokens = {}
-        for i in range(1, info.nodes + 1):
-            path = self.store.node_token_path(node_name(i))
-            if path.exists():
-                tokens[node_name(i)] = path.read_text().strip()
-        self.tokens = NodeTokens(tokens)
-        self.source = settings.source or LocalSource(self.store)
+        if settings.kubernetes is not None:
+            if settings.ca_dir is None or settings.source is None:
+                raise authority.CaMaterialError("Kubernetes mode needs --ca-dir and a source")
+            facts, self.material = settings.kubernetes, authority.load_plugged(settings.ca_dir)
+        else:
+            facts, self.material = _local_mode(settings)
+        self.trust_domain = facts.trust_domain
+        self.tokens = facts.authenticator
+        self.source = settings.source or LocalSource(ClusterStore(settings.cluster))
         self.cache = Cache(self.source.kinds)
         self.registry = CollectorRegistry()
         self.config = ConfigServer(self.cache, self._authenticate, ConfigMetrics(self.registry))
         self.ca = CaService(
             self.material,
-            info.trust_domain,
+            facts.trust_domain,
             self.tokens,
             self._pods,
             CaMetrics(self.registry),
-            max_ttl=timedelta(seconds=info.workload_cert_ttl_s),
+            max_ttl=timedelta(seconds=facts.workload_cert_ttl_s),
             clock=now,
         )
         self.settings = settings
@@ -100,7 +124,8 @@ class Controller:
         current = self.cache.current()
         return current.list("Pod") if current else []  # not synced: no pod is known yet
 
-    def _authenticate(self, headers: dict[str, str]) -> Proxy | None:
+    async def _authenticate(self, headers: dict[str, str]) -> Proxy | None:
+        await self.tokens.review(headers.get("authorization"))
         try:
             node = self.tokens.authenticate(headers.get("authorization"))
         except Refusal:
@@ -120,6 +145,7 @@ class Controller:
 
     async def handle_ca(self, request: http1.Request) -> http1.Response:
         if (request.method, request.target) == ("POST", "/v1/certificates"):
+            await self.tokens.review(request.headers.get("authorization"))
             status, body = self.ca.sign(request.headers.get("authorization"), request.body)
             return http1.Response(status, _json(body))
         if request.target == "/healthz":
@@ -191,13 +217,31 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="plug-in CA (ca-cert.pem, ca-key.pem[, cert-chain.pem, root-cert.pem])",
     )
+    kube = parser.add_argument_group("Kubernetes mode (with --source kubernetes)")
+    kube.add_argument("--trust-domain", default="cluster.local")
+    kube.add_argument("--workload-cert-ttl", type=int, default=86400, help="seconds")
+    kube.add_argument("--system-namespace", default="ambientmesh-system")
+    kube.add_argument(
+        "--authn",
+        choices=("nodetoken", "tokenreview"),
+        default="nodetoken",
+        help="how ztunnels prove their node: local bootstrap tokens, or Kubernetes TokenReview",
+    )
     select.add_arguments(parser)
     return parser.parse_args(argv)
 
 
 async def amain(args: argparse.Namespace) -> int:
     source = await select.open_source(args, args.cluster)
-    settings = Settings(args.cluster, args.listen, args.ca_dir, source=source)
+    kubernetes = None
+    if isinstance(source, KubeSource):
+        authn: Authenticator = TokenReviewer(source.api, args.system_namespace)
+        if args.authn == "nodetoken":
+            raise SourceError("on Kubernetes ztunnels authenticate with --authn tokenreview")
+        kubernetes = KubernetesMode(args.trust_domain, args.workload_cert_ttl, authn)
+    settings = Settings(
+        args.cluster, args.listen, args.ca_dir, source=source, kubernetes=kubernetes
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

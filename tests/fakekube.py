@@ -9,12 +9,15 @@ supports `spec.nodeName=` (what node agents use). Requests are recorded for asse
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from kubernetes_asyncio.client import ApiClient, Configuration
 
 TOKEN = "fake-token"
 
@@ -38,6 +41,10 @@ class FakeKube:
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _watches: dict[int, web.Request] = field(default_factory=dict)
     _fail: dict[str, int] = field(default_factory=dict)
+    reviews: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """TokenReview answers by token: the `status.user` of an authenticated token."""
+    applied: list[dict[str, Any]] = field(default_factory=list)
+    """Server-side applies (PATCH application/apply-patch+yaml) and DELETEs, in order."""
 
     # --- test controls -------------------------------------------------------------------
     async def put(self, path: str, obj: dict[str, Any]) -> None:
@@ -84,7 +91,40 @@ class FakeKube:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/{tail:.*}", self.handle)
+        app.router.add_post("/apis/authentication.k8s.io/v1/tokenreviews", self.token_review)
+        app.router.add_patch("/{tail:.*}", self.apply)
+        app.router.add_delete("/{tail:.*}", self.delete_object)
         return app
+
+    async def token_review(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return _status(401, "Unauthorized")
+        review = await request.json()
+        self.requests.append({"path": request.path, "token": review["spec"]["token"]})
+        user = self.reviews.get(review["spec"]["token"])
+        review["status"] = (
+            {"authenticated": True, "user": user, "audiences": review["spec"]["audiences"]}
+            if user
+            else {"authenticated": False, "error": "invalid bearer token"}
+        )
+        return web.json_response(review, status=201)
+
+    async def apply(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return _status(401, "Unauthorized")
+        if request.content_type != "application/apply-patch+yaml":
+            return _status(415, f"unsupported patch type {request.content_type}")
+        body = await request.json()  # JSON is YAML: what kubernetes clients send
+        self.applied.append(
+            {"verb": "apply", "path": request.path, "query": dict(request.query), "object": body}
+        )
+        return web.json_response(body)
+
+    async def delete_object(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return _status(401, "Unauthorized")
+        self.applied.append({"verb": "delete", "path": request.path})
+        return web.json_response({"kind": "Status", "status": "Success"})
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         query = dict(request.query)
@@ -163,3 +203,21 @@ def _matches(obj: dict[str, Any], selector: str | None) -> bool:
 
 def _status(code: int, message: str) -> web.Response:
     return web.json_response({"kind": "Status", "code": code, "message": message}, status=code)
+
+
+@contextlib.asynccontextmanager
+async def serving(fake: FakeKube) -> AsyncIterator[ApiClient]:
+    runner = web.AppRunner(fake.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    config = Configuration(host=f"http://127.0.0.1:{port}")
+    config.api_key = {"BearerToken": TOKEN}
+    config.api_key_prefix = {"BearerToken": "Bearer"}
+    async with ApiClient(config) as api:
+        try:
+            yield api
+        finally:
+            await fake.drop_watches()
+            await runner.cleanup()

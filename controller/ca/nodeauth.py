@@ -12,10 +12,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 from api.objects import Obj
 from api.spiffe import SpiffeId
 from controller.ca.refusal import Reason, Refusal
+
+
+class Authenticator(Protocol):
+    """Which node a bearer token speaks for. `review` may do I/O (TokenReview) and must be
+    awaited before the synchronous `authenticate` (which raises Refusal) can succeed."""
+
+    async def review(self, authorization: str | None) -> None: ...
+
+    def authenticate(self, authorization: str | None) -> str: ...
 
 
 def digest(token: str) -> bytes:
@@ -27,6 +37,9 @@ class NodeTokens:
 
     def __init__(self, tokens: Mapping[str, str]) -> None:
         self._digests = {node: digest(token) for node, token in tokens.items()}
+
+    async def review(self, authorization: str | None) -> None:
+        """Nothing to ask anyone: the tokens are local (the `Authenticator` interface)."""
 
     def authenticate(self, authorization: str | None) -> str:
         scheme, _, token = (authorization or "").partition(" ")

@@ -52,7 +52,7 @@ class CaService:
         self,
         material: CaMaterial,
         trust_domain: str,
-        tokens: nodeauth.NodeTokens,
+        tokens: nodeauth.Authenticator,
         pods: Callable[[], Iterable[Obj]],
         metrics: CaMetrics,
         *,

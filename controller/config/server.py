@@ -16,7 +16,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,7 +93,7 @@ class ConfigServer:
     def __init__(
         self,
         cache: Cache,
-        authenticate: Callable[[dict[str, str]], Proxy | None],
+        authenticate: Callable[[dict[str, str]], Awaitable[Proxy | None]],
         metrics: ConfigMetrics,
     ) -> None:
         self.cache = cache
@@ -202,7 +202,7 @@ class _Session:
             await self._opened.wait()
         if self.channel.stream_id is None or self.channel.closed:
             return
-        proxy = self._accept()
+        proxy = await self._accept()
         self.flush()
         if proxy is None:
             await self.writer.drain()
@@ -213,12 +213,12 @@ class _Session:
         log.info("config stream open: %s %s from %s", proxy.kind, proxy.node, self.peer)
         await self._push_loop(proxy)
 
-    def _accept(self) -> Proxy | None:
+    async def _accept(self) -> Proxy | None:
         headers = self.channel.request_headers
         if headers.get(":path") != PATH or headers.get(":method") != "POST":
             self.channel.respond(404)
             return None
-        proxy = self.server.authenticate(headers)
+        proxy = await self.server.authenticate(headers)
         if proxy is None:
             log.warning("config stream from %s refused: not authenticated", self.peer)
             self.channel.respond(401)

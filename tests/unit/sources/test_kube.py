@@ -5,20 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from aiohttp import web
-from kubernetes_asyncio.client import ApiClient, Configuration
 from prometheus_client import CollectorRegistry
 
 from sources import kube, select
 from sources.base import Cache
 from sources.kube import KubeSource, SourceMetrics
-from tests.fakekube import TOKEN, FakeKube
+from tests.fakekube import TOKEN, FakeKube, serving
 
 PODS = "/api/v1/pods"
 NAMESPACES = "/api/v1/namespaces"
@@ -36,24 +35,6 @@ def pod(name: str, node: str = "node1", ns: str = "default") -> dict[str, Any]:
 
 def namespace(name: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-
-
-@contextlib.asynccontextmanager
-async def serving(fake: FakeKube) -> AsyncIterator[ApiClient]:
-    runner = web.AppRunner(fake.app())
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    config = Configuration(host=f"http://127.0.0.1:{port}")
-    config.api_key = {"BearerToken": TOKEN}
-    config.api_key_prefix = {"BearerToken": "Bearer"}
-    async with ApiClient(config) as api:
-        try:
-            yield api
-        finally:
-            await fake.drop_watches()
-            await runner.cleanup()
 
 
 async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
