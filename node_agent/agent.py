@@ -45,7 +45,8 @@ class AgentSettings:
     run_dir: Path
     """Lock and status files."""
     ztunnel_host_if: str = "ztunnel"
-    """ztunnel's host-side veth in the node netns."""
+    """ztunnel's host-side veth in the node netns; "" finds it from ztunnel's IP (Kubernetes,
+    any CNI)."""
     drift_interval_s: float = 2.0
     """How often attached filters and map entries are verified."""
 
@@ -91,6 +92,8 @@ def desired_pods(objects: ObjectSet, node: str) -> dict[str, Mapping[str, Any]]:
     for pod in objects.list("Pod"):
         if pod["spec"].get("nodeName") != node or not pod.get("status", {}).get("podIP"):
             continue
+        if pod["spec"].get("hostNetwork"):
+            continue  # the node's own address: capturing it would capture the node
         namespace = objects.get(ObjectRef("Namespace", "", pod["metadata"]["namespace"]))
         if enrolled(pod, namespace):
             out[pod["status"]["podIP"]] = pod
@@ -141,11 +144,15 @@ class Agent:
 
     def _setup_ztunnel(self) -> None:
         assert self.datapath is not None
-        zt_host = attach.ifindex_of(None, self.settings.ztunnel_host_if)
-        if zt_host is None:
-            raise RuntimeError(f"no {self.settings.ztunnel_host_if} veth on this node")
         with attach._ipr(self.settings.ztunnel_netns) as ipr:
             zt_ip = ipr.get_addr(label="eth0")[0].get_attr("IFA_ADDRESS")
+        zt_host = (
+            attach.ifindex_of(None, self.settings.ztunnel_host_if)
+            if self.settings.ztunnel_host_if
+            else attach.pod_veth(zt_ip)
+        )
+        if zt_host is None:
+            raise RuntimeError(f"no host veth for ztunnel ({zt_ip}) on this node")
         self.datapath.configure(
             zt_ifindex=zt_host,
             zt_ip=zt_ip,

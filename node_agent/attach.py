@@ -171,3 +171,29 @@ def ensure_local_routing(netns: str) -> None:
         ipr.route(
             "replace", dst="0.0.0.0/0", type="local", scope=RT_SCOPE_HOST, table=LOCAL_TABLE, oif=lo
         )
+
+
+def detach_all(netns: str | None) -> int:
+    """Remove our filters (by prio and handle) from every interface of a netns; how many."""
+    removed = 0
+    with _ipr(netns) as ipr:
+        for link in ipr.get_links():
+            for parent in (INGRESS, EGRESS):
+                try:
+                    filters = ipr.get_filters(link["index"], parent=parent)
+                except NetlinkError:
+                    continue
+                if any((int(f["info"]) >> 16) == PRIO for f in filters):
+                    with contextlib.suppress(NetlinkError):
+                        ipr.tc("del-filter", "bpf", link["index"], HANDLE, parent=parent, prio=PRIO)
+                        removed += 1
+    return removed
+
+
+def remove_local_routing(netns: str) -> None:
+    """Undo `ensure_local_routing`."""
+    with _ipr(netns) as ipr:
+        with contextlib.suppress(NetlinkError):
+            ipr.rule("del", fwmark=MARK, table=LOCAL_TABLE, priority=RULE_PRIORITY)
+        with contextlib.suppress(NetlinkError):
+            ipr.flush_routes(table=LOCAL_TABLE)

@@ -5,20 +5,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import shutil
 import signal
 import sys
 import threading
+from dataclasses import replace
 from http import HTTPStatus
+from pathlib import Path
 
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from pyroute2.netlink.exceptions import NetlinkError
 
 from api import ports
 from bpf.loader import final_source
 from common import http1
 from localcluster import naming
 from localcluster.store import ClusterStore
+from node_agent import attach, discover
 from node_agent.agent import Agent, AgentSettings
 from sources import select
 from sources.base import Cache
@@ -33,6 +39,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--cluster", default=naming.DEFAULT_CLUSTER)
     parser.add_argument("--node")
     parser.add_argument("--dump-bpf", action="store_true", help="print the C program and exit")
+    parser.add_argument(
+        "--ztunnel",
+        default=None,
+        help="ztunnel's netns name (local default), or `auto`: find the node's ztunnel pod "
+        "(Kubernetes)",
+    )
+    parser.add_argument("--system-namespace", default="ambientmesh-system")
+    parser.add_argument("--pin-dir", type=Path, default=None, help="bpffs directory for maps")
+    parser.add_argument("--run-dir", type=Path, default=None, help="lock and status files")
+    parser.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="detach every program and remove the pins, then idle (uninstall)",
+    )
     select.add_arguments(parser)
     return parser.parse_args(argv)
 
@@ -50,22 +70,56 @@ def step(agent: Agent, cache: Cache, last: int) -> int:
     return last
 
 
-async def run(args: argparse.Namespace) -> int:
+def _settings(args: argparse.Namespace) -> AgentSettings:
     cluster, node = args.cluster, args.node
-    store = ClusterStore(cluster)
-    settings = AgentSettings(
+    auto = args.ztunnel == "auto"
+    return AgentSettings(
         node=node,
-        ztunnel_netns=naming.ztunnel_netns(cluster, node),
-        pin_dir=naming.bpf_pin_dir(cluster) / node,
-        run_dir=store.root / "nodes" / node / "agent",
+        ztunnel_netns="" if auto else args.ztunnel or naming.ztunnel_netns(cluster, node),
+        pin_dir=args.pin_dir or naming.bpf_pin_dir(cluster) / node,
+        run_dir=args.run_dir or ClusterStore(cluster).root / "nodes" / node / "agent",
+        ztunnel_host_if="" if auto else "ztunnel",
     )
+
+
+async def _find_ztunnel(args: argparse.Namespace, cache: Cache, stop: threading.Event) -> str:
+    """Kubernetes: the node's ztunnel pod's IP, once its netns can be found; "" if stopped."""
+    while not stop.is_set():
+        objects = cache.current()
+        ip = objects and discover.ztunnel_ip(objects, args.node, args.system_namespace)
+        if ip and (path := await asyncio.to_thread(discover.netns_holding, ip)):
+            log.info("ztunnel %s found in %s", ip, path)
+            return ip
+        log.info("waiting for this node's ztunnel pod")
+        await asyncio.sleep(1.0)
+    return ""
+
+
+async def run(args: argparse.Namespace) -> int:
+    # Not loop.add_signal_handler: that installs a wakeup fd, and pyroute2 forks helper children
+    # (to open netlink sockets in other netns) that inherit it — a signal pyroute2 sends its
+    # helper would then look like our SIGTERM. A flag checked every pass has no such channel.
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    settings = _settings(args)
+    if args.cleanup:
+        await asyncio.to_thread(cleanup, settings)
+        while not stop.is_set():  # a DaemonSet container must stay up; uninstall deletes it
+            await asyncio.sleep(POLL_S)
+        return 0
+    source = await select.open_source(args, args.cluster, node=args.node)
+    cache = Cache(source.kinds)
+    watching = asyncio.create_task(source.run(cache))
+    zt_ip = ""
+    if args.ztunnel == "auto":
+        zt_ip = await _find_ztunnel(args, cache, stop)
+        path = await asyncio.to_thread(discover.netns_holding, zt_ip) if zt_ip else None
+        settings = replace(settings, ztunnel_netns=path or "")
     agent = Agent(settings)
     # Netlink work is synchronous (pyroute2's IPRoute runs its own loop): keep it off ours.
     await asyncio.to_thread(agent.acquire_lock)
     await asyncio.to_thread(agent.start)
-    source = await select.open_source(args, cluster, node=node)
-    cache = Cache(source.kinds)
-    watching = asyncio.create_task(source.run(cache))
 
     async def metrics(request: http1.Request) -> http1.Response:
         if request.target != "/metrics":
@@ -75,20 +129,41 @@ async def run(args: argparse.Namespace) -> int:
         return http1.Response(HTTPStatus.OK, body, CONTENT_TYPE_LATEST)
 
     server = await http1.serve(metrics, "0.0.0.0", ports.NODE_AGENT_METRICS)  # noqa: S104 - node netns
-    # Not loop.add_signal_handler: that installs a wakeup fd, and pyroute2 forks helper children
-    # (to open netlink sockets in other netns) that inherit it — a signal pyroute2 sends its
-    # helper would then look like our SIGTERM. A flag checked every pass has no such channel.
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     last = -1
     while not stop.is_set():
         last = await asyncio.to_thread(step, agent, cache, last)
+        current = cache.current()
+        if (
+            zt_ip
+            and current
+            and discover.ztunnel_ip(current, args.node, args.system_namespace)
+            not in (
+                zt_ip,
+                None,
+            )
+        ):
+            # A new ztunnel pod: start over to find it (a restart interrupts nothing).
+            log.info("this node's ztunnel pod changed; restarting to re-discover it")
+            watching.cancel()
+            server.close()
+            return 3
         await asyncio.sleep(POLL_S)
     watching.cancel()
     server.close()
     log.info("exiting; the datapath stays attached")
     return 0
+
+
+def cleanup(settings: AgentSettings) -> None:
+    """Uninstall: detach every program from the node and ztunnel's netns, undo ztunnel's local
+    routing, remove the pinned maps. Pods' traffic flows as if the mesh never was."""
+    removed = attach.detach_all(None)
+    if settings.ztunnel_netns:
+        with contextlib.suppress(OSError, NetlinkError):
+            removed += attach.detach_all(settings.ztunnel_netns)
+            attach.remove_local_routing(settings.ztunnel_netns)
+    shutil.rmtree(settings.pin_dir, ignore_errors=True)  # absent already: nothing to do
+    log.info("cleanup: %d programs detached, pins under %s removed", removed, settings.pin_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

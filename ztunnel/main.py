@@ -63,6 +63,14 @@ class Settings:
     config: Path | None = None
     """Static config (dev/test mode): a Kubernetes List of Pods, Namespaces and policies read
     instead of the cluster's store; re-read when it changes."""
+    token_file: Path | None = None
+    """Kubernetes: the projected ServiceAccount token (re-read: it rotates). Local: the node's
+    bootstrap token in the cluster's state directory."""
+    ca_bundle: Path | None = None
+    """Kubernetes: the mesh's root certificate(s) (a ConfigMap). Local: the state directory's."""
+    trust_domain: str | None = None
+    """Kubernetes: from the command line. Local: the cluster's."""
+    workload_cert_ttl_s: int | None = None
 
 
 def workload_dump(snapshot: Snapshot | None) -> list[dict[str, Any]]:
@@ -84,10 +92,18 @@ def workload_dump(snapshot: Snapshot | None) -> list[dict[str, Any]]:
 class Ztunnel:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = ClusterStore(settings.cluster)
-        info = self.store.info()
-        self.trust_domain = info.trust_domain
-        self.ttl_s = info.workload_cert_ttl_s
+        if settings.trust_domain is None:  # local mode: the cluster's store knows
+            store = ClusterStore(settings.cluster)
+            info = store.info()
+            self.trust_domain, self.ttl_s = info.trust_domain, info.workload_cert_ttl_s
+            self.bundle_path = store.ca_dir / "root-cert.pem"
+            self.token_path = store.node_token_path(settings.node)
+        else:
+            assert settings.ca_bundle is not None
+            assert settings.token_file is not None
+            self.trust_domain = settings.trust_domain
+            self.ttl_s = settings.workload_cert_ttl_s or 86400
+            self.bundle_path, self.token_path = settings.ca_bundle, settings.token_file
         self.watcher = (
             StoreWatcher(FileStore(settings.cluster, settings.config)) if settings.config else None
         )
@@ -120,11 +136,15 @@ class Ztunnel:
 
     def _start_clients(self) -> None:
         """CA and config clients, once the controller's trust bundle exists."""
-        bundle = self.store.ca_dir / "root-cert.pem"
+        bundle = self.bundle_path
         if self.manager is not None or not bundle.exists():
             return
         host, _, port = self.settings.controller.partition(":")
-        token = self.store.node_token_path(self.settings.node).read_text().strip()
+        path = self.token_path
+
+        def token() -> str:
+            return path.read_text().strip()
+
         controller = controller_identity(self.trust_domain)
         ca = CaClient(
             host, int(port or ports.CONTROLLER), token, [bundle.read_text()], controller=controller
@@ -290,12 +310,22 @@ def parse_args(argv: list[str]) -> Settings:
         default=None,
         help="static config: a Kubernetes List YAML instead of the store",
     )
+    kube = parser.add_argument_group("Kubernetes mode (all four together)")
+    kube.add_argument("--token-file", type=Path, default=None)
+    kube.add_argument("--ca-bundle", type=Path, default=None)
+    kube.add_argument("--trust-domain", default=None)
+    kube.add_argument("--workload-cert-ttl", type=int, default=None, help="seconds")
     parser.add_argument(
         "--no-transparent",
         action="store_true",
         help="plain listeners and dials (tests without CAP_NET_ADMIN)",
     )
     args = parser.parse_args(argv)
+    kube_flags = (args.token_file, args.ca_bundle, args.trust_domain, args.workload_cert_ttl)
+    if any(kube_flags) and not all(kube_flags):
+        parser.error(
+            "--token-file, --ca-bundle, --trust-domain and --workload-cert-ttl go together"
+        )
     proxy = ProxySettings(
         socks_port=args.socks_port,
         transparent=not args.no_transparent,
@@ -309,6 +339,10 @@ def parse_args(argv: list[str]) -> Settings:
         drain_s=args.drain,
         status_file=args.status_file,
         config=args.config,
+        token_file=args.token_file,
+        ca_bundle=args.ca_bundle,
+        trust_domain=args.trust_domain,
+        workload_cert_ttl_s=args.workload_cert_ttl,
     )
 
 

@@ -68,7 +68,7 @@ class ConfigClient:
         self,
         host: str,
         port: int,
-        token: str,
+        token: str | Callable[[], str],
         bundle_pem: Sequence[str],
         *,
         controller: SpiffeId,
@@ -76,7 +76,8 @@ class ConfigClient:
         on_update: OnUpdate,
         metrics: ClientMetrics,
     ) -> None:
-        self.host, self.port, self.token = host, port, token
+        self.host, self.port = host, port
+        self.token = token if callable(token) else lambda: token
         self.controller = controller
         self.headers = headers
         self.on_update = on_update
@@ -110,7 +111,7 @@ class ConfigClient:
             if reason := controller_rejected(writer.get_extra_info("ssl_object"), self.controller):
                 raise ConfigStreamError(f"peer is not the controller: {reason}")
             channel = MessageChannel(client_side=True)
-            channel.open(PATH, {"authorization": f"Bearer {self.token}", **self.headers})
+            channel.open(PATH, {"authorization": f"Bearer {self.token()}", **self.headers})
             writer.write(channel.data_to_send())
             self.metrics.connected.set(1)
             silent_since = time.monotonic()

@@ -8,7 +8,7 @@ requested identity and our public key; anything else is an error and is never us
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -68,13 +68,14 @@ class CaClient:
         self,
         host: str,
         port: int,
-        token: str,
+        token: str | Callable[[], str],
         bundle_pem: Sequence[str],
         *,
         controller: SpiffeId,
         timeout_s: float = 10.0,
     ) -> None:
-        self.host, self.port, self.token = host, port, token
+        self.host, self.port = host, port
+        self.token = token if callable(token) else lambda: token  # projected tokens rotate
         self.controller = controller
         self.timeout_s = timeout_s
         self.set_bundle(bundle_pem)
@@ -96,7 +97,7 @@ class CaClient:
                 body=body,
                 tls=self._tls,
                 headers={
-                    "authorization": f"Bearer {self.token}",
+                    "authorization": f"Bearer {self.token()}",
                     "content-type": "application/json",
                 },
                 timeout_s=self.timeout_s,

@@ -1,0 +1,93 @@
+"""Node-agent behaviour for Kubernetes, on a real kernel: finding ztunnel's netns by its IP
+through /proc (no netns name on Kubernetes), and the uninstall cleanup mode."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from localcluster import naming, system
+from localcluster.cluster import Cluster
+from node_agent import attach, discover
+from tests.support import ambientctl, namespace_manifest, pod_manifest, wait_for
+
+
+def our_filters(netns: str | None) -> int:
+    count = 0
+    with attach._ipr(netns) as ipr:
+        for link in ipr.get_links():
+            for parent in (attach.INGRESS, attach.EGRESS):
+                try:
+                    filters = ipr.get_filters(link["index"], parent=parent)
+                except Exception:
+                    continue
+                count += sum(1 for f in filters if (int(f["info"]) >> 16) == attach.PRIO)
+    return count
+
+
+def test_ztunnel_netns_is_found_by_its_ip(cluster: str) -> None:
+    plan = Cluster(cluster).nodes()[0]
+    path = discover.netns_holding(plan.ztunnel_ip)
+    assert path is not None
+    named = Path("/run/netns") / naming.ztunnel_netns(cluster, plan.name)
+    assert Path(path).stat().st_ino == named.stat().st_ino
+    assert discover.netns_holding("10.244.250.250") is None
+
+
+def test_cleanup_detaches_everything_and_removes_pins(cluster: str) -> None:
+    docs = [
+        namespace_manifest("app"),
+        pod_manifest("a", "app", ["sleep", "infinity"], node="node1"),
+    ]
+    ambientctl(cluster, "apply", "-f", "-", stdin="\n---\n".join(docs))
+    ambientctl(cluster, "label", "namespace", "app", "istio.io/dataplane-mode=ambient")
+    c = Cluster(cluster)
+    node_ns = naming.node_netns(cluster, "node1")
+    zt_ns = naming.ztunnel_netns(cluster, "node1")
+
+    def captured() -> bool:
+        status = json.loads(ambientctl(cluster, "status", "-o", "json").stdout)
+        return all(p["redirected"] for p in status["pods"])
+
+    wait_for(captured, 10, "pod captured")
+    assert system.agent_status(c.store, "node1")["ready"]
+    pin_dir = naming.bpf_pin_dir(cluster) / "node1"
+    assert pin_dir.exists()
+    before = (our_filters(node_ns), our_filters(zt_ns))
+    assert before[0] >= 2 and before[1] >= 1, before  # pod_out + pod_in, zt_in
+
+    comps = {x.name: x for x in system.components(cluster, c.nodes())}
+    system.stop(c.store, comps["node-agent-node1"])  # as uninstall replaces the DaemonSet pods
+    cleaner = subprocess.Popen(
+        [
+            "nsenter",  # not `ip netns exec`: it mounts a fresh /sys, without bpffs
+            f"--net=/run/netns/{node_ns}",
+            sys.executable,
+            "-m",
+            "node_agent.main",
+            "--cluster",
+            cluster,
+            "--node",
+            "node1",
+            "--cleanup",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(lambda: not pin_dir.exists() or cleaner.poll() is not None, 15, "pins removed")
+        assert cleaner.poll() is None, "cleanup mode must stay up (a DaemonSet container)"
+        time.sleep(0.2)
+        assert (our_filters(node_ns), our_filters(zt_ns)) == (0, 0)
+    finally:
+        cleaner.terminate()
+        out, _ = cleaner.communicate(timeout=10)
+    assert cleaner.returncode == 0, out
+    assert "cleanup:" in out
+    # The cluster repairs itself: a new agent re-attaches (and the test's teardown stays clean).
+    ambientctl(cluster, "up")
+    wait_for(captured, 15, "pod captured again")
