@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ambientctl import verbs
+from ambientctl import kubeverbs, verbs
 from api.errors import ManifestError, ObjectError
 from localcluster import naming
 from localcluster.cluster import ClusterError
@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--container")
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("--tail", type=int, default=-1)
+    kubeverbs.add_arguments(sub)
     return parser
 
 
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         argv, command = argv[:cut], argv[cut + 1 :]
     args = build_parser().parse_args(argv)
     args.command = command
-    if args.verb not in ("get", "logs") and os.geteuid() != 0:
+    if args.verb not in ("get", "logs", "install", "uninstall") and os.geteuid() != 0:
         print("error: ambientctl must run as root (it creates network namespaces)", file=sys.stderr)
         return 1
     try:

@@ -45,6 +45,8 @@ class FakeKube:
     """TokenReview answers by token: the `status.user` of an authenticated token."""
     applied: list[dict[str, Any]] = field(default_factory=list)
     """Server-side applies (PATCH application/apply-patch+yaml) and DELETEs, in order."""
+    live: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Applied objects by path; a GET answers them (a DaemonSet as fully rolled out)."""
 
     # --- test controls -------------------------------------------------------------------
     async def put(self, path: str, obj: dict[str, Any]) -> None:
@@ -118,12 +120,23 @@ class FakeKube:
         self.applied.append(
             {"verb": "apply", "path": request.path, "query": dict(request.query), "object": body}
         )
+        body.setdefault("metadata", {})["generation"] = 1
+        if body.get("kind") == "DaemonSet":
+            body["status"] = {
+                "observedGeneration": 1,
+                "desiredNumberScheduled": 3,
+                "updatedNumberScheduled": 3,
+                "numberReady": 3,
+            }
+        self.live[request.path] = body
         return web.json_response(body)
 
     async def delete_object(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":
             return _status(401, "Unauthorized")
         self.applied.append({"verb": "delete", "path": request.path})
+        if self.live.pop(request.path, None) is None:
+            return _status(404, "not found")
         return web.json_response({"kind": "Status", "status": "Success"})
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -133,6 +146,8 @@ class FakeKube:
             return _status(401, "Unauthorized")
         if query.get("watch") in {"true", "1"}:
             return await self._watch(request, query)
+        if request.path in self.live:
+            return web.json_response(self.live[request.path])
         if self._fail.get(request.path, 0) > 0:
             self._fail[request.path] -= 1
             return _status(500, "injected failure")
