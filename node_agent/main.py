@@ -122,6 +122,15 @@ async def run(args: argparse.Namespace) -> int:
     await asyncio.to_thread(agent.start)
 
     async def metrics(request: http1.Request) -> http1.Response:
+        if request.target == "/healthz/ready":
+            # Ready once the datapath is rebuilt and every pod of the node reconciled (after a
+            # reboot wiped the pins too): the DaemonSet's readiness gate.
+            ok = agent.ready
+            return http1.Response(
+                HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE,
+                b"ready\n" if ok else b"not ready: reconciling\n",
+                "text/plain",
+            )
         if request.target != "/metrics":
             return http1.Response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
         agent.status()  # refreshes the verdict gauges from the map

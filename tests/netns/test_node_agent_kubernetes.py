@@ -1,5 +1,6 @@
 """Node-agent behaviour for Kubernetes, on a real kernel: finding ztunnel's netns by its IP
-through /proc (no netns name on Kubernetes), and the uninstall cleanup mode."""
+through /proc (no netns name on Kubernetes), the uninstall cleanup mode, and the rebuild after a
+reboot wiped programs and pins."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+from api import ports
 from localcluster import naming, system
 from localcluster.cluster import Cluster
+from localcluster.netns import http_get_in
 from node_agent import attach, discover
 from tests.support import ambientctl, namespace_manifest, pod_manifest, wait_for
 
@@ -88,6 +91,20 @@ def test_cleanup_detaches_everything_and_removes_pins(cluster: str) -> None:
         out, _ = cleaner.communicate(timeout=10)
     assert cleaner.returncode == 0, out
     assert "cleanup:" in out
-    # The cluster repairs itself: a new agent re-attaches (and the test's teardown stays clean).
+    # Like a node after a reboot (programs and pins gone): a new agent rebuilds everything and
+    # says ready only then.
     ambientctl(cluster, "up")
-    wait_for(captured, 15, "pod captured again")
+
+    def ready() -> bool:
+        try:
+            return (
+                http_get_in(node_ns, "127.0.0.1", ports.NODE_AGENT_METRICS, "/healthz/ready")[0]
+                == 200
+            )
+        except OSError:
+            return False
+
+    wait_for(ready, 15, "new agent ready")
+    assert pin_dir.exists()
+    assert captured()
+    assert our_filters(node_ns) >= 2
