@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -195,6 +197,42 @@ def test_controller_restart_resyncs_without_restarting_the_proxy(state_dir: Path
         async with controller(port) as c2:
             await until(lambda: "while-away" in proxy.names(), timeout=10)
             await until(lambda: bool(c2.config.status()["proxies"]))
+            await proxy.stop()
+
+    asyncio.run(main())
+
+
+def test_ten_thousand_workloads_reach_a_proxy_and_a_change_follows(state_dir: Path) -> None:
+    """PERF.md: 10 000 simulated workloads pushed without a proxy falling behind. Measured (not
+    asserted): snapshot size and time, and the delta after one change."""
+    del state_dir
+    store = setup_store()
+
+    def many(objects: Any) -> None:
+        for i in range(10_000):
+            node = f"node{i % 2 + 1}"
+            objects.put(pod(f"w{i}", node, f"10.{100 + i // 65536}.{i // 256 % 256}.{i % 256}"))
+
+    edit(store, many)
+
+    async def main() -> None:
+        async with controller() as c:
+            started = time.monotonic()
+            proxy = Proxy(c.ports["ca"], store, TOKENS["node1"])
+            await until(lambda: len(proxy.names()) == 10_002, timeout=60)
+            snapshot_s = time.monotonic() - started
+            size = len(json.dumps(list(proxy.state.values())))
+            edit_started = time.monotonic()
+            edit(store, lambda o: o.put(pod("late", "node2", "10.200.0.1")))
+            started = time.monotonic()
+            edit_s = started - edit_started
+            await until(lambda: "late" in proxy.names(), timeout=30)
+            delta_s = time.monotonic() - started
+            await until(lambda: c.config.status()["proxies"][0]["ackedVersion"] == c.config.version)
+            print(
+                f"10k workloads: snapshot {size / 1e6:.2f} MB in {snapshot_s:.2f}s "
+                f"; one change: store edit {edit_s:.2f}s, then commit → proxy {delta_s:.2f}s"
+            )
             await proxy.stop()
 
     asyncio.run(main())
