@@ -221,9 +221,9 @@ class HboneConnection(asyncio.Protocol):
     # --- plumbing --------------------------------------------------------------------------------
 
     def _flush(self) -> None:
-        data = self.proto.data_to_send()
+        data = self.proto.data_to_send_buffers()
         if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+            self.transport.writelines(data)
             if self.transport.get_write_buffer_size() == 0:
                 self.proto.peer_read_progress()
 

@@ -42,6 +42,7 @@ class Tunnel(asyncio.Protocol):
         self.stream_id = 0
         self.stats = TunnelStats(started=time.monotonic())
         self._pending = bytearray()
+        self._fresh: bytes | None = None  # a socket read not yet copied into _pending
         self._early = bytearray()  # stream bytes that came before the TCP side was connected
         self._unacked = 0
         self._tcp_write_paused = False
@@ -77,7 +78,10 @@ class Tunnel(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.stats.to_stream += len(data)
-        self._pending += data
+        if self._pending or self.conn is None:
+            self._pending += data
+        else:
+            self._fresh = data  # sent as it is when the window allows (no copy into _pending)
         self._pump()
 
     def eof_received(self) -> bool:
@@ -159,7 +163,11 @@ class Tunnel(asyncio.Protocol):
         conn, tcp = self.conn, self.tcp
         if conn is None or tcp is None or self._done:
             return
-        if self._pending:
+        if self._fresh is not None:
+            fresh, self._fresh = self._fresh, None
+            taken = conn.send(self.stream_id, fresh)
+            self._pending += memoryview(fresh)[taken:]
+        elif self._pending:
             taken = conn.send(self.stream_id, self._pending)
             del self._pending[:taken]
         if self._tcp_eof and not self._pending and not self._sent_end:
