@@ -245,3 +245,57 @@ def test_a_stream_beyond_the_limit_is_refused_alone() -> None:
     raw.send_headers(7, [(":method", "CONNECT"), (":authority", "10.0.0.1:80")])
     again = server.receive(raw.data_to_send())
     assert [e.stream_id for e in again if isinstance(e, p.ConnectRequest)] == [7]
+
+
+def test_fast_data_path_is_read_by_plain_h2_as_ordinary_data_frames() -> None:
+    """The DATA fast path (`send_data_frame`) against h2 itself as the peer: the same bytes, in
+    order with control frames, and the same window accounting as h2's own `send_data`."""
+    client = p.HboneProtocol(client=True, clock=Clock())
+    client.start()
+    peer = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    peer.initiate_connection()
+    peer.update_settings({h2.settings.SettingCodes.MAX_FRAME_SIZE: 1 << 20})
+    peer.increment_flow_control_window(16 << 20)
+
+    def exchange() -> list[h2.events.Event]:
+        events: list[h2.events.Event] = []
+        for _ in range(50):
+            out, back = client.data_to_send(), peer.data_to_send()
+            if not out and not back:
+                break
+            if out:
+                events += peer.receive_data(out)
+            if back:
+                client.receive(back)
+        return events
+
+    exchange()
+    sid = client.open("10.0.0.1:80")
+    exchange()
+    peer.send_headers(sid, [(":status", "200")])
+    exchange()
+    payload = bytes(range(256)) * 12_000  # ~3 MiB: several frames, a partial window
+    before = client.window(sid)
+    taken = client.send(sid, payload)
+    assert taken == min(len(payload), before)
+    assert client.window(sid) == before - taken, "h2's window must account for fast-path data"
+    client.ping(b"12345678")  # a control frame queued behind the data
+    small = client.send(sid, bytearray(b"tail"))  # a bytearray takes the copying path
+    events = exchange()
+    data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+    assert data == payload[:taken] + b"tail"[:small]
+    ping = next(i for i, e in enumerate(events) if isinstance(e, h2.events.PingReceived))
+    after = b"".join(e.data for e in events[ping:] if isinstance(e, h2.events.DataReceived))
+    assert after == b"tail"[:small], "the PING must keep its place between the two sends"
+    assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
+
+
+def test_fast_data_path_on_a_closed_stream_takes_nothing() -> None:
+    client, server, _ = pair()
+    sid = client.open("10.0.0.1:80")
+    pump(client, server)
+    server.respond(sid, 200)
+    pump(client, server)
+    client.reset(sid)
+    assert client.send(sid, b"late") == 0
+    pump(client, server)
