@@ -2,13 +2,14 @@
 
 python3 -m samples.pingpong serve PORT
 python3 -m samples.pingpong rtt HOST PORT COUNT         round trips on one connection
-python3 -m samples.pingpong connrate HOST PORT SECONDS  connect, 1 exchange, close, repeat
+python3 -m samples.pingpong connrate HOST PORT SECONDS [WORKERS]  connect, 1 exchange, close, repeat
 python3 -m samples.pingpong hold HOST PORT N SECONDS    keep N connections open (memory)
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import socket
 import statistics
 import sys
@@ -63,16 +64,27 @@ def rtt(host: str, port: int, count: int) -> dict[str, float]:
     return {"p50_us": q[49], "p90_us": q[89], "p99_us": q[98], "count": count}
 
 
-def connrate(host: str, port: int, seconds: float) -> dict[str, float]:
+def _connect_loop(host: str, port: int, end: float) -> int:
     payload = b"x" * SIZE
     done = 0
-    end = time.monotonic() + seconds
-    started = time.monotonic()
     while time.monotonic() < end:
         with socket.create_connection((host, port), timeout=10) as conn:
             conn.sendall(payload)
             _recv_exact(conn, SIZE)
         done += 1
+    return done
+
+
+def connrate(host: str, port: int, seconds: float, workers: int = 1) -> dict[str, float]:
+    """Connect-send-receive-close loops, `workers` processes in parallel (one loop measures the
+    latency of a new connection; several measure how many the path can set up)."""
+    started = time.monotonic()
+    end = started + seconds
+    if workers == 1:
+        done = _connect_loop(host, port, end)
+    else:
+        with multiprocessing.Pool(workers) as pool:
+            done = sum(pool.starmap(_connect_loop, [(host, port, end)] * workers))
     return {"conns_per_s": done / (time.monotonic() - started), "count": done}
 
 
@@ -116,7 +128,7 @@ def main(argv: list[str]) -> int:
     if mode == "rtt":
         result = rtt(host, port, int(args[2]))
     elif mode == "connrate":
-        result = connrate(host, port, float(args[2]))
+        result = connrate(host, port, float(args[2]), int(args[3]) if len(args) > 3 else 1)
     elif mode == "churn":
         result = churn(host, port, float(args[2]))
     elif mode == "hold":
