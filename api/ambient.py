@@ -13,6 +13,7 @@ DATAPLANE_MODE = "istio.io/dataplane-mode"
 MODE_AMBIENT = "ambient"
 MODE_NONE = "none"
 USE_WAYPOINT = "istio.io/use-waypoint"
+ROOT_NAMESPACE = "istio-system"  # Istio's default root namespace: its policies apply mesh-wide
 
 
 def _labels(obj: Mapping[str, Any] | None) -> Mapping[str, str]:

@@ -137,3 +137,25 @@ def apply_update(state: Mapping[str, Resource], update: Mapping[str, Any]) -> di
     if len(new) > MAX_RESOURCES:
         raise ConfigError(f"update: {len(new)} resources exceed the limit of {MAX_RESOURCES}")
     return new
+
+
+ALL_NAMESPACES = "*"
+
+
+def policy_namespaces(update: Mapping[str, Any], root: str) -> frozenset[str]:
+    """Namespaces whose policies a (rejected) update would have changed, read defensively: what
+    a proxy must fail closed for until a later update converges (RELIABILITY F-11). A change in
+    the root namespace, or one that cannot be read, touches every namespace."""
+    found: set[str] = set()
+    upserts, removes = update.get("upserts"), update.get("removes")
+    for res in upserts if isinstance(upserts, list) else []:
+        if isinstance(res, dict) and res.get("type") in {"policy", "peerauth"}:
+            ns = res.get("namespace")
+            found.add(ns if isinstance(ns, str) and ns else ALL_NAMESPACES)
+    for key in removes if isinstance(removes, list) else []:
+        kind, _, rest = str(key).partition("/")
+        if kind in {"policy", "peerauth"}:
+            found.add(rest.partition("/")[0] or ALL_NAMESPACES)
+    if not isinstance(upserts, list) or not isinstance(removes, list) or root in found:
+        return frozenset({ALL_NAMESPACES})
+    return frozenset(found)

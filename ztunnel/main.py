@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,8 @@ from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, genera
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from api import ports
-from api.meshconfig import Resource
+from api.ambient import ROOT_NAMESPACE
+from api.meshconfig import Resource, policy_namespaces
 from api.spiffe import controller_identity
 from common import http1
 from localcluster import naming
@@ -163,12 +164,23 @@ class Ztunnel:
                 },
                 on_update=self.on_config,
                 metrics=self.config_metrics,
+                on_reject=self.on_rejected_config,
             )
             self._config_task = asyncio.create_task(self.config.run())
 
     def on_config(self, resources: dict[str, Resource], version: int) -> None:
         """A validated config version: the new snapshot, then re-judge open connections."""
         self._apply(workloads.build(resources, self.settings.node, self.trust_domain, version))
+
+    def on_rejected_config(self, update: dict[str, Any]) -> None:
+        """F-11: the policies a rejected update carried are unknown, so inbound to the
+        workloads they could select is refused until an update is accepted."""
+        if self.snapshot is None:
+            return
+        touched = policy_namespaces(update, ROOT_NAMESPACE)
+        if touched:
+            log.warning("failing closed for inbound to namespaces %s", ", ".join(sorted(touched)))
+            self._apply(replace(self.snapshot, unconverged=self.snapshot.unconverged | touched))
 
     def _apply(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
@@ -223,6 +235,7 @@ class Ztunnel:
             "configVersion": self.snapshot.revision if self.snapshot else None,
             "configSource": "static" if self.watcher else "controller",
             "configError": self.config.last_error if self.config else "",
+            "failClosedNamespaces": sorted(self.snapshot.unconverged) if self.snapshot else [],
             "workloads": workload_dump(self.snapshot),
             "services": sorted(
                 {s.host for s in self.snapshot.by_vip.values()} if self.snapshot else set()

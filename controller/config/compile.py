@@ -15,12 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from api.ambient import USE_WAYPOINT, enrolled
+from api.ambient import ROOT_NAMESPACE, USE_WAYPOINT, enrolled
 from api.meshconfig import Resource, key_of
 from api.objects import Obj
 from localcluster.store import ObjectSet
-
-ROOT_NAMESPACE = "istio-system"  # Istio's default root namespace
 
 
 @dataclass(frozen=True)

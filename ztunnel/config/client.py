@@ -38,6 +38,7 @@ BACKOFF_S = (0.5, 30.0)
 READ_CHUNK = 256 * 1024
 
 OnUpdate = Callable[[dict[str, Resource], int], None]
+OnReject = Callable[[dict[str, Any]], None]
 
 
 class ClientMetrics:
@@ -75,12 +76,15 @@ class ConfigClient:
         headers: dict[str, str],
         on_update: OnUpdate,
         metrics: ClientMetrics,
+        on_reject: OnReject | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.token = token if callable(token) else lambda: token
         self.controller = controller
         self.headers = headers
         self.on_update = on_update
+        self.on_reject = on_reject
+        """Called with a rejected update (the proxy fails closed for what it would change)."""
         self.metrics = metrics
         self.state: dict[str, Resource] = {}
         self.version = 0
@@ -153,6 +157,8 @@ class ConfigClient:
             self.metrics.updates.labels(result="nack").inc()
             log.warning("rejected config version %s: %s", message.get("version"), exc)
             channel.send({"type": "nack", **reply, "error": str(exc)})
+            if self.on_reject is not None:
+                self.on_reject(message)
             return False
         self.state, self.version = new, version
         self.metrics.updates.labels(result="ack").inc()

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from api import ports
+from api.meshconfig import ALL_NAMESPACES
 from ztunnel.state.policy import Connection, Decision, evaluate, mtls_mode
 from ztunnel.state.workloads import Service, Snapshot, Workload
 
@@ -98,6 +99,8 @@ def plan_inbound(  # noqa: PLR0911 - one return per rule, in order
     if dst is None or not dst.enrolled:
         reason = "ambiguous_destination" if target_ip in snap.ambiguous else "unknown_destination"
         return Inbound(False, reason, 400)
+    if snap.unconverged and ({dst.namespace, ALL_NAMESPACES} & snap.unconverged):
+        return Inbound(False, "policy_not_synced", 503, dst)  # F-11: fail closed, not open
     if src_principal is None:
         mode = mtls_mode(snap.peer_auths, dst.namespace, dst.labels, target_port)
         if mode == "STRICT":

@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from api.ambient import ROOT_NAMESPACE
 from api.objects import Obj
 
-ROOT_NAMESPACE = "istio-system"  # Istio's default root namespace
 L7_SOURCE = ("requestPrincipals", "notRequestPrincipals", "remoteIpBlocks", "notRemoteIpBlocks")
 L7_OPERATION = ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths")
 UNSPECIFIED = "0.0.0.0"  # noqa: S104 - an address to compare, not to bind

@@ -69,6 +69,9 @@ class Snapshot:
     mesh_cidrs: tuple[Any, ...] = field(default=())
     by_uid: Mapping[str, Workload] = field(default_factory=dict)
     by_vip: Mapping[str, Service] = field(default_factory=dict)
+    unconverged: frozenset[str] = frozenset()
+    """Namespaces (or "*") whose policies a rejected update changed: inbound to their workloads
+    is refused until an update is accepted again (RELIABILITY F-11)."""
 
     def workload(self, ip: str) -> Workload | None:
         return self.by_ip.get(ip)

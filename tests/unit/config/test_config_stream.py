@@ -64,6 +64,7 @@ class Proxy:
     def __init__(self, port: int, store: ClusterStore, token: str, node: str = "node1") -> None:
         self.versions: list[int] = []
         self.state: dict[str, Resource] = {}
+        self.rejected: list[dict[str, Any]] = []
         self.client = ConfigClient(
             "127.0.0.1",
             port,
@@ -73,6 +74,7 @@ class Proxy:
             headers={"x-ambientmesh-proxy": "ztunnel"},
             on_update=self.on_update,
             metrics=ClientMetrics(CollectorRegistry()),
+            on_reject=self.rejected.append,
         )
         self.task = asyncio.create_task(self.client.run())
 
@@ -158,6 +160,7 @@ def test_rejected_update_is_nacked_and_the_previous_state_kept(
             assert status["nackedVersion"] == c.config.version
             assert "workload uid-poison: ip" in status["lastError"]
             assert status["ackedVersion"] < c.config.version
+            assert len(proxy.rejected) == 1, "the proxy is told what it rejected (F-11)"
             # The next good change is diffed against what the proxy ACKed, and lands.
             edit(store, lambda o: o.remove(next(r for r in o._items if r.name == "poison")))
             edit(store, lambda o: o.put(pod("d", "node1", "10.244.1.5")))

@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from api.meshconfig import MAX_RESOURCES, ConfigError, apply_update, key_of, validate
+from api.meshconfig import (
+    MAX_RESOURCES,
+    ConfigError,
+    apply_update,
+    key_of,
+    policy_namespaces,
+    validate,
+)
 
 
 def workload(**overrides: Any) -> dict[str, Any]:
@@ -123,3 +130,25 @@ def test_resource_count_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_key_of() -> None:
     assert key_of(service()) == "service/demo/s"
+
+
+@pytest.mark.parametrize(
+    ("update", "touched"),
+    [
+        ({"upserts": [workload()], "removes": ["workload/x"]}, set()),
+        (
+            {
+                "upserts": [{"type": "policy", "namespace": "demo"}, "junk"],
+                "removes": ["peerauth/other/strict"],
+            },
+            {"demo", "other"},
+        ),
+        ({"upserts": [{"type": "policy", "namespace": "istio-system"}], "removes": []}, {"*"}),
+        ({"upserts": [{"type": "policy", "namespace": 7}], "removes": []}, {"*"}),
+        ({"upserts": "not a list", "removes": []}, {"*"}),
+    ],
+)
+def test_namespaces_a_rejected_update_would_have_changed(
+    update: dict[str, Any], touched: set[str]
+) -> None:
+    assert policy_namespaces(update, "istio-system") == touched

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -214,3 +215,25 @@ def test_service_without_port_or_endpoints_is_refused(
 ) -> None:
     plan = plan_outbound(with_service(*endpoints), "10.244.1.3", "10.96.0.20", port)
     assert (plan.action, plan.reason) == ("reject", reason)
+
+
+@pytest.mark.parametrize(
+    ("unconverged", "allowed"), [({"mesh"}, False), ({"*"}, False), ({"plain"}, True)]
+)
+def test_inbound_fails_closed_while_policies_are_unconverged(
+    unconverged: set[str], allowed: bool
+) -> None:
+    """F-11: a rejected update changed policies of these namespaces; until one is accepted,
+    their workloads take no inbound (never the old, possibly more permissive, policy)."""
+    snap = dataclasses.replace(SNAP2, unconverged=frozenset(unconverged))
+    got = plan_inbound(
+        snap,
+        target_ip="10.244.2.3",
+        target_port=80,
+        original_dst_ip="10.244.2.3",
+        src_ip="10.244.1.3",
+        src_principal="cluster.local/ns/mesh/sa/a",
+    )
+    assert got.allowed is allowed
+    if not allowed:
+        assert (got.reason, got.status) == ("policy_not_synced", 503)
