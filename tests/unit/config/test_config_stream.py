@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 
 from api.meshconfig import Resource
@@ -237,5 +238,53 @@ def test_ten_thousand_workloads_reach_a_proxy_and_a_change_follows(state_dir: Pa
                 f"; one change: store edit {edit_s:.2f}s, then commit → proxy {delta_s:.2f}s"
             )
             await proxy.stop()
+
+    asyncio.run(main())
+
+
+def test_a_herd_of_proxies_resyncs_after_an_outage_in_bounded_batches(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """L-7: every proxy reconnects at once after a controller restart; the controller admits at
+    most its snapshot slots at a time, and every proxy resyncs."""
+    del state_dir
+    store = setup_store()
+    for i in range(3, 31):
+        store.node_token_path(f"node{i}").parent.mkdir(parents=True, exist_ok=True)
+        store.node_token_path(f"node{i}").write_text(f"token-{i}")
+    info = store.info()
+    (store.root / "cluster.yaml").write_text(yaml.safe_dump({**info.__dict__, "nodes": 30}))
+    tokens = [TOKENS["node1"], TOKENS["node2"], *(f"token-{i}" for i in range(3, 31))]
+    peak = [0]
+
+    class Slots(asyncio.Semaphore):
+        """The controller's snapshot slots, counted; each snapshot held a while, as a big one
+        would be, so that a herd overlaps."""
+
+        held = 0
+
+        async def __aenter__(self) -> None:
+            await super().__aenter__()
+            Slots.held += 1
+            peak[0] = max(peak[0], Slots.held)
+            await asyncio.sleep(0.05)
+
+        async def __aexit__(self, *exc: Any) -> None:
+            Slots.held -= 1
+            await super().__aexit__(*exc)
+
+    async def main() -> None:
+        async with controller() as c:
+            port = c.ports["ca"]
+            proxies = [Proxy(port, store, t) for t in tokens]
+            await until(lambda: all(p.names() == {"a", "b"} for p in proxies), timeout=20)
+        edit(store, lambda o: o.put(pod("after", "node2", "10.244.2.9")))
+        async with controller(port) as c2:
+            c2.config._snapshot_slots = Slots(3)
+            await until(lambda: all("after" in p.names() for p in proxies), timeout=40)
+            await until(lambda: len(c2.config.status()["proxies"]) == len(tokens))
+            assert peak[0] == 3, f"{peak[0]} snapshots in flight at once (slots: 3)"
+            for p in proxies:
+                await p.stop()
 
     asyncio.run(main())
