@@ -158,10 +158,6 @@ class Ztunnel:
                 token,
                 [bundle.read_text()],
                 controller=controller,
-                headers={
-                    "x-ambientmesh-proxy": "ztunnel",
-                    "x-ambientmesh-node": self.settings.node,
-                },
                 on_update=self.on_config,
                 metrics=self.config_metrics,
                 on_reject=self.on_rejected_config,

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from api.meshconfig import Resource
 from common.stream import MessageChannel
-from controller.config.compile import Proxy, compile_mesh, diff, view
+from controller.config.compile import Mesh, Proxy, compile_mesh, diff, view
 from sources.base import Cache
 
 log = logging.getLogger("controller.config")
@@ -99,7 +99,7 @@ class ConfigServer:
         self.cache = cache
         self.authenticate = authenticate
         self.metrics = metrics
-        self.mesh: dict[str, Resource] | None = None
+        self.mesh: Mesh | None = None
         self.version = 0
         self.changed_at: dict[int, float] = {}
         self.proxies: dict[int, ProxyStatus] = {}
@@ -115,7 +115,7 @@ class ConfigServer:
             objects = await self.cache.next_revision(revision)
             revision = objects.revision
             mesh = await asyncio.to_thread(compile_mesh, objects)  # 10 000 pods: ~100 ms
-            if mesh == self.mesh:
+            if self.mesh is not None and mesh.resources == self.mesh.resources:
                 continue
             self.mesh = mesh
             self.version += 1

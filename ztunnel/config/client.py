@@ -73,7 +73,6 @@ class ConfigClient:
         bundle_pem: Sequence[str],
         *,
         controller: SpiffeId,
-        headers: dict[str, str],
         on_update: OnUpdate,
         metrics: ClientMetrics,
         on_reject: OnReject | None = None,
@@ -81,7 +80,6 @@ class ConfigClient:
         self.host, self.port = host, port
         self.token = token if callable(token) else lambda: token
         self.controller = controller
-        self.headers = headers
         self.on_update = on_update
         self.on_reject = on_reject
         """Called with a rejected update (the proxy fails closed for what it would change)."""
@@ -115,7 +113,7 @@ class ConfigClient:
             if reason := controller_rejected(writer.get_extra_info("ssl_object"), self.controller):
                 raise ConfigStreamError(f"peer is not the controller: {reason}")
             channel = MessageChannel(client_side=True)
-            channel.open(PATH, {"authorization": f"Bearer {self.token()}", **self.headers})
+            channel.open(PATH, {"authorization": f"Bearer {self.token()}"})
             writer.write(channel.data_to_send())
             self.metrics.connected.set(1)
             silent_since = time.monotonic()

@@ -62,7 +62,7 @@ CLUSTER = objects(
 
 
 def test_workloads_carry_identity_facts_and_enrollment() -> None:
-    mesh = compile_mesh(CLUSTER)
+    mesh = compile_mesh(CLUSTER).resources
     a = mesh["workload/uid-a"]
     assert (a["ip"], a["node"], a["serviceAccount"], a["enrolled"]) == (
         "10.244.1.3",
@@ -75,7 +75,7 @@ def test_workloads_carry_identity_facts_and_enrollment() -> None:
 
 
 def test_service_endpoints_are_ready_selected_pods_of_its_namespace() -> None:
-    svc = compile_mesh(CLUSTER)["service/demo/web"]
+    svc = compile_mesh(CLUSTER).resources["service/demo/web"]
     assert svc["vips"] == ["10.96.0.10"]
     assert svc["endpoints"] == ["uid-a", "uid-b"]
     assert svc["ports"] == [{"port": 80, "targetPort": 8080}], "named target ports skipped"
@@ -84,7 +84,7 @@ def test_service_endpoints_are_ready_selected_pods_of_its_namespace() -> None:
 def test_not_ready_pod_is_no_endpoint() -> None:
     unready = pod("a", "node1", "10.244.1.3", app="web")
     unready["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
-    svc = compile_mesh(objects(*(o for o in CLUSTER.list("Service")), unready))
+    svc = compile_mesh(objects(*(o for o in CLUSTER.list("Service")), unready)).resources
     assert svc["service/demo/web"]["endpoints"] == []
 
 
@@ -98,11 +98,14 @@ def test_ztunnel_view_has_all_addresses_but_only_its_namespaces_policies() -> No
     assert policies == ["policy/demo/l4", "policy/istio-system/mesh"], "l7 is the waypoint's"
     node2 = view(mesh, Proxy("ztunnel", "node2"))
     assert "policy/other/deny-all" in node2
+    assert node2["workload/uid-a"] is view(mesh, Proxy("ztunnel", "node3"))["workload/uid-a"], (
+        "every view shares one remote form per workload"
+    )
 
 
 def test_waypoint_view_is_everything() -> None:
     mesh = compile_mesh(CLUSTER)
-    assert view(mesh, Proxy("waypoint")) == mesh
+    assert view(mesh, Proxy("waypoint")) == mesh.resources
 
 
 def test_diff_upserts_changes_and_removes_what_is_gone() -> None:

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from api.meshconfig import Resource
 from api.spiffe import controller_identity
-from controller.config.compile import compile_mesh
+from controller.config.compile import Mesh, compile_mesh
 from controller.main import Controller, Settings
 from localcluster.store import ClusterInfo, ClusterStore
 from ztunnel.config.client import ClientMetrics, ConfigClient
@@ -72,7 +72,6 @@ class Proxy:
             token,
             [(store.ca_dir / "root-cert.pem").read_text()],
             controller=controller_identity("cluster.local"),
-            headers={"x-ambientmesh-proxy": "ztunnel"},
             on_update=self.on_update,
             metrics=ClientMetrics(CollectorRegistry()),
             on_reject=self.rejected.append,
@@ -140,9 +139,9 @@ def test_rejected_update_is_nacked_and_the_previous_state_kept(
     del state_dir
     store = setup_store()
 
-    def hostile(objects: Any) -> dict[str, Resource]:
+    def hostile(objects: Any) -> Mesh:
         mesh = compile_mesh(objects)
-        for res in mesh.values():
+        for res in mesh.resources.values():
             if res["type"] == "workload" and res["name"] == "poison":
                 res["ip"] = "999.1.1.1"
         return mesh
