@@ -30,6 +30,7 @@ PAGE_SIZE = 500  # client-go's reflector default
 WATCH_TIMEOUT_S = (300, 600)  # client-go: minWatchTimeout 5 min x (1 + rand)
 LIST_TIMEOUT_S = 60.0
 BACKOFF_S = (0.5, 30.0)
+ABSENT_KIND_RETRY_S = 30.0  # a kind whose CRD is missing: how often to look for it again
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,13 @@ class KubeSource:
                 if exc.status == 410:
                     log.info("%s: resourceVersion expired; relisting", res.plural)
                     self.versions[res.kind], reason = None, "gone"
+                    continue
+                if exc.status == 404 and self.versions.get(res.kind) is None:
+                    # The kind's CRD is not installed (no Gateway API, no Istio CRDs): none of
+                    # it can exist, which is a complete answer; look again later.
+                    cache.replace_kind(res.kind, [])
+                    await cache.publish()
+                    await asyncio.sleep(ABSENT_KIND_RETRY_S)
                     continue
                 self._failed(res, f"HTTP {exc.status} {exc.reason}")
                 if exc.status in {401, 403, 404}:

@@ -41,6 +41,8 @@ class FakeKube:
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _watches: dict[int, web.Request] = field(default_factory=dict)
     _fail: dict[str, int] = field(default_factory=dict)
+    missing: set[str] = field(default_factory=set)
+    """Paths answered 404, like the resources of a CRD that is not installed."""
     reviews: dict[str, dict[str, Any]] = field(default_factory=dict)
     """TokenReview answers by token: the `status.user` of an authenticated token."""
     applied: list[dict[str, Any]] = field(default_factory=list)
@@ -144,6 +146,8 @@ class FakeKube:
         self.requests.append({"path": request.path, **query})
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":
             return _status(401, "Unauthorized")
+        if request.path in self.missing:
+            return _status(404, "the server could not find the requested resource")
         if query.get("watch") in {"true", "1"}:
             return await self._watch(request, query)
         if request.path in self.live:

@@ -257,3 +257,21 @@ def test_node_agent_source_from_a_kubeconfig_watches_only_its_node(tmp_path: Pat
             await runner.cleanup()
 
     asyncio.run(main())
+
+
+def test_a_kind_whose_crd_is_absent_counts_as_empty() -> None:
+    """No Gateway API installed: the controller must still sync (and serve) the rest."""
+    gateways = "/apis/gateway.networking.k8s.io/v1/gateways"
+
+    async def seed(fake: FakeKube) -> None:
+        fake.missing.add(gateways)
+        await fake.put(PODS, pod("a"))
+
+    async def body(fake: FakeKube, cache: Cache, source: KubeSource) -> None:
+        await until(lambda: names(cache) == {"a"})
+        current = cache.current()
+        assert current is not None
+        assert current.list("Gateway") == []
+
+    gateway = next(r for r in kube.RESOURCES if r.kind == "Gateway")
+    run(body, resources=(*kube.node_agent_resources(), gateway), seed=seed)
