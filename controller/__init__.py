@@ -1,1 +1,1 @@
-"""The controller: CA (this issue), cluster watcher and config distribution (next issues)."""
+"""The controller: the CA, the cluster watcher and config distribution to every proxy."""

@@ -235,9 +235,9 @@ async def amain(args: argparse.Namespace) -> int:
     source = await select.open_source(args, args.cluster)
     kubernetes = None
     if isinstance(source, KubeSource):
-        authn: Authenticator = TokenReviewer(source.api, args.system_namespace)
         if args.authn == "nodetoken":
             raise SourceError("on Kubernetes ztunnels authenticate with --authn tokenreview")
+        authn = TokenReviewer(source.api, args.system_namespace)
         kubernetes = KubernetesMode(args.trust_domain, args.workload_cert_ttl, authn)
     settings = Settings(
         args.cluster, args.listen, args.ca_dir, source=source, kubernetes=kubernetes
