@@ -82,17 +82,19 @@ def _settings(args: argparse.Namespace) -> AgentSettings:
     )
 
 
-async def _find_ztunnel(args: argparse.Namespace, cache: Cache, stop: threading.Event) -> str:
-    """Kubernetes: the node's ztunnel pod's IP, once its netns can be found; "" if stopped."""
+async def _find_ztunnel(
+    args: argparse.Namespace, cache: Cache, stop: threading.Event
+) -> tuple[str, str] | None:
+    """Kubernetes: the node's ztunnel pod's IP and netns path, once found; None if stopped."""
     while not stop.is_set():
         objects = cache.current()
         ip = objects and discover.ztunnel_ip(objects, args.node, args.system_namespace)
         if ip and (path := await asyncio.to_thread(discover.netns_holding, ip)):
             log.info("ztunnel %s found in %s", ip, path)
-            return ip
+            return ip, path
         log.info("waiting for this node's ztunnel pod")
         await asyncio.sleep(1.0)
-    return ""
+    return None
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -113,9 +115,12 @@ async def run(args: argparse.Namespace) -> int:
     watching = asyncio.create_task(source.run(cache))
     zt_ip = ""
     if args.ztunnel == "auto":
-        zt_ip = await _find_ztunnel(args, cache, stop)
-        path = await asyncio.to_thread(discover.netns_holding, zt_ip) if zt_ip else None
-        settings = replace(settings, ztunnel_netns=path or "")
+        found = await _find_ztunnel(args, cache, stop)
+        if found is None:
+            watching.cancel()
+            return 0
+        zt_ip, path = found
+        settings = replace(settings, ztunnel_netns=path)
     agent = Agent(settings)
     # Netlink work is synchronous (pyroute2's IPRoute runs its own loop): keep it off ours.
     await asyncio.to_thread(agent.acquire_lock)
