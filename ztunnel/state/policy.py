@@ -47,10 +47,13 @@ class Connection:
 
     @property
     def src_namespace(self) -> str | None:
-        if self.src_principal is None:
-            return None
-        parts = self.src_principal.split("/")
-        return parts[2] if len(parts) == 5 and parts[1] == "ns" else None
+        return namespace_of(self.src_principal)
+
+
+def namespace_of(principal: str | None) -> str | None:
+    """The namespace of a principal `td/ns/<ns>/sa/<sa>`."""
+    parts = (principal or "").split("/")
+    return parts[2] if len(parts) == 5 and parts[1] == "ns" else None
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,8 @@ class Decision:
 Matcher = Callable[[Connection], bool]
 
 
-def _string_match(pattern: str, value: str | None) -> bool:
+def string_match(pattern: str, value: str | None) -> bool:
+    """Istio's string match: exact, prefix `abc*`, suffix `*abc`, or `*` (present)."""
     if value is None:
         return False
     if pattern == "*":
@@ -92,11 +96,11 @@ def _in(nets: list[Any], ip: str) -> bool:
 
 
 def _principal_in(patterns: list[str]) -> Matcher:
-    return lambda c: any(_string_match(p, c.src_principal) for p in patterns)
+    return lambda c: any(string_match(p, c.src_principal) for p in patterns)
 
 
 def _namespace_in(patterns: list[str]) -> Matcher:
-    return lambda c: any(_string_match(p, c.src_namespace) for p in patterns)
+    return lambda c: any(string_match(p, c.src_namespace) for p in patterns)
 
 
 def _source_in(values: list[str]) -> Matcher:
@@ -155,8 +159,8 @@ def _condition(cond: Mapping[str, Any]) -> Matcher:
             and not (not_nets and _in(not_nets, get(c) or UNSPECIFIED))
         )
     return lambda c: (
-        (not values or any(_string_match(v, get(c)) for v in values))
-        and not any(_string_match(v, get(c)) for v in not_values)
+        (not values or any(string_match(v, get(c)) for v in values))
+        and not any(string_match(v, get(c)) for v in not_values)
     )
 
 

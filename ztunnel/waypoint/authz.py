@@ -1,0 +1,231 @@
+"""L7 AuthorizationPolicy for the waypoint: compiled once per config version, evaluated per HTTP
+request. Pure. Istio's semantics (security.istio.io/v1), as for L4 (`ztunnel.state.policy`):
+
+- Binding: a waypoint enforces the policies whose `targetRefs` name its Gateway, or a Service
+  it fronts (kind Gateway of group gateway.networking.k8s.io, or a core Service), in the
+  policy's namespace. `selector` policies belong to ztunnels and are ignored here.
+- Order: DENY (and CUSTOM: no external authorizer, fail closed) → ALLOW → default allow. A policy
+  without rules matches nothing; `{}` matches everything. AUDIT never decides.
+- Strings: exact, prefix `abc*`, suffix `*abc`, or `*` (present). Hosts compare without case and
+  without a port. Methods compare exactly. Paths match after normalization (`normalize_path`).
+- What a waypoint cannot judge (`requestPrincipals` and `request.auth.*`: no JWT validation): an
+  ALLOW rule using it is dropped, a DENY rule loses it — more restrictive either way.
+- A policy that fails to compile denies every request it would bind to (fail closed).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import posixpath
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from api.objects import Obj
+from ztunnel.state.policy import Decision, namespace_of, string_match
+
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+UNSUPPORTED_SOURCE = ("requestPrincipals", "notRequestPrincipals")
+
+
+@dataclass(frozen=True)
+class Request:
+    """What L7 policy may look at: the connection's facts and the HTTP request's."""
+
+    src_ip: str
+    src_principal: str | None
+    dst_ip: str
+    dst_port: int
+    method: str
+    path: str  # normalized, without query
+    host: str
+    headers: Mapping[str, str]  # lower-case names; repeated headers joined with ","
+
+    @property
+    def src_namespace(self) -> str | None:
+        return namespace_of(self.src_principal)
+
+
+def normalize_path(raw: str) -> str | None:
+    """The path policy matches: query and fragment cut, RFC 3986 §5.2.4 dot segments removed,
+    repeated slashes merged. Encoded characters stay encoded (`%2F` is not a separator: matching
+    it as one would let `/admin%2F..` reach past a rule). None for what is not an origin-form
+    path (no leading slash, a backslash, control characters): the proxy answers 400."""
+    path = raw.split("?", 1)[0].split("#", 1)[0]
+    if not path.startswith("/") or "\\" in path or any(ord(ch) < 0x21 for ch in path):
+        return None
+    trailing = path.endswith("/") or path.endswith("/.") or path.endswith("/..")
+    normal = posixpath.normpath(path)
+    if normal.startswith("//"):
+        normal = "/" + normal.lstrip("/")  # POSIX keeps a leading "//"; HTTP has no such rule
+    return normal + "/" if trailing and normal != "/" else normal
+
+
+Matcher = Callable[[Request], bool]
+
+
+def _any(values: list[str], get: Callable[[Request], str | None]) -> Matcher:
+    return lambda r: any(string_match(v, get(r)) for v in values)
+
+
+def _hosts(values: list[str]) -> Matcher:
+    lowered = [v.lower() for v in values]
+    return lambda r: any(string_match(v, r.host.lower().rsplit(":", 1)[0]) for v in lowered)
+
+
+def _ips(values: list[str], get: Callable[[Request], str]) -> Matcher:
+    nets = [ipaddress.ip_network(v, strict=False) for v in values]
+    return lambda r: any(ipaddress.ip_address(get(r)) in n for n in nets)
+
+
+def _ports(values: list[str]) -> Matcher:
+    ports = {int(v) for v in values}
+    if any(not 0 < p < 65536 for p in ports):
+        raise ValueError(f"ports must be 1-65535: {sorted(ports)}")
+    return lambda r: r.dst_port in ports
+
+
+_BUILDERS: dict[str, Callable[[list[str]], Matcher]] = {
+    "principals": lambda v: _any(v, lambda r: r.src_principal),
+    "namespaces": lambda v: _any(v, lambda r: r.src_namespace),
+    "ipBlocks": lambda v: _ips(v, lambda r: r.src_ip),
+    "remoteIpBlocks": lambda v: _ips(v, lambda r: r.src_ip),  # no trusted proxies: the peer
+    "hosts": _hosts,
+    "ports": _ports,
+    "methods": lambda v: _any(v, lambda r: r.method),
+    "paths": lambda v: _any(v, lambda r: r.path),
+}
+
+
+def _negate(matcher: Matcher) -> Matcher:
+    return lambda r: not matcher(r)
+
+
+def _fields(spec: Mapping[str, Any]) -> list[Matcher]:
+    out: list[Matcher] = []
+    for key, raw in spec.items():
+        negated = key.startswith("not") and key[3:4].isupper()
+        base = key[3].lower() + key[4:] if negated else key
+        if base not in _BUILDERS:
+            raise ValueError(f"unknown field {key!r}")
+        matcher = _BUILDERS[base]([str(v) for v in raw or []])
+        out.append(_negate(matcher) if negated else matcher)
+    return out
+
+
+def _getter(key: str) -> Callable[[Request], str | None]:
+    if key.startswith("request.headers[") and key.endswith("]"):
+        name = key[len("request.headers[") : -1].lower()
+        return lambda r: r.headers.get(name)
+    getters: dict[str, Callable[[Request], str | None]] = {
+        "source.ip": lambda r: r.src_ip,
+        "source.namespace": lambda r: r.src_namespace,
+        "source.principal": lambda r: r.src_principal,
+        "destination.ip": lambda r: r.dst_ip,
+        "destination.port": lambda r: str(r.dst_port),
+    }
+    if key not in getters:
+        raise KeyError(key)
+    return getters[key]
+
+
+def _condition(cond: Mapping[str, Any]) -> Matcher:
+    get = _getter(str(cond.get("key")))
+    values = [str(v) for v in cond.get("values") or []]
+    not_values = [str(v) for v in cond.get("notValues") or []]
+    return lambda r: (
+        (not values or any(string_match(v, get(r)) for v in values))
+        and not any(string_match(v, get(r)) for v in not_values)
+    )
+
+
+def _compile_rule(rule: Mapping[str, Any], deny: bool) -> Matcher | None:
+    sources = [dict(s.get("source") or {}) for s in rule.get("from") or []]
+    operations = [dict(o.get("operation") or {}) for o in rule.get("to") or []]
+    conditions = [dict(w) for w in rule.get("when") or []]
+    unjudgeable = any(k in s for s in sources for k in UNSUPPORTED_SOURCE) or any(
+        str(w.get("key", "")).startswith("request.auth.") for w in conditions
+    )
+    if unjudgeable and not deny:
+        return None
+    for s in sources:
+        for k in UNSUPPORTED_SOURCE:
+            s.pop(k, None)
+    conditions = [w for w in conditions if not str(w.get("key", "")).startswith("request.auth.")]
+    from_any = [_fields(s) for s in sources]
+    to_any = [_fields(o) for o in operations]
+    when_all = [_condition(w) for w in conditions]
+
+    def match(r: Request) -> bool:
+        return (
+            (not from_any or any(all(m(r) for m in ms) for ms in from_any))
+            and (not to_any or any(all(m(r) for m in ms) for ms in to_any))
+            and all(m(r) for m in when_all)
+        )
+
+    return match
+
+
+@dataclass(frozen=True)
+class L7Policy:
+    key: str  # "namespace/name"
+    namespace: str
+    action: str  # ALLOW | DENY (CUSTOM compiles to DENY) | AUDIT
+    targets: frozenset[tuple[str, str]]  # (kind, name) in the policy's namespace
+    rules: tuple[Matcher, ...] = field(default=())
+    error: str = ""
+
+    def binds(self, namespace: str, gateway: str, service: str | None) -> bool:
+        return self.namespace == namespace and (
+            ("Gateway", gateway) in self.targets
+            or (service is not None and ("Service", service) in self.targets)
+        )
+
+    def matches(self, r: Request) -> bool:
+        return bool(self.error) or any(rule(r) for rule in self.rules)
+
+
+def _targets(spec: Mapping[str, Any]) -> frozenset[tuple[str, str]]:
+    refs = list(spec.get("targetRefs") or []) + (
+        [spec["targetRef"]] if spec.get("targetRef") else []
+    )
+    out = set()
+    for ref in refs:
+        kind, group = ref.get("kind"), ref.get("group", "")
+        if (kind, group) in {("Gateway", GATEWAY_GROUP), ("Service", ""), ("Service", "core")}:
+            out.add((str(kind), str(ref.get("name"))))
+    return frozenset(out)
+
+
+def compile_l7(obj: Obj) -> L7Policy | None:
+    """None for policies that are not bound with targetRefs (those are ztunnel's)."""
+    meta, spec = obj["metadata"], obj.get("spec") or {}
+    if not (spec.get("targetRefs") or spec.get("targetRef")):
+        return None
+    key, ns = f"{meta['namespace']}/{meta['name']}", meta["namespace"]
+    targets = _targets(spec)
+    action = spec.get("action", "ALLOW")
+    deny = action in ("DENY", "CUSTOM")
+    try:
+        rules = tuple(m for r in spec.get("rules") or [] if (m := _compile_rule(r, deny)))
+    except (ValueError, KeyError, TypeError) as exc:
+        return L7Policy(key, ns, "DENY", targets, (), f"invalid: {exc}")
+    return L7Policy(key, ns, "DENY" if deny else action, targets, rules)
+
+
+def evaluate_l7(
+    policies: Iterable[L7Policy], namespace: str, gateway: str, service: str | None, r: Request
+) -> Decision:
+    """The decision for one request through the waypoint `namespace/gateway`, whose destination
+    is `service` (a Service of that namespace) or a workload (None)."""
+    bound = [p for p in policies if p.binds(namespace, gateway, service)]
+    for p in bound:
+        if p.action == "DENY" and p.matches(r):
+            return Decision(False, p.key, "policy_invalid" if p.error else "denied_by_policy")
+    allows = [p for p in bound if p.action == "ALLOW"]
+    if not allows:
+        return Decision(True, "", "no_policy")
+    for p in allows:
+        if p.matches(r):
+            return Decision(True, p.key, "allowed_by_policy")
+    return Decision(False, "", "no_allow_match")
