@@ -15,6 +15,7 @@ import statistics
 import sys
 import threading
 import time
+from typing import Any
 
 SIZE = 1024
 
@@ -88,10 +89,11 @@ def connrate(host: str, port: int, seconds: float, workers: int = 1) -> dict[str
     return {"conns_per_s": done / (time.monotonic() - started), "count": done}
 
 
-def churn(host: str, port: int, seconds: float) -> dict[str, float]:
+def churn(host: str, port: int, seconds: float) -> dict[str, Any]:
     """New connections back to back; every failure (refused, reset, wrong echo) is counted."""
     payload = b"x" * SIZE
     ok = failed = 0
+    errors: dict[str, int] = {}
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         try:
@@ -100,9 +102,11 @@ def churn(host: str, port: int, seconds: float) -> dict[str, float]:
                 if _recv_exact(conn, SIZE) != payload:
                     raise ConnectionError("wrong echo")
             ok += 1
-        except OSError:
+        except OSError as exc:
             failed += 1
-    return {"ok": ok, "failed": failed}
+            kind = f"{type(exc).__name__}: {exc}"[:80]
+            errors[kind] = errors.get(kind, 0) + 1
+    return {"ok": ok, "failed": failed, "errors": errors}
 
 
 def hold(host: str, port: int, n: int, seconds: float) -> dict[str, float]:

@@ -32,6 +32,8 @@ from ztunnel.proxy.splice import Gate, Held
 
 log = logging.getLogger("ztunnel.proxy")
 
+REFUSED_RETRIES = 2
+
 
 class OutboundProxy(ProxyCore):
     def _on_outbound(self, held: Held) -> None:
@@ -134,7 +136,11 @@ class OutboundProxy(ProxyCore):
         principal = plan.src.identity.principal
         labels = _labels_for("source", plan.src, plan.dst, principal, True, service=_service(plan))
         authority = p.format_authority(*plan.target)
-        for _ in range(2):  # a draining peer refuses new streams: retry once, on a new connection
+        # A draining peer refuses new streams (REFUSED_STREAM: not processed, safe to retry,
+        # RFC 9113 §8.7): retry on another connection. Twice, not once: a connection dialed
+        # in the instant the peer stopped listening may still have been accepted by it
+        # (caught under load: 1 in ~5000 new connections across a restart failed).
+        for _ in range(1 + REFUSED_RETRIES):
             conn = await self.pool.get(key)
             tunnel = Tunnel()
             stream_id = conn.open_stream(authority, {"forwarded": f'for="{acc.src_ip}"'}, tunnel)
