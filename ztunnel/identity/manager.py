@@ -47,6 +47,7 @@ class WorkloadCertificate:
 class _Slot:
     cert: WorkloadCertificate | None = None
     failures: int = 0
+    backoff: int = 0  # failures since the last success or expiry: what the retry delay grows on
     retry_at: datetime | None = None
     last_error: str = ""
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -123,6 +124,11 @@ class CertificateManager:
                 )
                 slot.cert = None
                 slot.ready.clear()
+                # Retries quickened near the expiry (schedule.retry_delay); without a
+                # certificate they start over from the first delay, not from where that left
+                # the exponent — a CA back a moment later must not wait minutes.
+                slot.backoff = 0
+                slot.retry_at = self.clock() + schedule.retry_delay(1, self.jitter())
                 for callback in self.on_expired:
                     callback(identity)
             validity = slot.cert.validity if slot.cert else None
@@ -136,8 +142,11 @@ class CertificateManager:
                 issued = await self.ca.sign(identity, key, self.ttl_s)
         except CaError as exc:
             slot.failures += 1
+            slot.backoff += 1
             slot.last_error = str(exc)
-            slot.retry_at = self.clock() + schedule.retry_delay(slot.failures, self.jitter())
+            now = self.clock()
+            left = slot.cert.validity.not_after - now if slot.cert else None
+            slot.retry_at = now + schedule.retry_delay(slot.backoff, self.jitter(), left)
             keep = "keeping the current one" if self.current(identity) else "none held"
             log.warning(
                 "certificate for %s failed (%d in a row, %s): %s",
@@ -158,7 +167,7 @@ class CertificateManager:
             ),
             issued.leaf.serial_number,
         )
-        slot.failures, slot.retry_at, slot.last_error = 0, None, ""
+        slot.failures, slot.backoff, slot.retry_at, slot.last_error = 0, 0, None, ""
         slot.ready.set()
         log.info(
             "certificate for %s: serial %x, valid until %s",

@@ -44,11 +44,16 @@ def usable(validity: Validity, now: datetime) -> bool:
     return validity.not_before - CLOCK_SKEW <= now < validity.not_after
 
 
-def retry_delay(failures: int, jitter: float) -> timedelta:
+def retry_delay(failures: int, jitter: float, left: timedelta | None = None) -> timedelta:
     """Delay after the n-th consecutive failure (n ≥ 1); `jitter` in [0, 1) spreads it over
-    [d/2, d) ("equal jitter")."""
+    [d/2, d) ("equal jitter"). `left`: the validity left on the certificate still held; the
+    delay never exceeds a quarter of it, so that once the CA is back the renewal lands before
+    the expiry instead of after it (a 24 h certificate keeps the 150 s cap until its last
+    10 minutes)."""
     exponent = min(max(failures - 1, 0), 32)
     base = min(RETRY_INITIAL * (1 << exponent), RETRY_CAP)
+    if left is not None:
+        base = max(min(base, left / 4), RETRY_INITIAL)
     return base / 2 + base / 2 * jitter
 
 

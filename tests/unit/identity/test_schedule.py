@@ -64,6 +64,25 @@ def test_retry_backoff_is_capped_and_jittered(failures: int, jitter: float, seco
     assert schedule.retry_delay(failures, jitter).total_seconds() == pytest.approx(seconds, 1e-5)
 
 
+@pytest.mark.parametrize(
+    ("failures", "left_s", "seconds"),
+    [
+        (20, 86_400.0, 75.0),  # a day left: the usual cap
+        (20, 600.0, 75.0),  # 10 minutes left: a quarter of it, 150 s, still the cap
+        (20, 100.0, 12.5),  # 100 s left: at most 25 s
+        (5, 8.0, 1.0),  # 8 s left: at most 2 s
+        (5, 0.4, 0.25),  # nearly expired: never below the first retry's
+    ],
+)
+def test_retries_quicken_as_the_held_certificate_nears_expiry(
+    failures: int, left_s: float, seconds: float
+) -> None:
+    """A still-valid certificate must be renewed before it expires once the CA is back: the
+    backoff never waits more than a quarter of the validity left."""
+    delay = schedule.retry_delay(failures, 0.0, timedelta(seconds=left_s))
+    assert delay.total_seconds() == pytest.approx(seconds, 1e-5)
+
+
 def test_wakeup_without_a_cert_is_now() -> None:
     assert schedule.next_wakeup(None, None, NOW) == NOW
 
