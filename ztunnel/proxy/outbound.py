@@ -136,17 +136,21 @@ class OutboundProxy(ProxyCore):
         principal = plan.src.identity.principal
         labels = _labels_for("source", plan.src, plan.dst, principal, True, service=_service(plan))
         authority = p.format_authority(*plan.target)
-        # A draining peer refuses new streams (REFUSED_STREAM: not processed, safe to retry,
-        # RFC 9113 §8.7): retry on another connection. Twice, not once: a connection dialed
-        # in the instant the peer stopped listening may still have been accepted by it
-        # (caught under load: 1 in ~5000 new connections across a restart failed).
+        # Retried on another connection, when the request was certainly not served: the peer
+        # refused the stream (REFUSED_STREAM while draining, RFC 9113 §8.7), or the connection
+        # ended before any answer (a peer that finished draining and closed). Nothing of the
+        # client's was sent yet: its bytes wait for the 200. Two retries, not one: a connection
+        # dialed in the instant the peer stopped listening may still have been accepted by it.
         for _ in range(1 + REFUSED_RETRIES):
             conn = await self.pool.get(key)
             tunnel = Tunnel()
             stream_id = conn.open_stream(authority, {"forwarded": f'for="{acc.src_ip}"'}, tunnel)
             async with asyncio.timeout(RESPONSE_TIMEOUT_S):
                 status = await tunnel.response
-            if status == 0 and tunnel.reset_code == ErrorCodes.REFUSED_STREAM:
+            unanswered = status == 0 and (
+                tunnel.reset_code == ErrorCodes.REFUSED_STREAM or not conn.usable
+            )
+            if unanswered:
                 conn.retired = True
                 continue
             break
