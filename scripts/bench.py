@@ -218,21 +218,13 @@ class Bench:
             "relay": ("bdirect/cli", "127.0.0.1", "25201"),
         }
 
+    def pingpong(self, pod: str, *args: str, check: bool = True) -> str:
+        """`samples.pingpong` run inside a pod (the load generator of every latency row)."""
+        return self.ctl("exec", pod, "--", "python3", "-m", "samples.pingpong", *args, check=check)
+
     def wait_serving(self, pod: str, host: str, port: str, path: str) -> None:
         for _ in range(100):
-            out = self.ctl(
-                "exec",
-                pod,
-                "--",
-                "python3",
-                "-m",
-                "samples.pingpong",
-                "rtt",
-                host,
-                port,
-                "10",
-                check=False,
-            )
+            out = self.pingpong(pod, "rtt", host, port, "10", check=False)
             if out.startswith("{"):
                 return
             time.sleep(0.2)
@@ -287,11 +279,7 @@ class Bench:
     def latency(self, path: str) -> dict[str, float]:
         pod, host, port = self.paths("9000", "19000")[path]
         count = "1000" if self.quick else "5000"
-        result: dict[str, float] = json.loads(
-            self.ctl(
-                "exec", pod, "--", "python3", "-m", "samples.pingpong", "rtt", host, port, count
-            )
-        )
+        result: dict[str, float] = json.loads(self.pingpong(pod, "rtt", host, port, count))
         return result
 
     def connrate(self, path: str) -> dict[str, float]:
@@ -302,20 +290,9 @@ class Bench:
         seconds = "1.5" if self.quick else "5"
 
         def run(workers: str) -> dict[str, float]:
-            out = self.ctl(
-                "exec",
-                pod,
-                "--",
-                "python3",
-                "-m",
-                "samples.pingpong",
-                "connrate",
-                host,
-                port,
-                seconds,
-                workers,
+            result: dict[str, float] = json.loads(
+                self.pingpong(pod, "connrate", host, port, seconds, workers)
             )
-            result: dict[str, float] = json.loads(out)
             return result
 
         serial = run("1")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
 from api.objects import Obj, ObjectRef
 from localcluster.store import ObjectSet
@@ -88,11 +88,6 @@ class Cache:
 class ClusterSource(Protocol):
     """Fills a cache until cancelled; recovers from its own errors (backoff, relist)."""
 
-    name: str
     kinds: frozenset[str]
 
     async def run(self, cache: Cache) -> None: ...
-
-
-def summary(objects: ObjectSet, kinds: Iterable[str]) -> dict[str, Any]:
-    return {kind: len(objects.list(kind)) for kind in sorted(kinds)}

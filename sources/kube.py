@@ -121,8 +121,6 @@ class _Backoff:
 
 
 class KubeSource:
-    name = "kubernetes"
-
     def __init__(
         self,
         api: ApiClient,

@@ -17,7 +17,6 @@ POLL_S = 0.05
 
 
 class LocalSource:
-    name = "local"
     kinds = frozenset(KINDS)
 
     def __init__(self, store: ClusterStore, poll_s: float = POLL_S) -> None:

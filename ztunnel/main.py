@@ -140,23 +140,23 @@ class Ztunnel:
         bundle = self.bundle_path
         if self.manager is not None or not bundle.exists():
             return
-        host, _, port = self.settings.controller.partition(":")
+        host, _, port_s = self.settings.controller.partition(":")
+        port = int(port_s or ports.CONTROLLER)
+        bundle_pem = [bundle.read_text()]
         path = self.token_path
 
         def token() -> str:
             return path.read_text().strip()
 
         controller = controller_identity(self.trust_domain)
-        ca = CaClient(
-            host, int(port or ports.CONTROLLER), token, [bundle.read_text()], controller=controller
-        )
+        ca = CaClient(host, port, token, bundle_pem, controller=controller)
         self.manager = CertificateManager(ca, ttl_s=self.ttl_s)
         if self.watcher is None:
             self.config = ConfigClient(
                 host,
-                int(port or ports.CONTROLLER),
+                port,
                 token,
-                [bundle.read_text()],
+                bundle_pem,
                 controller=controller,
                 on_update=self.on_config,
                 metrics=self.config_metrics,

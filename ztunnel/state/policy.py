@@ -17,9 +17,9 @@ connection. Pure: no I/O, no clock. Semantics are Istio's (security.istio.io/v1)
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from api.ambient import ROOT_NAMESPACE
 from api.objects import Obj
@@ -64,6 +64,8 @@ class Decision:
 
 
 Matcher = Callable[[Connection], bool]
+T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
 
 
 def string_match(pattern: str, value: str | None) -> bool:
@@ -183,15 +185,26 @@ def _compile_rule(rule: Mapping[str, Any], deny: bool) -> Matcher | None:
         for k in L7_OPERATION:
             o.pop(k, None)
     conditions = [w for w in conditions if w.get("key") in L4_CONDITIONS]
-    from_any = [_field_matchers(s) for s in sources]
-    to_any = [_field_matchers(o) for o in operations]
-    when_all = [_condition(w) for w in conditions]
+    return rule_matcher(
+        [_field_matchers(s) for s in sources],
+        [_field_matchers(o) for o in operations],
+        [_condition(w) for w in conditions],
+    )
 
-    def match(c: Connection) -> bool:
+
+def rule_matcher(
+    from_any: list[list[Callable[[T], bool]]],
+    to_any: list[list[Callable[[T], bool]]],
+    when_all: list[Callable[[T], bool]],
+) -> Callable[[T], bool]:
+    """A rule (shared with the waypoint's L7 rules): one `from` entry whose fields all match
+    (or none given), one `to` entry likewise, and every `when` condition."""
+
+    def match(subject: T) -> bool:
         return (
-            (not from_any or any(all(m(c) for m in ms) for ms in from_any))
-            and (not to_any or any(all(m(c) for m in ms) for ms in to_any))
-            and all(m(c) for m in when_all)
+            (not from_any or any(all(m(subject) for m in ms) for ms in from_any))
+            and (not to_any or any(all(m(subject) for m in ms) for ms in to_any))
+            and all(m(subject) for m in when_all)
         )
 
     return match
@@ -238,15 +251,33 @@ def evaluate(
     c: Connection,
     root: str = ROOT_NAMESPACE,
 ) -> Decision:
-    applicable = [p for p in policies if p.selects(namespace, labels, root)]
+    return decide([p for p in policies if p.selects(namespace, labels, root)], c)
+
+
+class Judged(Protocol[T_contra]):
+    """A compiled policy, L4 or L7 (frozen dataclasses: read-only fields)."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def error(self) -> str: ...
+
+    def matches(self, subject: T_contra, /) -> bool: ...
+
+
+def decide(applicable: Sequence[Judged[T]], subject: T) -> Decision:
+    """Istio's order over the policies that apply (shared with the waypoint): a matching DENY
+    denies; else, when ALLOW policies apply, one must match; else allow."""
     for p in applicable:
-        if p.action == "DENY" and p.matches(c):
+        if p.action == "DENY" and p.matches(subject):
             return Decision(False, p.key, "policy_invalid" if p.error else "denied_by_policy")
     allows = [p for p in applicable if p.action == "ALLOW"]
     if not allows:
         return Decision(True, "", "no_policy")
     for p in allows:
-        if p.matches(c):
+        if p.matches(subject):
             return Decision(True, p.key, "allowed_by_policy")
     return Decision(False, "", "no_allow_match")
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from api.objects import Obj
-from ztunnel.state.policy import Decision, namespace_of, string_match
+from ztunnel.state.policy import Decision, decide, namespace_of, rule_matcher, string_match
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 UNSUPPORTED_SOURCE = ("requestPrincipals", "notRequestPrincipals")
@@ -152,18 +152,11 @@ def _compile_rule(rule: Mapping[str, Any], deny: bool) -> Matcher | None:
         for k in UNSUPPORTED_SOURCE:
             s.pop(k, None)
     conditions = [w for w in conditions if not str(w.get("key", "")).startswith("request.auth.")]
-    from_any = [_fields(s) for s in sources]
-    to_any = [_fields(o) for o in operations]
-    when_all = [_condition(w) for w in conditions]
-
-    def match(r: Request) -> bool:
-        return (
-            (not from_any or any(all(m(r) for m in ms) for ms in from_any))
-            and (not to_any or any(all(m(r) for m in ms) for ms in to_any))
-            and all(m(r) for m in when_all)
-        )
-
-    return match
+    return rule_matcher(
+        [_fields(s) for s in sources],
+        [_fields(o) for o in operations],
+        [_condition(w) for w in conditions],
+    )
 
 
 @dataclass(frozen=True)
@@ -218,14 +211,4 @@ def evaluate_l7(
 ) -> Decision:
     """The decision for one request through the waypoint `namespace/gateway`, whose destination
     is `service` (a Service of that namespace) or a workload (None)."""
-    bound = [p for p in policies if p.binds(namespace, gateway, service)]
-    for p in bound:
-        if p.action == "DENY" and p.matches(r):
-            return Decision(False, p.key, "policy_invalid" if p.error else "denied_by_policy")
-    allows = [p for p in bound if p.action == "ALLOW"]
-    if not allows:
-        return Decision(True, "", "no_policy")
-    for p in allows:
-        if p.matches(r):
-            return Decision(True, p.key, "allowed_by_policy")
-    return Decision(False, "", "no_allow_match")
+    return decide([p for p in policies if p.binds(namespace, gateway, service)], r)

@@ -21,6 +21,7 @@ from api.spiffe import controller_identity
 from controller.config.compile import Mesh, compile_mesh
 from controller.main import Controller, Settings
 from localcluster.store import ClusterInfo, ClusterStore
+from tests.unit.identity.test_ca_service import running
 from ztunnel.config.client import ClientMetrics, ConfigClient
 
 TOKENS = {"node1": "token-node-1", "node2": "token-node-2"}
@@ -92,15 +93,9 @@ class Proxy:
 
 @contextlib.asynccontextmanager
 async def controller(port: int = 0) -> AsyncIterator[Controller]:
-    c = Controller(Settings("c", listen="127.0.0.1", ca_port=port, metrics_port=0))
-    stop = asyncio.Event()
-    task = asyncio.create_task(c.run(stop))
-    await asyncio.wait_for(c.started.wait(), 10)
-    try:
+    settings = Settings("c", listen="127.0.0.1", ca_port=port, metrics_port=0)
+    async with running(Controller(settings)) as c:
         yield c
-    finally:
-        stop.set()
-        await task
 
 
 async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -20,6 +20,7 @@ from controller.ca.tokenreview import NODE_NAME, TokenReviewer
 from controller.main import Controller, KubernetesMode, Settings
 from sources.kube import KubeSource
 from tests.fakekube import FakeKube, serving
+from tests.unit.identity.test_ca_service import running
 from ztunnel.config.client import ClientMetrics, ConfigClient
 from ztunnel.identity.caclient import CaClient, CaError
 
@@ -63,45 +64,43 @@ def test_controller_on_kubernetes_serves_config_and_certificates(tmp_path: Path)
                     "cluster.local", 3600, TokenReviewer(api, "ambientmesh-system")
                 ),
             )
-            controller = Controller(settings)
-            stop = asyncio.Event()
-            task = asyncio.create_task(controller.run(stop))
-            await controller.started.wait()
-            port = controller.ports["ca"]
-            got: dict[str, Resource] = {}
-            client = ConfigClient(
-                "127.0.0.1",
-                port,
-                "zt-n1",
-                bundle,
-                controller=controller_identity("cluster.local"),
-                on_update=lambda resources, _: got.update(resources) or None,
-                metrics=ClientMetrics(CollectorRegistry()),
-            )
-            streaming = asyncio.create_task(client.run())
-            try:
-                await _until(lambda: "workload/uid-a" in got)
-                await fake.put(PODS, pod("b", "n2", "10.244.2.3"))  # a watch event
-                await _until(lambda: "workload/uid-b" in got)
-                assert controller.config.status()["proxies"][0]["node"] == "n1"
+            async with running(Controller(settings)) as controller:
+                await exercise(fake, controller)
 
-                def ca(token: str) -> CaClient:
-                    identity = controller_identity("cluster.local")
-                    return CaClient("127.0.0.1", port, token, bundle, controller=identity)
+    async def exercise(fake: FakeKube, controller: Controller) -> None:
+        port = controller.ports["ca"]
+        got: dict[str, Resource] = {}
+        client = ConfigClient(
+            "127.0.0.1",
+            port,
+            "zt-n1",
+            bundle,
+            controller=controller_identity("cluster.local"),
+            on_update=lambda resources, _: got.update(resources) or None,
+            metrics=ClientMetrics(CollectorRegistry()),
+        )
+        streaming = asyncio.create_task(client.run())
+        try:
+            await _until(lambda: "workload/uid-a" in got)
+            await fake.put(PODS, pod("b", "n2", "10.244.2.3"))  # a watch event
+            await _until(lambda: "workload/uid-b" in got)
+            assert controller.config.status()["proxies"][0]["node"] == "n1"
 
-                a = SpiffeId("cluster.local", "demo", "a")
-                issued = await ca("zt-n1").sign(a, authority.new_key(), 600)
-                assert issued.leaf is not None
-                with pytest.raises(CaError, match="NodeNotAuthorized"):
-                    await ca("zt-n2").sign(a, authority.new_key(), 600)
-                with pytest.raises(CaError, match="Unauthenticated"):
-                    await ca("forged").sign(a, authority.new_key(), 600)
-            finally:
-                streaming.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await streaming
-                stop.set()
-                await task
+            def ca(token: str) -> CaClient:
+                identity = controller_identity("cluster.local")
+                return CaClient("127.0.0.1", port, token, bundle, controller=identity)
+
+            a = SpiffeId("cluster.local", "demo", "a")
+            issued = await ca("zt-n1").sign(a, authority.new_key(), 600)
+            assert issued.leaf is not None
+            with pytest.raises(CaError, match="NodeNotAuthorized"):
+                await ca("zt-n2").sign(a, authority.new_key(), 600)
+            with pytest.raises(CaError, match="Unauthenticated"):
+                await ca("forged").sign(a, authority.new_key(), 600)
+        finally:
+            streaming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await streaming
 
     asyncio.run(main())
 
