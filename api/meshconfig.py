@@ -2,7 +2,9 @@
 
 A resource is a JSON object with a `type` and a `key` unique within the type:
   workload      uid, name, namespace, serviceAccount, node, ip, labels, enrolled, waypoint
-  service       namespace/name, vips, ports [{port, targetPort}], endpoints [workload uid]
+  service       namespace/name, vips, ports [{port, targetPort, protocol}], endpoints [uid]
+  waypoint      namespace/name, serviceAccount, addresses [pod IP] (a Gateway of class
+                istio-waypoint and the ready pods that serve it)
   policy        namespace/name, spec (an AuthorizationPolicy spec; the proxy builds matchers)
   peerauth      namespace/name, spec (a PeerAuthentication spec)
 
@@ -20,7 +22,8 @@ from typing import Any
 from api import names
 
 Resource = dict[str, Any]
-TYPES = ("workload", "service", "policy", "peerauth")
+TYPES = ("workload", "service", "waypoint", "policy", "peerauth")
+PROTOCOLS = ("", "http", "http2", "tcp")  # a service port's application protocol ("" unknown)
 MAX_RESOURCES = 200_000  # 10 000 pods + services + policies, with 10x room
 MAX_LABELS = 64
 MAX_ENDPOINTS = 10_000
@@ -87,10 +90,22 @@ def _service(res: Mapping[str, Any]) -> None:
             raise ConfigError("ports: want {port, targetPort} objects")
         _port(p.get("port"), "ports.port")
         _port(p.get("targetPort"), "ports.targetPort")
+        if p.get("protocol", "") not in PROTOCOLS:
+            raise ConfigError(f"ports.protocol: want one of {PROTOCOLS}")
     if not isinstance(endpoints, list) or len(endpoints) > MAX_ENDPOINTS:
         raise ConfigError(f"endpoints: want a list of at most {MAX_ENDPOINTS} workload uids")
     if not all(isinstance(e, str) for e in endpoints):
         raise ConfigError("endpoints: want workload uids")
+
+
+def _waypoint(res: Mapping[str, Any]) -> None:
+    for name in ("name", "namespace", "serviceAccount"):
+        _string(res, name)
+    addresses = res.get("addresses")
+    if not isinstance(addresses, list) or len(addresses) > MAX_LABELS:
+        raise ConfigError(f"addresses: want a list of at most {MAX_LABELS} IPs")
+    for address in addresses:
+        _ip(address, "addresses")
 
 
 def _spec(res: Mapping[str, Any]) -> None:
@@ -100,7 +115,13 @@ def _spec(res: Mapping[str, Any]) -> None:
         raise ConfigError("spec: want an object")
 
 
-_CHECKS = {"workload": _workload, "service": _service, "policy": _spec, "peerauth": _spec}
+_CHECKS = {
+    "workload": _workload,
+    "service": _service,
+    "waypoint": _waypoint,
+    "policy": _spec,
+    "peerauth": _spec,
+}
 
 
 def validate(res: object) -> Resource:

@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from api import names
+from api import names, ports
+from api.ambient import WAYPOINT_CLASS
 from api.errors import ObjectError
 
 Obj = dict[str, Any]
@@ -180,6 +181,33 @@ def _validate_peer_authentication(obj: Obj, c: _Checker) -> None:
             c.fail(f"{field}.mode", f"must be one of {', '.join(MTLS_MODES)}")
 
 
+GATEWAY_VERSIONS = frozenset({"gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1"})
+
+
+def _validate_gateway(obj: Obj, c: _Checker) -> None:
+    """Gateway API's required fields; a waypoint (class `istio-waypoint`) needs its HBONE
+    listener, as Istio's `istioctl waypoint generate` writes it."""
+    spec = c.mapping("spec", obj.get("spec"), required=True)
+    cls = spec.get("gatewayClassName")
+    c.check("spec.gatewayClassName", names.dns_subdomain(cls))
+    listeners = c.seq("spec.listeners", spec.get("listeners"))
+    if not listeners:
+        c.fail("spec.listeners", "must list at least one listener")
+    for i, value in enumerate(listeners):
+        listener = c.mapping(f"spec.listeners[{i}]", value, required=True)
+        c.check(f"spec.listeners[{i}].name", names.dns_label(listener.get("name")))
+        c.port(f"spec.listeners[{i}].port", listener.get("port"))
+        if not isinstance(listener.get("protocol"), str):
+            c.fail(f"spec.listeners[{i}].protocol", "must be a string")
+    if cls == WAYPOINT_CLASS and not any(
+        isinstance(v, Mapping) and v.get("protocol") == "HBONE" and v.get("port") == ports.HBONE
+        for v in listeners
+    ):
+        c.fail(
+            "spec.listeners", f"a waypoint needs a listener on {ports.HBONE} with protocol HBONE"
+        )
+
+
 @dataclass(frozen=True)
 class Kind:
     """What we know of one kind: accepted apiVersions, scope, plural, spec validator."""
@@ -211,6 +239,7 @@ KINDS: dict[str, Kind] = {
             "peerauthentications",
             _validate_peer_authentication,
         ),
+        Kind("Gateway", GATEWAY_VERSIONS, True, "gateways", _validate_gateway),
     )
 }
 

@@ -22,10 +22,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from api import ports
+from api.ambient import waypoint_of
+from api.objects import Obj
 from api.spiffe import controller_identity
 from common import http1, tls
 from controller.ca import authority
-from controller.ca.nodeauth import Authenticator, NodeTokens
+from controller.ca.nodeauth import Authenticator, LocalTokens
 from controller.ca.refusal import Refusal
 from controller.ca.service import CaMetrics, CaService
 from controller.ca.tokenreview import TokenReviewer
@@ -89,7 +91,9 @@ def _local_mode(settings: Settings) -> tuple[KubernetesMode, authority.CaMateria
         path = store.node_token_path(node_name(i))
         if path.exists():
             tokens[node_name(i)] = path.read_text().strip()
-    facts = KubernetesMode(info.trust_domain, info.workload_cert_ttl_s, NodeTokens(tokens))
+    key = store.pod_token_key_path
+    authn = LocalTokens(tokens, key.read_text().strip().encode() if key.exists() else None)
+    facts = KubernetesMode(info.trust_domain, info.workload_cert_ttl_s, authn)
     return facts, material
 
 
@@ -120,17 +124,25 @@ class Controller:
         self.ports: dict[str, int] = {}
         self.started = asyncio.Event()
 
-    def _pods(self) -> list[dict[str, object]]:
+    def _pods(self) -> list[Obj]:
         current = self.cache.current()
         return current.list("Pod") if current else []  # not synced: no pod is known yet
 
     async def _authenticate(self, headers: dict[str, str]) -> Proxy | None:
+        """A node's ztunnel, or a waypoint's pod (a pod with the Gateway label Istio puts on
+        waypoint pods); any other pod gets no config (it would learn the whole mesh)."""
         await self.tokens.review(headers.get("authorization"))
         try:
-            node = self.tokens.authenticate(headers.get("authorization"))
+            caller = self.tokens.authenticate(headers.get("authorization"))
         except Refusal:
             return None
-        return Proxy("ztunnel", node)
+        if caller.node:
+            return Proxy("ztunnel", caller.node)
+        pod = next((p for p in self._pods() if p["metadata"].get("uid") == caller.pod_uid), None)
+        gateway = waypoint_of(pod) if pod else None
+        if pod is None or gateway is None:
+            return None
+        return Proxy("waypoint", f"{pod['metadata']['namespace']}/{gateway}")
 
     def _serving_pair(self) -> tuple[list[str], bytes]:
         key = authority.new_key()

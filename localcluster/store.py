@@ -191,6 +191,15 @@ class ClusterStore:
         return self.root / "nodes" / node / "token"
 
     @property
+    def pod_token_key_path(self) -> Path:
+        """The key pod tokens are signed with (0600; `controller.ca.nodeauth.pod_token`)."""
+        return self.root / "nodes" / "pod-token.key"
+
+    def pod_token_path(self, namespace: str, name: str) -> Path:
+        """A pod's token for the CA and config stream (0600), as a projected SA token."""
+        return self.pod_dir(namespace, name) / "token"
+
+    @property
     def ca_dir(self) -> Path:
         """The local CA's material (the key is 0600); `root-cert.pem` is the trust bundle."""
         return self.root / "ca"

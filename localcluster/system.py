@@ -88,15 +88,21 @@ def find(cluster: str, plans: list[NodePlan], name: str) -> Component | None:
 
 
 def ensure_tokens(store: ClusterStore, plans: list[NodePlan]) -> None:
-    """One bootstrap token per node (0600), the credential its ztunnel shows the CA."""
-    for plan in plans:
-        path = store.node_token_path(plan.name)
+    """One bootstrap token per node (0600), the credential its ztunnel shows the CA, and the
+    key pod tokens are signed with."""
+    for path in [*(store.node_token_path(p.name) for p in plans), store.pod_token_key_path]:
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = path.with_suffix(".tmp")
-            tmp.touch(mode=0o600)
-            tmp.write_text(secrets.token_urlsafe(32))
-            tmp.replace(path)
+            write_secret(path, secrets.token_urlsafe(32))
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Atomically, 0600 from the first byte."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.touch(mode=0o600)
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def log_path(store: ClusterStore, name: str) -> Path:

@@ -1,7 +1,7 @@
 """The signing service: one request in, a certificate chain or a named refusal out.
 
 Wire format (HTTP/1.1 + JSON over TLS on the controller's port 15012; see ARCHITECTURE.md):
-  POST /v1/certificates   Authorization: Bearer <node token>
+  POST /v1/certificates   Authorization: Bearer <node or pod token>
   {"identity": "spiffe://td/ns/N/sa/S", "csr": "<PEM>", "ttlSeconds": 86400}
   200 {"certChain": ["<leaf PEM>", "<issuer PEM>", ...], "trustBundle": ["<root PEM>", ...]}
   4xx {"reason": "<Reason>", "message": "..."}
@@ -80,7 +80,7 @@ class CaService:
         return HTTPStatus.OK, result
 
     def _sign(self, authorization: str | None, body: bytes) -> dict[str, Any]:
-        node = self.tokens.authenticate(authorization)
+        caller = self.tokens.authenticate(authorization)
         try:
             request = json.loads(body)
         except ValueError as exc:
@@ -90,10 +90,14 @@ class CaService:
         identity = csr.parse_identity(request.get("identity"), self.trust_domain)
         public_key = csr.check_csr(request.get("csr"), identity)
         ttl = self._ttl(request.get("ttlSeconds"))
-        nodeauth.authorize(self.pods(), node, identity)
+        nodeauth.authorize(self.pods(), caller, identity)
         leaf = authority.sign_leaf(self.material, public_key, identity, ttl, self.clock())
         log.info(
-            "issued %s to node %s (serial %x, ttl %s)", identity, node, leaf.serial_number, ttl
+            "issued %s to %s (serial %x, ttl %s)",
+            identity,
+            f"node {caller.node}" if caller.node else f"pod {caller.pod_uid}",
+            leaf.serial_number,
+            ttl,
         )
         return {
             "certChain": [authority.pem(leaf), *self.material.chain_pem()],

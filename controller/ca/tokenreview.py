@@ -1,9 +1,11 @@
-"""Kubernetes-mode authentication: which node a ztunnel's ServiceAccount token speaks for.
+"""Kubernetes-mode authentication: who a projected ServiceAccount token (audience `ambientmesh`)
+speaks for, asked of the API server (TokenReview).
 
-The ztunnel DaemonSet mounts a projected token (audience `ambientmesh`); the controller asks the
-API server to review it (TokenReview) and takes the node from the token's pod binding
-(`authentication.kubernetes.io/node-name`, Kubernetes ≥ 1.30) — Istio's CA authorizes ztunnel
-CSRs the same way. Only the `ztunnel` ServiceAccount of the mesh's namespace is accepted.
+- The `ztunnel` ServiceAccount of the mesh's namespace speaks for a node, taken from the token's
+  pod binding (`authentication.kubernetes.io/node-name`, Kubernetes ≥ 1.30) — Istio's CA
+  authorizes ztunnel CSRs the same way.
+- Any other pod-bound token speaks for its pod (`.../pod-uid`): a waypoint asking for its own
+  identity.
 Reviews are cached for 60 s by token digest (a token is valid far longer), so a burst of CSRs
 costs one review.
 """
@@ -17,13 +19,14 @@ from typing import Any
 
 from kubernetes_asyncio.client import ApiClient
 
-from controller.ca.nodeauth import digest
+from controller.ca.nodeauth import Caller, bearer, digest
 from controller.ca.refusal import Reason, Refusal
 
 log = logging.getLogger("controller.tokenreview")
 
 AUDIENCE = "ambientmesh"
 NODE_NAME = "authentication.kubernetes.io/node-name"
+POD_UID = "authentication.kubernetes.io/pod-uid"
 CACHE_S = 60.0
 MAX_CACHED = 10_000  # one per node-token; bounded against a flood of distinct junk tokens
 
@@ -39,12 +42,15 @@ class TokenReviewer:
         self.api = api
         self.username = f"system:serviceaccount:{namespace}:{serviceaccount}"
         self.clock = clock
-        self._cache: dict[bytes, tuple[str, float]] = {}
+        self._cache: dict[bytes, tuple[Caller, float]] = {}
 
     async def review(self, authorization: str | None) -> None:
         """Ask the API server about a token not reviewed recently; `authenticate` answers."""
-        token = _bearer(authorization)
-        if token is None or self._cached(digest(token)) is not None:
+        try:
+            token = bearer(authorization)
+        except Refusal:
+            return
+        if self._cached(digest(token)) is not None:
             return
         body = {
             "apiVersion": "authentication.k8s.io/v1",
@@ -66,37 +72,36 @@ class TokenReviewer:
         except Exception as exc:
             log.warning("TokenReview failed: %s", exc)
             return
-        node = self._node_of(reply.get("status") or {})
-        if node is not None:
+        caller = self._caller_of(reply.get("status") or {})
+        if caller is not None:
             if len(self._cache) >= MAX_CACHED:
                 self._cache.clear()
-            self._cache[digest(token)] = (node, self.clock() + CACHE_S)
+            self._cache[digest(token)] = (caller, self.clock() + CACHE_S)
 
-    def _node_of(self, status: dict[str, Any]) -> str | None:
+    def _caller_of(self, status: dict[str, Any]) -> Caller | None:
         user = status.get("user") or {}
-        if not status.get("authenticated") or user.get("username") != self.username:
+        if not status.get("authenticated"):
             return None
         if AUDIENCE not in (status.get("audiences") or [AUDIENCE]):
             return None
-        nodes = (user.get("extra") or {}).get(NODE_NAME) or []
-        return str(nodes[0]) if len(nodes) == 1 else None
+        extra = user.get("extra") or {}
+        bound = extra.get(NODE_NAME if user.get("username") == self.username else POD_UID) or []
+        if len(bound) != 1:
+            return None
+        return (
+            Caller(node=str(bound[0]))
+            if user.get("username") == self.username
+            else (Caller(pod_uid=str(bound[0])))
+        )
 
-    def _cached(self, key: bytes) -> str | None:
+    def _cached(self, key: bytes) -> Caller | None:
         entry = self._cache.get(key)
         if entry is None or entry[1] < self.clock():
             return None
         return entry[0]
 
-    def authenticate(self, authorization: str | None) -> str:
-        token = _bearer(authorization)
-        if token is None:
-            raise Refusal(Reason.UNAUTHENTICATED, "missing bearer token")
-        node = self._cached(digest(token))
-        if node is None:
+    def authenticate(self, authorization: str | None) -> Caller:
+        caller = self._cached(digest(bearer(authorization)))
+        if caller is None:
             raise Refusal(Reason.UNAUTHENTICATED, "token not accepted by TokenReview")
-        return node
-
-
-def _bearer(authorization: str | None) -> str | None:
-    scheme, _, token = (authorization or "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+        return caller

@@ -5,6 +5,10 @@ What a proxy gets (DESIGN "Config distribution"; the issue asks to document the 
   without labels, which only local policy selection needs), every service, and the policies and
   PeerAuthentications of the root namespace and of the namespaces that have a pod on its node;
 - a waypoint: everything.
+Every proxy gets the waypoints (a Gateway of class istio-waypoint, its ready pods' addresses and
+their ServiceAccount). A workload is fronted by the waypoint its pod, else its namespace, else a
+Service selecting it names with `istio.io/use-waypoint` (in its own namespace); waypoint pods
+never are.
 At 10 000 pods that is ~10 000 x ~230 B ≈ 2.3 MiB per ztunnel snapshot, sent once per
 (re)connect; afterwards a pod change costs one ~230 B upsert to every ztunnel. Istio's ztunnel
 makes the same trade (full WDS; on-demand lookups are optional).
@@ -15,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from api.ambient import ROOT_NAMESPACE, USE_WAYPOINT, enrolled
+from api.ambient import ROOT_NAMESPACE, WAYPOINT_CLASS, enrolled, use_waypoint, waypoint_of
 from api.meshconfig import Resource, key_of
 from api.objects import Obj
 from localcluster.store import ObjectSet
@@ -24,7 +28,7 @@ from localcluster.store import ObjectSet
 @dataclass(frozen=True)
 class Proxy:
     kind: str  # "ztunnel" | "waypoint"
-    node: str = ""  # a ztunnel's node
+    node: str = ""  # a ztunnel's node; a waypoint's Gateway ("namespace/name")
 
 
 def _labels(obj: Obj | None) -> dict[str, str]:
@@ -37,11 +41,20 @@ def _ready(pod: Obj) -> bool:
     return all(c.get("status") == "True" for c in conditions if c.get("type") == "Ready")
 
 
-def _workload(pod: Obj, namespace: Obj | None) -> Resource | None:
+def _selects(svc: Obj, pod: Obj) -> bool:
+    selector = (svc.get("spec") or {}).get("selector") or {}
+    return bool(selector) and all(_labels(pod).get(k) == v for k, v in selector.items())
+
+
+def _workload(pod: Obj, namespace: Obj | None, services: Iterable[Obj]) -> Resource | None:
+    """`services`: those of the pod's namespace."""
     meta, spec, status = pod["metadata"], pod["spec"], pod.get("status") or {}
     if not status.get("podIP") or spec.get("hostNetwork"):
         return None  # host-network pods share the node's address: never mesh workloads
-    waypoint = _labels(pod).get(USE_WAYPOINT) or _labels(namespace).get(USE_WAYPOINT) or ""
+    waypoint = "" if waypoint_of(pod) else use_waypoint(pod, namespace)
+    if not waypoint and not waypoint_of(pod):
+        fronting = (use_waypoint(svc) for svc in services if _selects(svc, pod))
+        waypoint = min((w for w in fronting if w), default="")
     return {
         "type": "workload",
         "key": meta["uid"],
@@ -64,10 +77,7 @@ def _service(svc: Obj, pods: Iterable[Obj], namespace: Obj | None) -> Resource:
     endpoints = sorted(
         p["metadata"]["uid"]
         for p in pods
-        if selector
-        and (p.get("status") or {}).get("podIP")
-        and _ready(p)
-        and all(_labels(p).get(k) == v for k, v in selector.items())
+        if selector and (p.get("status") or {}).get("podIP") and _ready(p) and _selects(svc, p)
     )
     vip = spec.get("clusterIP")
     return {
@@ -77,12 +87,47 @@ def _service(svc: Obj, pods: Iterable[Obj], namespace: Obj | None) -> Resource:
         "namespace": meta["namespace"],
         "vips": [vip] if vip and vip != "None" else [],
         "ports": [
-            {"port": p["port"], "targetPort": p.get("targetPort", p["port"])}
+            {
+                "port": p["port"],
+                "targetPort": p.get("targetPort", p["port"]),
+                "protocol": _app_protocol(p),
+            }
             for p in spec.get("ports") or []
             if isinstance(p.get("targetPort", p["port"]), int)  # named ports: not yet resolved
         ],
         "endpoints": endpoints,
-        "waypoint": _labels(svc).get(USE_WAYPOINT) or _labels(namespace).get(USE_WAYPOINT) or "",
+        "waypoint": use_waypoint(svc, namespace),
+    }
+
+
+def _app_protocol(port: Obj) -> str:
+    """Istio's protocol selection: `appProtocol`, else the port name's prefix (`http-web`)."""
+    declared = str(port.get("appProtocol") or port.get("name") or "").lower()
+    family = declared.split("-", 1)[0].rsplit("/", 1)[-1]  # kubernetes.io/h2c → h2c
+    return {"http": "http", "http2": "http2", "grpc": "http2", "h2c": "http2", "tcp": "tcp"}.get(
+        family, ""
+    )
+
+
+def _waypoint(gateway: Obj, pods: Iterable[Obj]) -> Resource | None:
+    """`pods`: those of the Gateway's namespace."""
+    meta, spec = gateway["metadata"], gateway.get("spec") or {}
+    if spec.get("gatewayClassName") != WAYPOINT_CLASS:
+        return None
+    serving = [
+        p
+        for p in pods
+        if waypoint_of(p) == meta["name"] and (p.get("status") or {}).get("podIP") and _ready(p)
+    ]
+    accounts = {p["spec"].get("serviceAccountName") or "default" for p in serving}
+    return {
+        "type": "waypoint",
+        "key": f"{meta['namespace']}/{meta['name']}",
+        "name": meta["name"],
+        "namespace": meta["namespace"],
+        # Istio runs a waypoint as the ServiceAccount named after its Gateway.
+        "serviceAccount": accounts.pop() if len(accounts) == 1 else meta["name"],
+        "addresses": sorted(p["status"]["podIP"] for p in serving),
     }
 
 
@@ -111,15 +156,20 @@ def compile_mesh(objects: ObjectSet) -> Mesh:
     """Every resource of the mesh, by key."""
     namespaces = {ns["metadata"]["name"]: ns for ns in objects.list("Namespace")}
     pods_by_ns: dict[str, list[Obj]] = {}
+    services_by_ns: dict[str, list[Obj]] = {}
+    for svc in objects.list("Service"):
+        services_by_ns.setdefault(svc["metadata"]["namespace"], []).append(svc)
     out: list[Resource] = []
     for pod in objects.list("Pod"):
         ns = pod["metadata"]["namespace"]
         pods_by_ns.setdefault(ns, []).append(pod)
-        if w := _workload(pod, namespaces.get(ns)):
+        if w := _workload(pod, namespaces.get(ns), services_by_ns.get(ns, [])):
             out.append(w)
-    for svc in objects.list("Service"):
-        ns = svc["metadata"]["namespace"]
-        out.append(_service(svc, pods_by_ns.get(ns, []), namespaces.get(ns)))
+    for ns, services in services_by_ns.items():
+        out += [_service(svc, pods_by_ns.get(ns, []), namespaces.get(ns)) for svc in services]
+    for gateway in objects.list("Gateway"):
+        if wp := _waypoint(gateway, pods_by_ns.get(gateway["metadata"]["namespace"], [])):
+            out.append(wp)
     out += [_spec_resource("policy", o) for o in objects.list("AuthorizationPolicy")]
     out += [_spec_resource("peerauth", o) for o in objects.list("PeerAuthentication")]
     resources = {key_of(r): r for r in out}
@@ -145,7 +195,7 @@ def view(mesh: Mesh, proxy: Proxy) -> dict[str, Resource]:
         kind = res["type"]
         if kind == "workload" and res["node"] != proxy.node and key in mesh.remote:
             out[key] = mesh.remote[key]
-        elif kind in {"workload", "service"}:
+        elif kind in {"workload", "service", "waypoint"}:
             out[key] = res
         elif res["namespace"] in local_ns or res["namespace"] == ROOT_NAMESPACE:
             if kind == "policy" and (res["spec"].get("targetRefs") or res["spec"].get("targetRef")):

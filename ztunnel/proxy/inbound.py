@@ -143,7 +143,8 @@ class InboundProxy(ProxyCore):
         tunnel = Tunnel()
         conn.register(request.stream_id, tunnel)
         snap = self.snapshot()
-        src = snap.workload(src_ip) if snap else None
+        client = routing.original_source(plan, src_ip, principal, request.headers.get("forwarded"))
+        src = snap.workload(client) if snap else None
         labels = _labels_for("destination", src, plan.dst, principal, mtls=True)
 
         self._spawn(

@@ -128,11 +128,13 @@ class OutboundProxy(ProxyCore):
 
     async def _via_hbone(self, acc: _Accepted, plan: routing.Outbound) -> None:
         assert plan.src is not None
-        assert plan.dst is not None
         assert plan.target is not None
         await self.certs.get(plan.src.identity)  # fail closed: no cert, no tunnel
-        target = (plan.target[0], self.settings.hbone_target_port)
-        key = PoolKey(acc.src_ip, plan.src.identity, target, plan.dst.identity)
+        # Through a waypoint: to one of its pods, expecting its identity; else to the endpoint.
+        peer = plan.waypoint.identity if plan.waypoint else plan.dst.identity if plan.dst else None
+        assert peer is not None
+        target = (plan.hop or plan.target[0], self.settings.hbone_target_port)
+        key = PoolKey(acc.src_ip, plan.src.identity, target, peer)
         principal = plan.src.identity.principal
         labels = _labels_for("source", plan.src, plan.dst, principal, True, service=_service(plan))
         authority = p.format_authority(*plan.target)

@@ -50,11 +50,24 @@ class Service:
     ports: Mapping[int, int]  # service port → target port
     endpoints: tuple[str, ...]  # workload uids, ready ones
     waypoint: str = ""
+    protocols: Mapping[int, str] = field(default_factory=dict)  # service port → "http"...
 
     @property
     def host(self) -> str:
         """Istio's `destination_service` value."""
         return f"{self.name}.{self.namespace}.svc.cluster.local"
+
+
+@dataclass(frozen=True)
+class Waypoint:
+    name: str
+    namespace: str
+    identity: SpiffeId
+    addresses: tuple[str, ...]  # its ready pods
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,7 @@ class Snapshot:
     mesh_cidrs: tuple[Any, ...] = field(default=())
     by_uid: Mapping[str, Workload] = field(default_factory=dict)
     by_vip: Mapping[str, Service] = field(default_factory=dict)
+    waypoints: Mapping[str, Waypoint] = field(default_factory=dict)  # by "namespace/name"
     unconverged: frozenset[str] = frozenset()
     """Namespaces (or "*") whose policies a rejected update changed: inbound to their workloads
     is refused until an update is accepted again (RELIABILITY F-11)."""
@@ -82,6 +96,12 @@ class Snapshot:
 
     def service(self, vip: str) -> Service | None:
         return self.by_vip.get(vip)
+
+    def waypoint_identity(self, namespace: str, name: str) -> SpiffeId:
+        """Who may speak for the waypoint `name` of `namespace`: its pods' identity, or, before
+        its Gateway is known, the ServiceAccount Istio would run it as (its name)."""
+        found = self.waypoints.get(f"{namespace}/{name}")
+        return found.identity if found else SpiffeId(self.trust_domain, namespace, name)
 
     def in_mesh_space(self, ip: str) -> bool:
         address = ipaddress.ip_address(ip)
@@ -114,6 +134,16 @@ def _service(res: Resource) -> Service:
         ports={p["port"]: p["targetPort"] for p in res["ports"]},
         endpoints=tuple(res["endpoints"]),
         waypoint=res.get("waypoint", ""),
+        protocols={p["port"]: p.get("protocol", "") for p in res["ports"]},
+    )
+
+
+def _waypoint(res: Resource, trust_domain: str) -> Waypoint:
+    return Waypoint(
+        name=res["name"],
+        namespace=res["namespace"],
+        identity=SpiffeId(trust_domain, res["namespace"], res["serviceAccount"]),
+        addresses=tuple(res["addresses"]),
     )
 
 
@@ -156,6 +186,9 @@ def build(
         mesh_cidrs=tuple(ipaddress.ip_network(c) for c in mesh_cidrs),
         by_uid=by_uid,
         by_vip=by_vip,
+        waypoints={
+            wp.key: wp for wp in (_waypoint(r, trust_domain) for r in by_type.get("waypoint", []))
+        },
     )
 
 

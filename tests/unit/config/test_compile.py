@@ -78,7 +78,7 @@ def test_service_endpoints_are_ready_selected_pods_of_its_namespace() -> None:
     svc = compile_mesh(CLUSTER).resources["service/demo/web"]
     assert svc["vips"] == ["10.96.0.10"]
     assert svc["endpoints"] == ["uid-a", "uid-b"]
-    assert svc["ports"] == [{"port": 80, "targetPort": 8080}], "named target ports skipped"
+    assert svc["ports"] == [{"port": 80, "targetPort": 8080, "protocol": ""}], "named skipped"
 
 
 def test_not_ready_pod_is_no_endpoint() -> None:

@@ -193,16 +193,39 @@ TOKENS = nodeauth.NodeTokens({"node1": "secret-1", "node2": "secret-2"})
 )
 def test_node_tokens(header: str | None, node: str | None) -> None:
     if node:
-        assert TOKENS.authenticate(header) == node
+        assert TOKENS.authenticate(header) == nodeauth.Caller(node=node)
     else:
         with pytest.raises(Refusal) as err:
             TOKENS.authenticate(header)
         assert err.value.reason is Reason.UNAUTHENTICATED
 
 
-def _pod(ns: str, sa: str, node: str) -> dict[str, object]:
+KEY = b"pod-token-key"
+LOCAL = nodeauth.LocalTokens({"node1": "secret-1"}, KEY)
+
+
+@pytest.mark.parametrize(
+    ("token", "caller"),
+    [
+        (nodeauth.pod_token(KEY, "uid-1"), nodeauth.Caller(pod_uid="uid-1")),
+        ("secret-1", nodeauth.Caller(node="node1")),
+        (nodeauth.pod_token(b"other-key", "uid-1"), None),  # signed by another cluster
+        (nodeauth.pod_token(KEY, "uid-1")[:-1] + "0", None),
+        ("uid-1." + nodeauth.pod_token(KEY, "uid-2").split(".")[1], None),  # another pod's MAC
+        ("uid-1.", None),
+    ],
+)
+def test_pod_tokens_are_bound_to_their_pod(token: str, caller: nodeauth.Caller | None) -> None:
+    if caller:
+        assert LOCAL.authenticate(f"Bearer {token}") == caller
+    else:
+        with pytest.raises(Refusal, match="unknown token"):
+            LOCAL.authenticate(f"Bearer {token}")
+
+
+def _pod(ns: str, sa: str, node: str, uid: str = "u") -> dict[str, object]:
     return {
-        "metadata": {"namespace": ns, "name": "p"},
+        "metadata": {"namespace": ns, "name": "p", "uid": uid},
         "spec": {"nodeName": node, "serviceAccountName": sa},
     }
 
@@ -219,9 +242,28 @@ def _pod(ns: str, sa: str, node: str) -> dict[str, object]:
     ],
 )
 def test_node_authorization(pods: list[dict[str, object]], allowed: bool) -> None:
+    caller = nodeauth.Caller(node="node1")
     if allowed:
-        nodeauth.authorize(pods, "node1", ID)
+        nodeauth.authorize(pods, caller, ID)
     else:
         with pytest.raises(Refusal) as err:
-            nodeauth.authorize(pods, "node1", ID)
+            nodeauth.authorize(pods, caller, ID)
         assert err.value.reason is Reason.NODE_NOT_AUTHORIZED
+
+
+@pytest.mark.parametrize(
+    ("pods", "allowed"),
+    [
+        ([_pod("demo", "client", "node1", "me")], True),
+        ([_pod("demo", "server", "node1", "me"), _pod("demo", "client", "node1")], False),
+        ([_pod("other", "client", "node1", "me")], False),
+        ([], False),  # the pod is gone: its token is worth nothing
+    ],
+)
+def test_a_pod_may_have_only_its_own_identity(pods: list[dict[str, object]], allowed: bool) -> None:
+    caller = nodeauth.Caller(pod_uid="me")
+    if allowed:
+        nodeauth.authorize(pods, caller, ID)
+    else:
+        with pytest.raises(Refusal):
+            nodeauth.authorize(pods, caller, ID)

@@ -7,8 +7,9 @@ from collections.abc import Mapping
 
 import pytest
 
+from controller.ca.nodeauth import Caller
 from controller.ca.refusal import Refusal
-from controller.ca.tokenreview import NODE_NAME, TokenReviewer
+from controller.ca.tokenreview import NODE_NAME, POD_UID, TokenReviewer
 from tests.fakekube import FakeKube, serving
 
 ZTUNNEL = "system:serviceaccount:ambientmesh-system:ztunnel"
@@ -26,7 +27,7 @@ def review(tokens: Mapping[str, Mapping[str, object]], presented: str) -> tuple[
             for _ in range(2):
                 await reviewer.review(f"Bearer {presented}")
                 try:
-                    node = reviewer.authenticate(f"Bearer {presented}")
+                    node = reviewer.authenticate(f"Bearer {presented}").node or None
                 except Refusal:
                     node = None
             return node, sum(1 for r in fake.requests if r["path"].endswith("tokenreviews"))
@@ -37,6 +38,17 @@ def review(tokens: Mapping[str, Mapping[str, object]], presented: str) -> tuple[
 def test_a_ztunnel_token_speaks_for_its_pods_node_and_is_cached() -> None:
     tokens = {"t1": {"username": ZTUNNEL, "extra": {NODE_NAME: ["node-a"]}}}
     assert review(tokens, "t1") == ("node-a", 1)
+
+
+def test_another_accounts_pod_bound_token_speaks_for_its_pod_only() -> None:
+    async def main() -> Caller:
+        user = {"username": "system:serviceaccount:demo:waypoint", "extra": {POD_UID: ["u1"]}}
+        async with serving(FakeKube(reviews={"t": user})) as api:
+            reviewer = TokenReviewer(api, "ambientmesh-system")
+            await reviewer.review("Bearer t")
+            return reviewer.authenticate("Bearer t")
+
+    assert asyncio.run(main()) == Caller(pod_uid="u1")
 
 
 @pytest.mark.parametrize(

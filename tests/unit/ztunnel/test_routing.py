@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from api import validate
+from api.ambient import GATEWAY_NAME, USE_WAYPOINT
 from localcluster.store import ObjectSet
-from ztunnel.proxy.routing import Inbound, plan_inbound, plan_outbound
+from ztunnel.proxy.routing import Inbound, original_source, plan_inbound, plan_outbound
 from ztunnel.state import workloads
 
 
@@ -237,3 +238,150 @@ def test_inbound_fails_closed_while_policies_are_unconverged(
     assert got.allowed is allowed
     if not allowed:
         assert (got.reason, got.status) == ("policy_not_synced", 503)
+
+
+def with_waypoint(*, on: str, ready: bool = True) -> Any:
+    """`with_service("b", "e")`, a waypoint `wp` of namespace mesh (pod 10.244.1.50 on node1,
+    running as ServiceAccount wp, unless not `ready`), named by `on`: "service" or "namespace"."""
+    objs = objects()
+    for pod in objs.list("Pod"):
+        if pod["metadata"]["name"] in ("b", "e"):
+            pod["metadata"]["labels"] = {"app": "web"}
+    svc = validate(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web", "namespace": "mesh"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        }
+    )
+    svc["spec"]["clusterIP"] = "10.96.0.20"
+    target = svc if on == "service" else objs.list("Namespace")[0]
+    target["metadata"]["labels"] = {**target["metadata"].get("labels", {}), USE_WAYPOINT: "wp"}
+    objs.put(svc)
+    objs.put(
+        validate(
+            {
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "Gateway",
+                "metadata": {"name": "wp", "namespace": "mesh"},
+                "spec": {
+                    "gatewayClassName": "istio-waypoint",
+                    "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}],
+                },
+            }
+        )
+    )
+    if ready:
+        pod = validate(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "wp", "namespace": "mesh", "labels": {GATEWAY_NAME: "wp"}},
+                "spec": {
+                    "nodeName": "node1",
+                    "serviceAccountName": "wp",
+                    "containers": [{"name": "c", "command": ["x"]}],
+                },
+            }
+        )
+        pod["metadata"]["uid"] = "wp"
+        pod["status"] = {"podIP": "10.244.1.50"}
+        objs.put(pod)
+    return objs
+
+
+@pytest.mark.parametrize(
+    ("on", "dst", "port", "authority"),
+    [
+        ("service", "10.96.0.20", 80, ("10.96.0.20", 80)),  # the VIP, not an endpoint
+        ("service", "10.244.2.3", 8080, ("10.244.2.3", 8080)),  # an endpoint: fronted too
+        ("namespace", "10.244.2.3", 8080, ("10.244.2.3", 8080)),
+        ("namespace", "10.244.2.9", 22, ("10.244.2.9", 22)),  # any pod of the namespace
+    ],
+)
+def test_a_destination_with_a_waypoint_is_reached_through_it(
+    on: str, dst: str, port: int, authority: tuple[str, int]
+) -> None:
+    snap = workloads.from_objects(with_waypoint(on=on), "node1", "cluster.local")
+    plan = plan_outbound(snap, "10.244.1.3", dst, port)
+    assert (plan.action, plan.reason, plan.hop, plan.target) == (
+        "hbone",
+        "waypoint",
+        "10.244.1.50",
+        authority,
+    )
+    assert plan.waypoint is not None
+    assert str(plan.waypoint.identity) == "spiffe://cluster.local/ns/mesh/sa/wp"
+
+
+def test_a_waypoint_without_ready_pods_refuses_rather_than_bypass() -> None:
+    snap = workloads.from_objects(
+        with_waypoint(on="service", ready=False), "node1", "cluster.local"
+    )
+    plan = plan_outbound(snap, "10.244.1.3", "10.96.0.20", 80)
+    assert (plan.action, plan.reason) == ("reject", "waypoint_unavailable")
+
+
+@pytest.mark.parametrize(
+    ("principal", "reason"),
+    [
+        ("cluster.local/ns/mesh/sa/wp", "allowed"),
+        ("cluster.local/ns/mesh/sa/a", "bypassed_waypoint"),  # a client straight to the pod
+        ("cluster.local/ns/other/sa/wp", "bypassed_waypoint"),
+        (None, "bypassed_waypoint"),  # plaintext
+    ],
+)
+def test_a_waypoint_fronted_workload_takes_traffic_only_from_its_waypoint(
+    principal: str | None, reason: str
+) -> None:
+    snap = workloads.from_objects(with_waypoint(on="service"), "node2", "cluster.local")
+    got = plan_inbound(
+        snap,
+        target_ip="10.244.2.3",
+        target_port=8080,
+        original_dst_ip="10.244.2.3",
+        src_ip="10.244.1.50",
+        src_principal=principal,
+    )
+    assert (got.reason if not got.allowed else "allowed") == reason
+    assert got.status == (200 if reason == "allowed" else 401)
+
+
+@pytest.mark.parametrize(
+    ("principal", "forwarded", "source"),
+    [
+        ("cluster.local/ns/mesh/sa/wp", 'for="10.244.1.3"', "10.244.1.3"),
+        ("cluster.local/ns/mesh/sa/wp", "for=10.244.1.3:5000;proto=http", "10.244.1.3"),
+        ("cluster.local/ns/mesh/sa/wp", 'for="[2001:db8::1]:80"', "2001:db8::1"),
+        ("cluster.local/ns/mesh/sa/wp", "for=unknown", "10.244.1.50"),
+        ("cluster.local/ns/mesh/sa/wp", None, "10.244.1.50"),
+    ],
+)
+def test_forwarded_is_trusted_from_the_waypoint(
+    principal: str, forwarded: str | None, source: str
+) -> None:
+    snap = workloads.from_objects(with_waypoint(on="service"), "node2", "cluster.local")
+    plan = plan_inbound(
+        snap,
+        target_ip="10.244.2.3",
+        target_port=8080,
+        original_dst_ip="10.244.2.3",
+        src_ip="10.244.1.50",
+        src_principal=principal,
+    )
+    assert original_source(plan, "10.244.1.50", principal, forwarded) == source
+
+
+def test_forwarded_from_anyone_else_is_ignored() -> None:
+    """H-5: a client's own `Forwarded` never names the source."""
+    plan = plan_inbound(
+        SNAP2,
+        target_ip="10.244.2.3",
+        target_port=80,
+        original_dst_ip="10.244.2.3",
+        src_ip="10.244.1.3",
+        src_principal="cluster.local/ns/mesh/sa/a",
+    )
+    spoofed = original_source(plan, "10.244.1.3", "cluster.local/ns/mesh/sa/a", 'for="10.9.9.9"')
+    assert spoofed == "10.244.1.3"
