@@ -167,7 +167,7 @@ def delete(store: ObjectSet, refs: list[ObjectRef], *, ignore_missing: bool) -> 
                 continue
             raise ObjectError(str(ref), "", "not found")
         if ref.kind == "Namespace":
-            for kind in ("Pod", "Service", "AuthorizationPolicy", "PeerAuthentication"):
+            for kind in ("Pod", "Service", "AuthorizationPolicy", "PeerAuthentication", "Gateway"):
                 for inner in store.list(kind, ref.name):
                     inner_ref = ref_of(inner)
                     store.remove(inner_ref)

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 from api import ambient
-from api.objects import Obj, ObjectRef, ref_of
-from localcluster import admission, naming, pods, system, teardown
+from api.objects import Obj, ObjectRef, ref_of, validate
+from controller.ca import nodeauth
+from localcluster import admission, naming, pods, system, teardown, waypoints
 from localcluster import netns as kernel
 from localcluster.store import ClusterInfo, ClusterStore, ObjectSet
 from localcluster.topology import NodePlan, plan_nodes
@@ -132,7 +133,7 @@ class Cluster:
             state = pods.phase(pods.observed(self.store, ref), netns_present=True)
             if pods.shim_pid(self.store, ref) is None and state not in ("Completed", "Error"):
                 self._await_capture(objects, pod)
-                pods.start(self.store, ref, pod)
+                self._start_pod(pod)
         if stored:
             self.progress(f"pods       {len(stored)} running")
 
@@ -146,6 +147,7 @@ class Cluster:
             plans = self.nodes()
             objects = self.store.read().copy()
             changes = admission.apply(objects, incoming, plans)
+            changes += self._deploy_waypoints(objects, plans)
             new_pods = [c.obj for c in changes if c.action == "created" and c.ref.kind == "Pod"]
             wired: list[pods.PodRef] = []
             try:
@@ -159,10 +161,39 @@ class Cluster:
                     pods.stop(self.store, ref, grace_s=0)
                 raise ClusterError(f"{exc} (nothing was applied)") from None
             self.store.commit(objects)
+            self._stop_deleted(changes)
             for pod in new_pods:
                 self._await_capture(objects, pod)
-                pods.start(self.store, pods.pod_ref(self.name, pod), pod)
+                self._start_pod(pod)
             return changes
+
+    def _deploy_waypoints(
+        self, objects: ObjectSet, plans: list[NodePlan]
+    ) -> list[admission.Change]:
+        """Istio's gateway controller, run inside the verb: a pod per waypoint Gateway, and
+        none for a Gateway that is gone."""
+        controller = system.controller_address(plans)
+        pods_wanted = [validate(p) for p in waypoints.missing(objects, self.name, controller)]
+        changes = admission.apply(objects, pods_wanted, plans)
+        return changes + admission.delete(objects, waypoints.orphaned(objects), ignore_missing=True)
+
+    def _start_pod(self, pod: Obj) -> None:
+        """Its token first (a projected ServiceAccount token: the pod's own credential for the
+        CA, bound to its uid), then its containers."""
+        ref = pods.pod_ref(self.name, pod)
+        key = self.store.pod_token_key_path.read_text().strip().encode()
+        system.write_secret(
+            self.store.pod_token_path(ref.namespace, ref.name),
+            nodeauth.pod_token(key, pod["metadata"]["uid"]),
+        )
+        pods.start(self.store, ref, pod)
+
+    def _stop_deleted(self, changes: list[admission.Change]) -> None:
+        for change in changes:
+            if change.ref.kind == "Pod" and change.action == "deleted":
+                ref = pods.pod_ref(self.name, change.obj)
+                grace = float(change.obj["spec"]["terminationGracePeriodSeconds"])
+                pods.stop(self.store, ref, grace_s=grace)
 
     def _await_capture(self, objects: ObjectSet, pod: Obj) -> None:
         namespace = objects.get(ObjectRef("Namespace", "", pod["metadata"]["namespace"]))
@@ -184,12 +215,9 @@ class Cluster:
         with self.store.locked():
             objects = self.store.read().copy()
             changes = admission.delete(objects, refs, ignore_missing=ignore_missing)
+            changes += admission.delete(objects, waypoints.orphaned(objects), ignore_missing=True)
             self.store.commit(objects)
-            for change in changes:
-                if change.ref.kind == "Pod":
-                    ref = pods.pod_ref(self.name, change.obj)
-                    grace = float(change.obj["spec"]["terminationGracePeriodSeconds"])
-                    pods.stop(self.store, ref, grace_s=grace)
+            self._stop_deleted(changes)
             return changes
 
     def label(self, ref: ObjectRef, changes: dict[str, str | None], *, overwrite: bool) -> str:

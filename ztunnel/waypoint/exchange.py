@@ -1,0 +1,135 @@
+"""What HTTP/1.1 and HTTP/2 share in the waypoint: one downstream connection's facts (`Flow`),
+what the proxy provides to the protocol code (`Hooks`), and the pure request rules — which
+requests are refused before policy (400), and what policy sees.
+
+Refused with 400 before policy (RELIABILITY W-1, W-2, W-4): a header name with `_` (Envoy's
+`headers_with_underscores_action: REJECT_REQUEST`: `x_user` and `x-user` are the same header to
+some backends and different ones to policy), both Content-Length and Transfer-Encoding (request
+smuggling: h11 would let Transfer-Encoding win, a backend might not), more than one Host, and a
+path that does not normalize (`authz.normalize_path`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ztunnel.state.policy import Decision
+from ztunnel.waypoint.authz import Request, normalize_path
+from ztunnel.waypoint.pipe import Pipe
+
+DENIED_STATUS = 403
+DENIED_BODY = b"RBAC: access denied"  # Envoy's RBAC filter body, which Istio users grep for
+# Connection-specific headers (RFC 9110 §7.6.1): never forwarded; each hop frames its own.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+        "trailer",
+    }
+)
+
+
+@dataclass
+class Flow:
+    """One downstream connection through the waypoint: who sent it, where it was going."""
+
+    src_ip: str
+    src_principal: str | None
+    dst_ip: str  # the original destination (a Service VIP or a pod IP)
+    dst_port: int
+    requests: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Exchange:
+    """One request's record, for metrics."""
+
+    method: str
+    protocol: str  # "http" | "grpc"
+    started: float = field(default_factory=time.monotonic)
+    status: int = 0
+    request_bytes: int = 0
+    response_bytes: int = 0
+
+
+class Hooks(Protocol):
+    def authorize(self, request: Request) -> Decision: ...
+
+    async def upstream(self) -> Pipe:
+        """A new connection to the destination (an endpoint, if it is a Service)."""
+        ...
+
+    def record(self, exchange: Exchange) -> None: ...
+
+
+class Refused(ValueError):
+    """A request refused before policy; the message is the reason (for the log)."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def check_headers(headers: Iterable[tuple[str, str]]) -> None:
+    """Raise Refused for the headers refused before policy (see the module doc)."""
+    hosts = 0
+    names = set()
+    for name, _ in headers:
+        if "_" in name:
+            raise Refused(f"header name with underscore: {name!r}")
+        hosts += name == "host"
+        names.add(name)
+    if hosts > 1:
+        raise Refused("more than one Host header")
+    if {"content-length", "transfer-encoding"} <= names:
+        raise Refused("both Content-Length and Transfer-Encoding")
+
+
+def policy_request(
+    flow: Flow, method: str, target: str, authority: str, headers: Iterable[tuple[str, str]]
+) -> Request:
+    """What L7 policy sees of one request (names lower-case; repeats joined with ",")."""
+    path = normalize_path(target)
+    if path is None:
+        raise Refused(f"path {target[:100]!r} is not an origin-form path")
+    joined: dict[str, str] = {}
+    for name, value in headers:
+        joined[name] = f"{joined[name]},{value}" if name in joined else value
+    return Request(
+        src_ip=flow.src_ip,
+        src_principal=flow.src_principal,
+        dst_ip=flow.dst_ip,
+        dst_port=flow.dst_port,
+        method=method,
+        path=path,
+        host=authority,
+        headers=joined,
+    )
+
+
+def forwardable(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The end-to-end headers: hop-by-hop ones, and those `Connection` names, removed."""
+    pairs = list(headers)
+    named = {
+        token.strip().lower()
+        for name, value in pairs
+        if name == "connection"
+        for token in value.split(",")
+    }
+    return [(n, v) for n, v in pairs if n not in HOP_BY_HOP and n not in named]
+
+
+def protocol_of(headers: Iterable[tuple[str, str]]) -> str:
+    """Istio's `request_protocol`: grpc for a gRPC content type, else http."""
+    for name, value in headers:
+        if name == "content-type" and value.startswith("application/grpc"):
+            return "grpc"
+    return "http"
