@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ambientctl import kubeverbs, verbs
+from ambientctl import kubeverbs, verbs, waypointverbs
 from api.errors import ManifestError, ObjectError
 from localcluster import naming
 from localcluster.cluster import ClusterError
@@ -109,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pod", metavar="NS/POD")
     p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
 
+    _runtime_verbs(verb)
+    kubeverbs.add_arguments(sub)
+    waypointverbs.add_arguments(sub, _common)
+    return parser
+
+
+def _runtime_verbs(verb: Callable[..., argparse.ArgumentParser]) -> None:
+    """restart, metrics, logs: the verbs that talk to running components."""
     p = verb(
         "restart",
         verbs.restart,
@@ -119,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = verb("metrics", verbs.metrics, "Prometheus metrics of a mesh component")
-    p.add_argument("component", help="controller | node-agent-<node> | ztunnel-<node>")
+    p.add_argument(
+        "component", help="controller | node-agent-<node> | ztunnel-<node> | NS/POD (a waypoint)"
+    )
     p.add_argument("--grep", help="only non-comment lines containing this text")
 
     p = verb("logs", verbs.logs, "print a pod's (or ambientmesh-system/<component>'s) log")
@@ -127,8 +137,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--container")
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("--tail", type=int, default=-1)
-    kubeverbs.add_arguments(sub)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

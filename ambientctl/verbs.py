@@ -434,8 +434,13 @@ def certs(args: argparse.Namespace) -> int:
 def metrics(args: argparse.Namespace) -> int:
     """Prometheus metrics of a component (controller, node-agent-<node>, ztunnel-<node>)."""
     cluster = _cluster(args)
-    component = system.find(cluster.name, cluster.nodes(), args.component)
-    if component is None:
+    if "/" in args.component:  # a pod serving Istio's 15020 (a waypoint)
+        namespace, name = _pod_arg(args.component)
+        netns = naming.pod_netns(cluster.name, namespace, name)
+        found: system.Component | None = system.Component(args.component, "", netns, [])
+    else:
+        found = system.find(cluster.name, cluster.nodes(), args.component)
+    if (component := found) is None:
         names = ", ".join(c.name for c in system.components(cluster.name, cluster.nodes()))
         raise ClusterError(f"no component {args.component!r} (components: {names})")
     try:

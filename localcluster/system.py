@@ -263,7 +263,8 @@ METRICS_PORTS = {
 def metrics_get(component: Component) -> tuple[int, bytes]:
     """A component's Prometheus text, fetched inside its netns."""
     kind = component.name if component.name == CONTROLLER else component.name.rsplit("-", 1)[0]
-    return kernel.http_get_in(component.netns, "127.0.0.1", METRICS_PORTS[kind], "/metrics")
+    port = METRICS_PORTS.get(kind, ports.ZTUNNEL_METRICS)  # a pod: Istio's 15020
+    return kernel.http_get_in(component.netns, "127.0.0.1", port, "/metrics")
 
 
 def config_status(cluster: str, plans: list[NodePlan]) -> dict[str, Any]:

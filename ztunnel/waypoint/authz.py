@@ -168,10 +168,12 @@ class L7Policy:
     rules: tuple[Matcher, ...] = field(default=())
     error: str = ""
 
-    def binds(self, namespace: str, gateway: str, service: str | None) -> bool:
+    def binds(self, namespace: str, gateway: str, services: Iterable[str] = ()) -> bool:
+        """Bound to the waypoint `namespace/gateway`, or to one of the `services` it fronts
+        (those in front of the destination)."""
         return self.namespace == namespace and (
             ("Gateway", gateway) in self.targets
-            or (service is not None and ("Service", service) in self.targets)
+            or any(("Service", service) in self.targets for service in services)
         )
 
     def matches(self, r: Request) -> bool:
@@ -207,8 +209,13 @@ def compile_l7(obj: Obj) -> L7Policy | None:
 
 
 def evaluate_l7(
-    policies: Iterable[L7Policy], namespace: str, gateway: str, service: str | None, r: Request
+    policies: Iterable[L7Policy],
+    namespace: str,
+    gateway: str,
+    services: Iterable[str],
+    r: Request,
 ) -> Decision:
-    """The decision for one request through the waypoint `namespace/gateway`, whose destination
-    is `service` (a Service of that namespace) or a workload (None)."""
-    return decide([p for p in policies if p.binds(namespace, gateway, service)], r)
+    """The decision for one request through the waypoint `namespace/gateway`, to a destination
+    behind `services` (Services of that namespace; none for a workload no Service fronts)."""
+    services = tuple(services)
+    return decide([p for p in policies if p.binds(namespace, gateway, services)], r)

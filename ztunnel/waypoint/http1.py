@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from http import HTTPStatus
 
 import h11
 
@@ -90,7 +91,8 @@ class Http1Session:
         headers = [("content-type", "text/plain"), ("content-length", str(len(body)))]
         if close:
             headers.append(("connection", "close"))
-        out = self.server.send(h11.Response(status_code=status, headers=headers))
+        phrase = HTTPStatus(status).phrase.encode()
+        out = self.server.send(h11.Response(status_code=status, headers=headers, reason=phrase))
         out += self.server.send(h11.Data(data=body)) + self.server.send(h11.EndOfMessage())
         await self.down.write(out)
         return len(out)
@@ -222,7 +224,9 @@ class Http1Session:
                     record.status = event.status_code
                 headers = forwardable(_text(event.headers.raw_items()))
                 kind = type(event)
-                out = self.server.send(kind(status_code=event.status_code, headers=headers))
+                out = self.server.send(
+                    kind(status_code=event.status_code, headers=headers, reason=event.reason)
+                )
             elif isinstance(event, h11.Data):
                 out = self.server.send(h11.Data(data=event.data))
             elif isinstance(event, h11.EndOfMessage):

@@ -166,7 +166,7 @@ class WaypointProxy:
         stream.attach(conn, request.stream_id)
         conn.respond(request.stream_id, 200)
         principal = conn.peer.principal if conn.peer else None
-        flow = Flow(conn.peer_addr[0], principal, ip, port)
+        flow = Flow(conn.peer_addr[0], principal, ip, target.target_port)
         task = asyncio.get_running_loop().create_task(self._serve(stream, flow, target))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -209,7 +209,7 @@ class WaypointProxy:
         self, stream: HboneStream, flow: Flow, target: Target, hooks: _Hooks, first: bytes
     ) -> None:
         state = self.state()
-        connection = Connection(flow.src_ip, flow.src_principal, target.ip, target.port)
+        connection = Connection(flow.src_ip, flow.src_principal, target.ip, target.target_port)
         verdict = decide.authorize_tcp(state, target, connection) if state else None
         if verdict is None or not verdict.allowed:
             self.tcp_metrics.reject("waypoint", verdict.reason if verdict else "no_config")

@@ -33,6 +33,12 @@ class Target:
     service: Service | None
     workload: Workload | None  # when addressed by pod IP
     protocol: str  # "http" | "http2" | "tcp" | "" (unknown: sniff)
+    services: tuple[str, ...] = ()  # whose bound policies judge it (pod IP: all fronting it)
+
+    @property
+    def target_port(self) -> int:
+        """The workload's port: what policy `ports` and `destination.port` compare."""
+        return self.service.ports[self.port] if self.service else self.port
 
 
 @dataclass(frozen=True)
@@ -86,11 +92,28 @@ def resolve(state: WaypointState, ip: str, port: int) -> Target | str:
             return "not_fronted"
         if port not in svc.ports:
             return "unknown_service_port"
-        return Target(ip, port, svc, None, svc.protocols.get(port, ""))
+        return Target(ip, port, svc, None, svc.protocols.get(port, ""), (svc.name,))
     found = snap.workload(ip)
     if found is None or (found.namespace, found.waypoint) != (state.namespace, state.name):
         return "not_fronted"
-    return Target(ip, port, None, found, "")
+    # Addressed directly, a workload is still judged by what guards each Service in front of
+    # it: a policy bound to a Service cannot be side-stepped by dialing its pod.
+    fronting = sorted(
+        {
+            svc.name
+            for svc in snap.by_vip.values()
+            if svc.namespace == state.namespace and found.uid in svc.endpoints
+        }
+    )
+    protocols = {
+        proto
+        for svc in snap.by_vip.values()
+        if svc.name in fronting
+        for svc_port, target in svc.ports.items()
+        if target == port and (proto := svc.protocols.get(svc_port, ""))
+    }
+    protocol = protocols.pop() if len(protocols) == 1 else ""
+    return Target(ip, port, None, found, protocol, tuple(fronting))
 
 
 def next_hop(state: WaypointState, target: Target, choice: int) -> tuple[Workload, int] | None:
@@ -105,15 +128,10 @@ def next_hop(state: WaypointState, target: Target, choice: int) -> tuple[Workloa
     return ready[choice % len(ready)], target.service.ports[target.port]
 
 
-def _service_name(target: Target) -> str | None:
-    return target.service.name if target.service else None
-
-
 def authorize_http(state: WaypointState, target: Target, request: Request) -> Decision:
-    return evaluate_l7(state.l7, state.namespace, state.name, _service_name(target), request)
+    return evaluate_l7(state.l7, state.namespace, state.name, target.services, request)
 
 
 def authorize_tcp(state: WaypointState, target: Target, connection: Connection) -> Decision:
-    service = _service_name(target)
-    bound = [l4 for l7, l4 in state.tcp if l7.binds(state.namespace, state.name, service)]
+    bound = [l4 for l7, l4 in state.tcp if l7.binds(state.namespace, state.name, target.services)]
     return decide(bound, connection)

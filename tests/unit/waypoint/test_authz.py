@@ -83,7 +83,7 @@ ONLY_GET_API = policy(
     ],
 )
 def test_allow_get_api_from_the_client_only(req: Request, allowed: bool, reason: str) -> None:
-    decision = evaluate_l7([ONLY_GET_API], "demo", "waypoint", "server", req)
+    decision = evaluate_l7([ONLY_GET_API], "demo", "waypoint", ("server",), req)
     assert (decision.allowed, decision.reason) == (allowed, reason)
 
 
@@ -92,10 +92,12 @@ def test_binding_by_target_and_namespace() -> None:
     other_ns = policy("deny-all", {"targetRefs": TO_GATEWAY, "action": "DENY", "rules": [{}]}, "x")
     selector = policy("l4", {"selector": {"matchLabels": {"app": "server"}}, "rules": [{}]})
     assert selector is None, "selector policies are ztunnel's"
-    assert not evaluate_l7([for_gateway], "demo", "waypoint", None, request()).allowed
-    assert evaluate_l7([for_gateway], "demo", "other-gw", None, request()).allowed
-    assert evaluate_l7([other_ns], "demo", "waypoint", None, request()).allowed
-    assert evaluate_l7([ONLY_GET_API], "demo", "waypoint", "another", request(method="PUT")).allowed
+    assert not evaluate_l7([for_gateway], "demo", "waypoint", (), request()).allowed
+    assert evaluate_l7([for_gateway], "demo", "other-gw", (), request()).allowed
+    assert evaluate_l7([other_ns], "demo", "waypoint", (), request()).allowed
+    assert evaluate_l7(
+        [ONLY_GET_API], "demo", "waypoint", ("another",), request(method="PUT")
+    ).allowed
 
 
 def test_deny_beats_allow_and_negations() -> None:
@@ -109,11 +111,13 @@ def test_deny_beats_allow_and_negations() -> None:
     )
     allow_all = policy("all", {"targetRefs": TO_SERVICE, "rules": [{}]})
     policies = [allow_all, deny_delete]
-    assert not evaluate_l7(policies, "demo", "waypoint", "server", request("DELETE", "/x")).allowed
-    assert evaluate_l7(
-        policies, "demo", "waypoint", "server", request("DELETE", "/api/own/1")
+    assert not evaluate_l7(
+        policies, "demo", "waypoint", ("server",), request("DELETE", "/x")
     ).allowed
-    assert evaluate_l7(policies, "demo", "waypoint", "server", request("GET", "/x")).allowed
+    assert evaluate_l7(
+        policies, "demo", "waypoint", ("server",), request("DELETE", "/api/own/1")
+    ).allowed
+    assert evaluate_l7(policies, "demo", "waypoint", ("server",), request("GET", "/x")).allowed
 
 
 @pytest.mark.parametrize(
@@ -134,7 +138,7 @@ def test_deny_beats_allow_and_negations() -> None:
 )
 def test_operation_fields(operation: dict[str, Any], req: Request, matches: bool) -> None:
     p = policy("p", {"targetRefs": TO_SERVICE, "rules": [{"to": [{"operation": operation}]}]})
-    assert evaluate_l7([p], "demo", "waypoint", "server", req).allowed is matches
+    assert evaluate_l7([p], "demo", "waypoint", ("server",), req).allowed is matches
 
 
 def test_when_on_request_headers() -> None:
@@ -153,10 +157,10 @@ def test_when_on_request_headers() -> None:
         },
     )
     ok = request(headers={"x-version": "v2.1"})
-    assert evaluate_l7([p], "demo", "waypoint", "server", ok).allowed
-    assert not evaluate_l7([p], "demo", "waypoint", "server", request()).allowed
+    assert evaluate_l7([p], "demo", "waypoint", ("server",), ok).allowed
+    assert not evaluate_l7([p], "demo", "waypoint", ("server",), request()).allowed
     wrong_ns = request(principal=OTHER, headers={"x-version": "v2"})
-    assert not evaluate_l7([p], "demo", "waypoint", "server", wrong_ns).allowed
+    assert not evaluate_l7([p], "demo", "waypoint", ("server",), wrong_ns).allowed
 
 
 def test_what_cannot_be_judged_is_more_restrictive() -> None:
@@ -164,7 +168,7 @@ def test_what_cannot_be_judged_is_more_restrictive() -> None:
         "jwt",
         {"targetRefs": TO_SERVICE, "rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}]}]},
     )
-    assert not evaluate_l7([jwt_allow], "demo", "waypoint", "server", request()).allowed
+    assert not evaluate_l7([jwt_allow], "demo", "waypoint", ("server",), request()).allowed
     jwt_deny = policy(
         "jwt-deny",
         {
@@ -175,23 +179,23 @@ def test_what_cannot_be_judged_is_more_restrictive() -> None:
             ],
         },
     )
-    assert not evaluate_l7([jwt_deny], "demo", "waypoint", "server", request()).allowed
+    assert not evaluate_l7([jwt_deny], "demo", "waypoint", ("server",), request()).allowed
 
 
 def test_a_policy_that_does_not_compile_denies() -> None:
     broken = policy(
         "bad", {"targetRefs": TO_SERVICE, "rules": [{"to": [{"operation": {"ports": ["0"]}}]}]}
     )
-    decision = evaluate_l7([broken], "demo", "waypoint", "server", request())
+    decision = evaluate_l7([broken], "demo", "waypoint", ("server",), request())
     assert (decision.allowed, decision.reason) == (False, "policy_invalid")
     unknown = policy(
         "u", {"targetRefs": TO_SERVICE, "rules": [{"when": [{"key": "x.y", "values": ["1"]}]}]}
     )
-    assert not evaluate_l7([unknown], "demo", "waypoint", "server", request()).allowed
+    assert not evaluate_l7([unknown], "demo", "waypoint", ("server",), request()).allowed
 
 
 def test_rules_absent_match_nothing_and_custom_fails_closed() -> None:
     no_rules = policy("none", {"targetRefs": TO_SERVICE})
-    assert not evaluate_l7([no_rules], "demo", "waypoint", "server", request()).allowed
+    assert not evaluate_l7([no_rules], "demo", "waypoint", ("server",), request()).allowed
     custom = policy("ext", {"targetRefs": TO_SERVICE, "action": "CUSTOM", "rules": [{}]})
-    assert not evaluate_l7([custom], "demo", "waypoint", "server", request()).allowed
+    assert not evaluate_l7([custom], "demo", "waypoint", ("server",), request()).allowed

@@ -171,12 +171,15 @@ def test_a_denied_request_gets_403_and_the_connection_goes_on() -> None:
 
 
 def test_keep_alive_requests_share_one_upstream_connection() -> None:
-    post = b"POST /api/x HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    post = b"POST /api/x HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n"
+    post += b"3\r\nabc\r\n0\r\n\r\n"
 
     def check(out: bytes, hooks: Hooks) -> None:
         assert statuses(out) == [200, 200, 200]
-        assert hooks.seen == [("GET", "/api/v1", b""), ("POST", "/api/x", b"abc")] + [
-            ("HEAD", "/api/v1", b"")
+        assert hooks.seen == [
+            ("GET", "/api/v1", b""),
+            ("POST", "/api/x", b"abc"),
+            ("HEAD", "/api/v1", b""),
         ]
         assert hooks.dials == 1
 
