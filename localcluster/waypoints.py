@@ -11,6 +11,7 @@ import sys
 
 from api.ambient import DATAPLANE_MODE, GATEWAY_NAME, MODE_NONE, WAYPOINT_CLASS, waypoint_of
 from api.objects import Obj, ObjectRef, ref_of
+from localcluster import naming
 from localcluster.store import ObjectSet
 
 GRACE_S = 5  # the waypoint drains for `--drain` 5 s; Istio's waypoint template uses 2 s
@@ -21,6 +22,8 @@ def is_waypoint(gateway: Obj) -> bool:
 
 
 def pod_for(gateway: Obj, cluster: str, controller: str) -> Obj:
+    """The pod runs host code like every local pod; it finds the cluster's state (its token,
+    the trust bundle) where `ambientctl` keeps it."""
     meta = gateway["metadata"]
     name = meta["name"]
     command = [sys.executable, "-m", "ztunnel.waypoint.main", "--gateway", name]
@@ -40,7 +43,10 @@ def pod_for(gateway: Obj, cluster: str, controller: str) -> Obj:
                     "name": "istio-proxy",
                     "command": command,
                     "args": ["--cluster", cluster, "--controller", controller],
-                    "env": [{"name": "SERVICE_ACCOUNT", "value": name}],
+                    "env": [
+                        {"name": "SERVICE_ACCOUNT", "value": name},
+                        {"name": naming.STATE_DIR_ENV, "value": str(naming.state_dir())},
+                    ],
                 }
             ],
         },

@@ -139,6 +139,7 @@ class Http2Session:
             elif isinstance(event, h2.events.StreamEnded):
                 if stream := self.by_down.get(event.stream_id):
                     stream.end_up = True
+                    self._pump_up()
             elif isinstance(event, h2.events.StreamReset):
                 self._down_reset(event)
             elif isinstance(event, h2.events.WindowUpdated):

@@ -1,0 +1,244 @@
+"""The waypoint in a running 2-node cluster (issue: waypoint): HTTP/1.1 and HTTP/2 requests
+authorized per request with an L7 policy bound to a Service, the destination ztunnel refusing
+whatever did not come through the waypoint, smuggling refused before the backend, TCP carried
+with L4 rules only, and Istio's request metrics."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from localcluster import naming, teardown
+from tests.support import ambientctl, get_json, leftovers, wait_for
+
+DEMO = Path(__file__).resolve().parents[2] / "manifests" / "demo" / "app.yaml"
+EXTRA = """
+apiVersion: v1
+kind: Pod
+metadata: {name: grpcish, namespace: demo, labels: {app: grpcish}}
+spec:
+  serviceAccountName: grpcish
+  nodeName: node2
+  containers:
+  - {name: h2, command: ["python3", "-m", "samples.h2echo", "9090"]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: grpcish, namespace: demo, labels: {istio.io/use-waypoint: waypoint}}
+spec:
+  selector: {app: grpcish}
+  ports: [{name: grpc, port: 9090}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: echo, namespace: demo, labels: {app: echo}}
+spec:
+  nodeName: node2
+  containers:
+  - {name: echo, command: ["python3", "-m", "samples.tcpecho", "serve", "7000"]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: demo, labels: {istio.io/use-waypoint: waypoint}}
+spec:
+  selector: {app: echo}
+  ports: [{name: tcp-echo, port: 7000}]
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: outside}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: outsider, namespace: outside}
+spec:
+  nodeName: node1
+  containers:
+  - {name: shell, command: ["sleep", "infinity"]}
+"""
+POLICY = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: get-api-only, namespace: demo}
+spec:
+  targetRefs:
+  - {kind: Service, group: "", name: server}
+  - {kind: Service, group: "", name: grpcish}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/demo/sa/client"]}}]
+    to: [{operation: {methods: ["GET"], paths: ["/api/*"]}}]
+"""
+SMUGGLE = (
+    "import socket, sys\n"
+    "s = socket.create_connection((sys.argv[1], 8080), timeout=3)\n"
+    "s.sendall(b'POST /api/x HTTP/1.1\\r\\nHost: server\\r\\nContent-Length: 4\\r\\n'\n"
+    "          b'Transfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\n'\n"
+    "          b'GET /api/smuggled HTTP/1.1\\r\\nHost: server\\r\\n\\r\\n')\n"
+    "print(s.recv(4096).decode().splitlines()[0])\n"
+)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    os.environ[naming.STATE_DIR_ENV] = str(tmp_path_factory.mktemp("state"))
+    name = f"{naming.TEST_CLUSTER_PREFIX}{os.urandom(3).hex()}"
+    try:
+        ambientctl(name, "up")
+        ambientctl(name, "apply", "-f", str(DEMO))
+        ambientctl(name, "apply", "-f", "-", stdin=EXTRA)
+        ambientctl(name, "label", "namespace", "demo", "istio.io/dataplane-mode=ambient")
+        ambientctl(name, "waypoint", "apply", "-n", "demo")
+        ambientctl(
+            name, "label", "service", "server", "-n", "demo", "istio.io/use-waypoint=waypoint"
+        )
+        ambientctl(name, "apply", "-f", "-", stdin=POLICY)
+        yield name
+    finally:
+        teardown.down(name)
+        assert leftovers(name) == []
+
+
+def vip(cluster: str, service: str) -> str:
+    return str(get_json(cluster, "service", service, "-n", "demo")["spec"]["clusterIP"])
+
+
+def pod_ip(cluster: str, pod: str) -> str:
+    return str(get_json(cluster, "pod", pod, "-n", "demo")["status"]["podIP"])
+
+
+def curl(cluster: str, pod: str, *args: str) -> str:
+    """`<status> <body>` as the pod's curl saw it (status 000: no HTTP answer)."""
+    done = ambientctl(
+        cluster,
+        "exec",
+        pod,
+        "--",
+        "curl",
+        "-s",
+        "-m",
+        "3",
+        "-w",
+        "\n%{http_code}",
+        *args,
+        check=False,
+    )
+    body, _, status = done.stdout.rpartition("\n")
+    return f"{status} {body}".strip()
+
+
+def metric(cluster: str, component: str, name: str, **labels: str) -> float:
+    text = ambientctl(cluster, "metrics", component).stdout
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_allowed_requests_pass_and_denied_ones_get_403_with_metrics(cluster: str) -> None:
+    url = f"http://{vip(cluster, 'server')}:8080"
+    wait_for(lambda: curl(cluster, "demo/client", f"{url}/api/items").startswith("200"), 10)
+    allowed = curl(cluster, "demo/client", f"{url}/api/items")
+    assert allowed.startswith("200") and '"path": "/api/items"' in allowed
+    waypoint_ip = pod_ip(cluster, "waypoint")
+    assert f'"client": "{waypoint_ip}:' in allowed, "the server is reached from the waypoint"
+    assert curl(cluster, "demo/client", f"{url}/hello") == "403 RBAC: access denied"
+    assert curl(cluster, "demo/client", "-X", "POST", f"{url}/api/items").startswith("403")
+    # The pod's own IP is fronted too, and judged by the Service's policy (no side door).
+    direct = f"http://{pod_ip(cluster, 'server')}:8080"
+    assert curl(cluster, "demo/client", f"{direct}/admin") == "403 RBAC: access denied"
+    assert curl(cluster, "demo/client", f"{direct}/api/x").startswith("200")
+    for code, least in (("200", 2), ("403", 3)):
+        count = metric(
+            cluster,
+            "demo/waypoint",
+            "istio_requests_total",
+            reporter="waypoint",
+            response_code=code,
+            source_workload="client",
+            request_protocol="http",
+        )
+        assert count >= least, f"istio_requests_total response_code={code}: {count}"
+    # The destination ztunnel saw the waypoint's identity, and the client by `Forwarded`.
+    seen = metric(
+        cluster,
+        "ztunnel-node2",
+        "istio_tcp_connections_opened_total",
+        reporter="destination",
+        source_principal="spiffe://cluster.local/ns/demo/sa/waypoint",
+        source_workload="client",
+    )
+    assert seen >= 1
+
+
+def test_traffic_that_bypasses_the_waypoint_is_refused(cluster: str) -> None:
+    before = metric(
+        cluster, "ztunnel-node2", "ambientmesh_ztunnel_rejections_total", reason="bypassed_waypoint"
+    )
+    direct = f"http://{pod_ip(cluster, 'server')}:8080/api/x"
+    assert curl(cluster, "outside/outsider", direct).startswith("000")
+    after = metric(
+        cluster, "ztunnel-node2", "ambientmesh_ztunnel_rejections_total", reason="bypassed_waypoint"
+    )
+    assert after == before + 1
+
+
+def test_request_smuggling_gets_400_and_never_reaches_the_backend(cluster: str) -> None:
+    done = ambientctl(
+        cluster,
+        "exec",
+        "demo/client",
+        "--",
+        "python3",
+        "-c",
+        SMUGGLE,
+        vip(cluster, "server"),
+        check=False,
+    )
+    assert re.match(r"HTTP/1.1 400", done.stdout), done.stdout + done.stderr
+    log = ambientctl(cluster, "logs", "demo/server").stdout
+    assert "/api/smuggled" not in log and "POST /api/x" not in log
+
+
+def test_http2_prior_knowledge_is_authorized_per_stream(cluster: str) -> None:
+    url = f"http://{vip(cluster, 'grpcish')}:9090"
+    h2 = "--http2-prior-knowledge"
+    wait_for(lambda: curl(cluster, "demo/client", h2, f"{url}/api/a").startswith("200"), 10)
+    ok = curl(cluster, "demo/client", h2, f"{url}/api/a")
+    assert ok.startswith("200") and '"path": "/api/a"' in ok
+    assert curl(cluster, "demo/client", h2, f"{url}/admin") == "403 RBAC: access denied"
+
+
+def test_tcp_through_the_waypoint_has_l4_rules_only(cluster: str) -> None:
+    """A `tcp-` port is carried as TCP (no HTTP parsing); no policy binds the echo Service."""
+    target = vip(cluster, "echo")
+    done = ambientctl(
+        cluster,
+        "exec",
+        "demo/client",
+        "--",
+        "python3",
+        "-m",
+        "samples.tcpecho",
+        "stream",
+        target,
+        "7000",
+        "1",
+        check=False,
+    )
+    assert done.stdout.startswith("OK"), done.stdout + done.stderr
+    opened = metric(
+        cluster,
+        "demo/waypoint",
+        "istio_tcp_connections_opened_total",
+        reporter="waypoint",
+        destination_service="echo.demo.svc.cluster.local",
+    )
+    assert opened >= 1
