@@ -240,6 +240,8 @@ class _Session:
                         return
                     if self.status.acked_version == considered:
                         acked = target
+                else:  # nothing of this version is the proxy's: what it holds is current
+                    self.status.acked_version = considered
                 continue
             waiter = asyncio.create_task(self.server.wait_version(considered))
             message = asyncio.create_task(self.inbox.get())

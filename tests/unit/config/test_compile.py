@@ -115,3 +115,80 @@ def test_diff_upserts_changes_and_removes_what_is_gone() -> None:
     assert upserts == [{"v": 2}, {"v": 1}]
     assert removes == ["c"]
     assert diff(new, new) == ([], [])
+
+
+def gateway(name: str, ns_: str, cls: str = "istio-waypoint") -> dict[str, Any]:
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": name, "namespace": ns_},
+        "spec": {"gatewayClassName": cls, "listeners": []},
+    }
+
+
+def service(name: str, ns_: str, selector: dict[str, str], **labels: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": ns_, "labels": labels},
+        "spec": {
+            "clusterIP": "10.96.0.50",
+            "selector": selector,
+            "ports": [
+                {"port": 80, "name": "http-web"},
+                {"port": 90, "appProtocol": "kubernetes.io/h2c"},
+                {"port": 91, "name": "grpc"},
+                {"port": 92, "name": "tcp-db", "appProtocol": "tcp"},
+                {"port": 93, "name": "metrics"},
+            ],
+        },
+    }
+
+
+WP = "istio.io/use-waypoint"
+
+
+def test_a_waypoint_is_its_gateway_and_its_ready_pods() -> None:
+    mesh = compile_mesh(
+        objects(
+            ns("demo"),
+            gateway("wp", "demo"),
+            gateway("ingress", "demo", cls="istio"),  # not a waypoint
+            pod("wp", "node1", "10.244.1.50", **{"gateway.networking.k8s.io/gateway-name": "wp"}),
+        )
+    )
+    assert mesh.resources["waypoint/demo/wp"] == {
+        "type": "waypoint",
+        "key": "demo/wp",
+        "name": "wp",
+        "namespace": "demo",
+        "serviceAccount": "wp",
+        "addresses": ["10.244.1.50"],
+    }
+    assert "waypoint/demo/ingress" not in mesh.resources
+    assert "waypoint/demo/wp" in view(mesh, Proxy("ztunnel", "node2")), "every ztunnel needs it"
+
+
+def test_which_waypoint_fronts_a_workload() -> None:
+    """Pod label, else namespace label, else a Service selecting it; waypoint pods never."""
+    gw_label = {"gateway.networking.k8s.io/gateway-name": "wp"}
+    mesh = compile_mesh(
+        objects(
+            ns("demo", **{WP: "ns-wp"}),
+            ns("plain"),
+            pod("own", "node1", "10.244.1.3", **{WP: "pod-wp"}),
+            pod("inherits", "node1", "10.244.1.4"),
+            pod("wp", "node1", "10.244.1.5", **gw_label),
+            pod("svc", "node1", "10.244.1.6", "plain", app="x"),
+            pod("none", "node1", "10.244.1.7", "plain"),
+            service("x", "plain", {"app": "x"}, **{WP: "svc-wp"}),
+        )
+    )
+    fronted = {r["name"]: r["waypoint"] for r in mesh.resources.values() if r["type"] == "workload"}
+    assert fronted == {"own": "pod-wp", "inherits": "ns-wp", "wp": "", "svc": "svc-wp", "none": ""}
+
+
+def test_service_ports_carry_istios_protocol_selection() -> None:
+    mesh = compile_mesh(objects(ns("demo"), service("s", "demo", {"app": "s"})))
+    protocols = {p["port"]: p["protocol"] for p in mesh.resources["service/demo/s"]["ports"]}
+    assert protocols == {80: "http", 90: "http2", 91: "http2", 92: "tcp", 93: ""}

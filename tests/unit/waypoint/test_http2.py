@@ -40,6 +40,25 @@ async def h2_backend(pipe: MemoryPipe, seen: list[tuple[str, bytes]]) -> None:
         await pipe.write(conn.data_to_send())
 
 
+def absorb(conn: h2.connection.H2Connection, data: bytes, results: dict[int, list[Any]]) -> bool:
+    """Take the proxy's bytes as the client; True once it sent GOAWAY."""
+    goaway = False
+    for event in conn.receive_data(data):
+        sid = getattr(event, "stream_id", 0)
+        if isinstance(event, h2.events.ResponseReceived):
+            results[sid] = [int(dict(event.headers or [])[b":status"]), b"", {}, False]
+        elif isinstance(event, h2.events.DataReceived):
+            results[sid][1] += event.data or b""
+            conn.acknowledge_received_data(event.flow_controlled_length, sid)
+        elif isinstance(event, h2.events.TrailersReceived):
+            results[sid][2] = dict(event.headers or [])
+        elif isinstance(event, h2.events.StreamEnded):
+            results[sid][3] = True
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            goaway = True
+    return goaway
+
+
 def exchange(requests: list[tuple[list[tuple[str, str]], bytes]], rapid_resets: int = 0) -> Any:
     """Send the requests on one HTTP/2 connection; return ({stream: (status, body, trailers)},
     hooks, whether the connection was closed with GOAWAY)."""
@@ -87,20 +106,7 @@ def exchange(requests: list[tuple[list[tuple[str, str]], bytes]], rapid_resets: 
                     data = await client_end.read()
                     if not data:
                         break
-                    for event in conn.receive_data(data):
-                        sid = getattr(event, "stream_id", 0)
-                        if isinstance(event, h2.events.ResponseReceived):
-                            status = dict(event.headers or [])[b":status"]
-                            results[sid] = [int(status), b"", {}, False]
-                        elif isinstance(event, h2.events.DataReceived):
-                            results[sid][1] += event.data or b""
-                            conn.acknowledge_received_data(event.flow_controlled_length, sid)
-                        elif isinstance(event, h2.events.TrailersReceived):
-                            results[sid][2] = dict(event.headers or [])
-                        elif isinstance(event, h2.events.StreamEnded):
-                            results[sid][3] = True
-                        elif isinstance(event, h2.events.ConnectionTerminated):
-                            goaway = True
+                    goaway = absorb(conn, data, results)
                     await client_end.write(conn.data_to_send())
         finally:
             client_end.end()
