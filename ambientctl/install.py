@@ -109,12 +109,20 @@ def render(values: dict[str, Any], ca_dir: Path | None = None) -> list[Obj]:
     return objects
 
 
-def render_waypoint(namespace: str, name: str) -> list[Obj]:
+def render_waypoint(
+    values: dict[str, Any], namespace: str, name: str, ca_dir: Path | None = None
+) -> list[Obj]:
+    """A waypoint's Gateway, ServiceAccount and Deployment; with `ca_dir`, the mesh root as a
+    ConfigMap of its namespace too (Istio copies its root into every namespace the same way)."""
     CHECKS["namespace"](namespace)
     CHECKS["namespace"](name)
-    return _render_file(
-        "../kubernetes/waypoint.yaml", {"waypointNamespace": namespace, "name": name}
+    objects = _render_file(
+        "waypoint.yaml", {**values, "waypointNamespace": namespace, "name": name}
     )
+    if ca_dir is not None:
+        root = ca_objects({**values, "namespace": namespace}, ca_dir)[1]
+        objects.insert(1, root)
+    return objects
 
 
 def ca_objects(values: dict[str, Any], ca_dir: Path) -> list[Obj]:

@@ -17,7 +17,11 @@ NODE_AGENT = "ambientmesh-node-agent"
 def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("install", help="install on Kubernetes (or print the manifests)")
     p.add_argument("--render", action="store_true", help="print the manifests instead")
-    p.add_argument("--render-waypoint", metavar="NS/NAME", help="print a waypoint Gateway")
+    p.add_argument(
+        "--render-waypoint",
+        metavar="NS/NAME",
+        help="print a waypoint: Gateway, ServiceAccount, Deployment",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--ca-dir", type=Path, help="Istio plug-in CA dir (a root is made if empty)")
     p.add_argument("--kubeconfig", default=None)
@@ -32,7 +36,9 @@ def add_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def install(args: argparse.Namespace) -> int:
     if args.render_waypoint:
         namespace, _, name = args.render_waypoint.partition("/")
-        print(to_yaml(render_waypoint(namespace, name or "waypoint")), end="")
+        values = load_values(args.set)
+        objects = render_waypoint(values, namespace, name or "waypoint", args.ca_dir)
+        print(to_yaml(objects), end="")
         return 0
     values = load_values(args.set)
     if not args.render and args.ca_dir is None:

@@ -13,8 +13,10 @@ import pytest
 
 from ambientctl import kubeapply, kubeverbs
 from ambientctl.install import InstallError, load_values, render, render_waypoint
+from api import validate
 from sources import kube
 from tests.fakekube import FakeKube, serving
+from ztunnel.waypoint import main as waypoint_main
 
 K8S_VERSION = "1.34"  # a current release (kubernetes-validate carries up to 1.37)
 CUSTOM = [
@@ -123,11 +125,25 @@ def test_rbac_grants_exactly_what_the_code_calls() -> None:
     assert ztunnel_roles == [], "ztunnel needs no API access"
 
 
-def test_waypoint_template() -> None:
-    (gateway,) = render_waypoint("demo", "waypoint")
-    assert gateway["spec"]["gatewayClassName"] == "istio-waypoint"
-    assert gateway["spec"]["listeners"] == [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]
-    assert gateway["metadata"]["namespace"] == "demo"
+def test_waypoint_template(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    objects = render_waypoint(load_values([]), "demo", "wp", tmp_path / "ca")
+    gateway, root, account, deployment = objects
+    assert [o["kind"] for o in objects] == ["Gateway", "ConfigMap", "ServiceAccount", "Deployment"]
+    assert validate(gateway)["spec"]["listeners"] == [
+        {"name": "mesh", "port": 15008, "protocol": "HBONE"}
+    ]
+    assert {o["metadata"]["namespace"] for o in objects} == {"demo"}
+    assert (root["metadata"]["name"], account["metadata"]["name"]) == ("ambientmesh-ca-root", "wp")
+    pod = deployment["spec"]["template"]
+    assert pod["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"] == "wp"
+    assert pod["spec"]["serviceAccountName"] == "wp"
+    # The container's arguments are ones the waypoint accepts (Kubernetes mode).
+    args = pod["spec"]["containers"][0]["args"]
+    assert args[:3] == ["python3", "-m", "ztunnel.waypoint.main"]
+    for name in ("POD_NAME", "POD_NAMESPACE", "SERVICE_ACCOUNT"):
+        monkeypatch.setenv(name, "x")
+    settings = waypoint_main.parse_args(args[3:])
+    assert (settings.gateway, settings.trust_domain) == ("wp", "cluster.local")
 
 
 def test_install_and_uninstall_against_the_api_server(tmp_path: Path) -> None:
