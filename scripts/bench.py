@@ -7,7 +7,10 @@ Paths (PERF.md "Topology"): a client pod on node1 and a server pod on node2 —
   mesh:    pods in an enrolled namespace: eBPF → ztunnel → HBONE/mTLS → ztunnel.
 Rows: single-stream throughput (iperf3), 1 KiB round trips (p50/p90/p99), new connections per
 second (one loop; four parallel loops, also per proxy core-second), proxy CPU during the stream,
-RSS per open connection. Each row runs `reps` times; the
+RSS per open connection; and L7: HTTP/1.1 requests per proxy core-second (wrk, 32 connections)
+through haproxy (no policy; client pod → haproxy → nginx) and through the waypoint (an L7 policy
+evaluated on every request; client → ztunnel → waypoint → ztunnel → nginx), with wrk's latency
+percentiles. Each row runs `reps` times; the
 report gives medians and the min-max spread, and ratios computed within this one run.
 """
 
@@ -36,7 +39,7 @@ from localcluster import pods, teardown  # noqa: E402
 from localcluster.cluster import Cluster  # noqa: E402
 
 AMBIENTCTL = str(Path(sys.executable).parent / "ambientctl")
-PACKAGES = ("stunnel4", "iperf3")
+PACKAGES = ("stunnel4", "iperf3", "haproxy", "nginx-light", "wrk")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -117,6 +120,29 @@ class Bench:
         path.write_text("\n".join(lines) + "\n")
         return path
 
+    def nginx(self, name: str) -> list[str]:
+        """An HTTP/1.1 backend that costs the proxies' comparison nothing (one process)."""
+        conf = self.tmp / f"nginx-{name}.conf"
+        conf.write_text(
+            "daemon off; master_process off; worker_processes 1; error_log stderr;\n"
+            f"pid {self.tmp}/nginx-{name}.pid;\n"
+            "events { worker_connections 4096; }\n"
+            "http { access_log off; server { listen 8080; "
+            'location / { return 200 "ok\\n"; } } }\n'
+        )
+        return ["nginx", "-c", str(conf)]
+
+    def haproxy(self, backend: str) -> list[str]:
+        conf = self.tmp / "haproxy.cfg"
+        conf.write_text(
+            "global\n  nbthread 1\n"
+            "defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n"
+            "  timeout server 30s\n"
+            "frontend fe\n  bind 127.0.0.1:18080\n  default_backend be\n"
+            f"backend be\n  server s1 {backend}:8080\n"
+        )
+        return ["haproxy", "-db", "-f", str(conf)]
+
     def relay(self, role: str, listen: str, target: str) -> list[str]:
         pki = [
             str(self.tmp / f"{role}.pem"),
@@ -168,10 +194,12 @@ class Bench:
                     **servers,
                     "stunnel": ["stunnel4", str(srv_conf)],
                     "relay": self.relay("server", "6443", "127.0.0.1:5201"),
+                    "nginx": self.nginx("direct"),
                 },
             ),
             self.pod("srv", "bmesh", "node2", servers),
         )
+        self.l7_setup()
         pods = json.loads(self.ctl("get", "pods", "-A", "-o", "json"))["items"]
         self.ip = {
             f"{p['metadata']['namespace']}/{p['metadata']['name']}": p["status"]["podIP"]
@@ -195,6 +223,7 @@ class Bench:
                     **sleep,
                     "stunnel": ["stunnel4", str(cli_conf)],
                     "relay": self.relay("client", "25201", f"{direct}:6443"),
+                    "haproxy": self.haproxy(direct),
                 },
             ),
             self.pod("cli", "bmesh", "node1", sleep),
@@ -208,6 +237,40 @@ class Bench:
         for path, (pod, host, port) in self.paths("9000", "19000").items():
             if path != "relay":  # iperf only; it is up long before the throughput rows
                 self.wait_serving(pod, host, port, path)
+
+    def l7_setup(self) -> None:
+        """The waypoint's row: a `web` pod (nginx) behind a Service that uses the namespace's
+        waypoint, and an L7 policy bound to that Service (so every request is judged)."""
+        web = self.pod("web", "bmesh", "node2", {"nginx": self.nginx("mesh")})
+        web["metadata"]["labels"] = {"app": "web"}
+        service = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": "web",
+                "namespace": "bmesh",
+                "labels": {"istio.io/use-waypoint": "waypoint"},
+            },
+            "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 8080}]},
+        }
+        policy = {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": "web-get", "namespace": "bmesh"},
+            "spec": {
+                "targetRefs": [{"kind": "Service", "group": "", "name": "web"}],
+                "rules": [
+                    {
+                        "from": [{"source": {"principals": ["cluster.local/ns/bmesh/sa/cli"]}}],
+                        "to": [{"operation": {"methods": ["GET"], "paths": ["/*"]}}],
+                    }
+                ],
+            },
+        }
+        self.apply(web, service, policy)
+        self.ctl("waypoint", "apply", "-n", "bmesh")
+        svc = json.loads(self.ctl("get", "service", "web", "-n", "bmesh", "-o", "json"))
+        self.ip["bmesh/web-vip"] = svc["spec"]["clusterIP"]
 
     def paths(self, port: str, stunnel_port: str) -> dict[str, tuple[str, str, str]]:
         return {
@@ -238,6 +301,10 @@ class Bench:
         if path == "mesh":
             dirs = [store.system_dir(f"ztunnel-node{i}") for i in (1, 2)]
             names = [f"ztunnel-node{i}" for i in (1, 2)]
+        elif path == "waypoint":
+            dirs, names = [store.pod_dir("bmesh", "waypoint")], ["istio-proxy"]
+        elif path == "haproxy":
+            dirs, names = [store.pod_dir("bdirect", "cli")], ["haproxy"]
         elif path in {"stunnel", "relay"}:
             dirs = [store.pod_dir("bdirect", "cli"), store.pod_dir("bdirect", "srv")]
             names = [path, path]
@@ -346,6 +413,21 @@ class Bench:
             "connections": n,
         }
 
+    def http(self, path: str) -> dict[str, float]:
+        """wrk through one L7 proxy: requests/s, per proxy core-second, latency percentiles."""
+        pod, url = {
+            "haproxy": ("bdirect/cli", "http://127.0.0.1:18080/"),
+            "waypoint": ("bmesh/cli", f"http://{self.ip['bmesh/web-vip']}:8080/"),
+        }[path]
+        seconds = "2" if self.quick else "6"
+        pids = self.pids(path)
+        cpu0 = self.cpu_s(pids)
+        out = self.ctl("exec", pod, "--", "wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", url)
+        cores_s = self.cpu_s(pids) - cpu0
+        result = parse_wrk(out)
+        result["req_per_proxy_core_s"] = result["requests"] / cores_s if cores_s else 0.0
+        return result
+
     # --- run --------------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
@@ -355,14 +437,11 @@ class Bench:
             ("latency", self.latency),
             ("connrate", self.connrate),
             ("memory", self.memory),
+            ("http", self.http),
         ):
             rows[name] = {}
             for rep in range(self.reps):
-                for path in ("direct", "stunnel", "relay", "mesh"):  # interleaved: same noise
-                    if (name == "memory" and path == "direct") or (
-                        name != "throughput" and path == "relay"
-                    ):
-                        continue
+                for path in ROW_PATHS[name]:  # interleaved: the same noise for every path
                     result = measure(path)
                     rows[name].setdefault(path, []).append(result)
                     print(f"  {name:10} rep {rep + 1} {path:8} {json.dumps(result)}", flush=True)
@@ -371,6 +450,34 @@ class Bench:
     def teardown(self) -> None:
         teardown.down(self.cluster)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+ROW_PATHS = {
+    "throughput": ("direct", "stunnel", "relay", "mesh"),
+    "latency": ("direct", "stunnel", "mesh"),
+    "connrate": ("direct", "stunnel", "mesh"),
+    "memory": ("stunnel", "mesh"),
+    "http": ("haproxy", "waypoint"),
+}
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    """Requests, requests/s and the p50/p99 latency (ms) of `wrk --latency` output."""
+    result: dict[str, float] = {}
+    for line in out.splitlines():
+        words = line.split()
+        if line.startswith("Requests/sec:"):
+            result["req_per_s"] = float(words[1])
+        elif len(words) >= 4 and words[1] == "requests" and words[2] == "in":
+            result["requests"] = float(words[0])
+        elif len(words) == 2 and words[0] in ("50%", "99%"):
+            number = words[1].rstrip("usm")
+            unit = words[1][len(number) :]
+            result[f"p{words[0][:-1]}_ms"] = float(number) * _UNITS_MS[unit]
+    if "requests" not in result or "req_per_s" not in result:
+        raise RuntimeError(f"wrk output not understood: {out[:300]!r}")
+    return result
 
 
 def median(rows: list[dict[str, float]], key: str) -> tuple[float, float, float]:
@@ -404,6 +511,13 @@ def report(rows: dict[str, Any], meta: dict[str, Any]) -> str:
         p: {q: lat[p][q][0] - lat["direct"][q][0] for q in ("p50", "p99")}
         for p in ("stunnel", "mesh")
     }
+    http = {
+        p: {k: m("http", p, k) for k in ("req_per_s", "req_per_proxy_core_s", "p50_ms", "p99_ms")}
+        for p in ("haproxy", "waypoint")
+    }
+    per_core = (
+        http["waypoint"]["req_per_proxy_core_s"][0] / http["haproxy"]["req_per_proxy_core_s"][0]
+    )
     lines = [
         f"# ambientmesh benchmark — {meta['date']}",
         "",
@@ -436,8 +550,22 @@ def report(rows: dict[str, Any], meta: dict[str, Any]) -> str:
         f"| RSS per open connection, per proxy, first rep (KiB) | - | {fmt(mem['stunnel'], 1)} | "
         f"{fmt(mem['mesh'], 1)} | | ≤ 8 KiB |",
         "",
-        "Not run in this version: eBPF redirect cost alone; waypoint vs haproxy (no waypoint yet);",
-        "control-plane propagation has its own script (scripts/propagation).",
+        "| L7 row (wrk, 32 connections) | haproxy (no policy) | waypoint (L7 policy) | ratio "
+        "| target |",
+        "|---|---|---|---|---|",
+        f"| HTTP/1.1 requests / s | {fmt(http['haproxy']['req_per_s'], 0)} | "
+        f"{fmt(http['waypoint']['req_per_s'], 0)} | "
+        f"{http['waypoint']['req_per_s'][0] / http['haproxy']['req_per_s'][0]:.2f}x | |",
+        f"| requests per proxy core-second | {fmt(http['haproxy']['req_per_proxy_core_s'], 0)} | "
+        f"{fmt(http['waypoint']['req_per_proxy_core_s'], 0)} | "
+        f"{per_core:.2f}x haproxy | ≥ 1.0x haproxy |",
+        f"| latency p50 / p99 (ms) | {fmt(http['haproxy']['p50_ms'])} / "
+        f"{fmt(http['haproxy']['p99_ms'])} | {fmt(http['waypoint']['p50_ms'])} / "
+        f"{fmt(http['waypoint']['p99_ms'])} | | |",
+        "",
+        "The waypoint's path also crosses two ztunnels (HBONE in and out); haproxy's does not.",
+        "Not run in this version: eBPF redirect cost alone; control-plane propagation has its own",
+        "script (scripts/propagation).",
     ]
     return "\n".join(lines) + "\n"
 
