@@ -199,7 +199,6 @@ class Bench:
             ),
             self.pod("srv", "bmesh", "node2", servers),
         )
-        self.l7_setup()
         pods = json.loads(self.ctl("get", "pods", "-A", "-o", "json"))["items"]
         self.ip = {
             f"{p['metadata']['namespace']}/{p['metadata']['name']}": p["status"]["podIP"]
@@ -237,6 +236,7 @@ class Bench:
         for path, (pod, host, port) in self.paths("9000", "19000").items():
             if path != "relay":  # iperf only; it is up long before the throughput rows
                 self.wait_serving(pod, host, port, path)
+        self.l7_setup()
 
     def l7_setup(self) -> None:
         """The waypoint's row: a `web` pod (nginx) behind a Service that uses the namespace's

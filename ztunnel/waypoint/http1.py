@@ -5,9 +5,9 @@ Per request: check the headers (`exchange.check_headers`: 400), authorize (`Hook
 403 `RBAC: access denied`, the connection stays usable), then forward over an upstream
 connection opened on the first allowed request and kept while both sides keep it alive. The
 request body and the response flow at the same time, each bounded by the pipes' windows.
-Limits: request line + headers 16 KiB (431, W-3); 10 s to receive a request's headers once it
-has begun; 300 s idle between requests (Envoy's stream idle timeout); any protocol error from
-the client is answered with h11's status hint (400, 431, 501) and the connection closed.
+Limits: request line + headers 16 KiB (431, W-3); 300 s without progress either way (Envoy's
+stream idle timeout) closes the connection; any protocol error from the client is answered with
+h11's status hint (400, 431, 501) and the connection closed.
 """
 
 from __future__ import annotations
@@ -30,12 +30,11 @@ from ztunnel.waypoint.exchange import (
     policy_request,
     protocol_of,
 )
-from ztunnel.waypoint.pipe import Pipe, PipeReset
+from ztunnel.waypoint.pipe import IdleTimer, Pipe, PipeReset
 
 log = logging.getLogger("waypoint.http1")
 
 MAX_HEADER_BYTES = 16 * 1024  # h11's own default; Envoy's is 60 KiB
-HEADER_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 300.0
 MAX_DENIED_BODY = 64 * 1024  # a denied request's body is read and dropped up to this, else close
 
@@ -48,15 +47,6 @@ def _text(pairs: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in pairs]
 
 
-async def _next(conn: h11.Connection, pipe: Pipe, timeout_s: float) -> object:
-    while True:
-        event = conn.next_event()
-        if event is not h11.NEED_DATA:
-            return event
-        async with asyncio.timeout(timeout_s):
-            conn.receive_data(await pipe.read())
-
-
 class Http1Session:
     def __init__(self, down: Pipe, flow: Flow, hooks: Hooks) -> None:
         self.down, self.flow, self.hooks = down, flow, hooks
@@ -64,7 +54,22 @@ class Http1Session:
         self.up: Pipe | None = None
         self.client: h11.Connection | None = None
 
+    async def _next(self, conn: h11.Connection, pipe: Pipe) -> object:
+        while True:
+            event = conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            conn.receive_data(await pipe.read())
+            self.idle.touch()
+
+    def _expire(self) -> None:
+        log.info("HTTP/1.1 connection from %s idle: closing", self.flow.src_ip)
+        self.down.abort()
+        if self.up is not None:
+            self.up.abort()
+
     async def run(self, first: bytes) -> None:
+        self.idle = IdleTimer(IDLE_TIMEOUT_S, self._expire)
         if first:
             self.server.receive_data(first)  # b"" would mean EOF to h11
         try:
@@ -77,6 +82,7 @@ class Http1Session:
         except (_Closed, PipeReset, TimeoutError, h11.LocalProtocolError) as exc:
             log.debug("HTTP/1.1 connection from %s ends: %r", self.flow.src_ip, exc)
         finally:
+            self.idle.cancel()
             if self.up is not None:
                 self.up.abort()
             self.down.end()
@@ -99,7 +105,7 @@ class Http1Session:
 
     async def _one(self) -> bool:
         """Serve one request; False when the connection ends."""
-        event = await _next(self.server, self.down, IDLE_TIMEOUT_S)
+        event = await self._next(self.server, self.down)
         if not isinstance(event, h11.Request):
             return False  # ConnectionClosed
         headers = _text(event.headers.raw_items())
@@ -134,7 +140,7 @@ class Http1Session:
         """Read a denied request's body to its end (small ones only); False: close instead."""
         dropped = 0
         while True:
-            event = await _next(self.server, self.down, HEADER_TIMEOUT_S)
+            event = await self._next(self.server, self.down)
             if isinstance(event, h11.EndOfMessage):
                 return True
             if not isinstance(event, h11.Data):
@@ -166,42 +172,58 @@ class Http1Session:
         if any(n == "transfer-encoding" for n, _ in headers):
             forward.append(("transfer-encoding", "chunked"))  # the body's length is unknown
         out = client.send(h11.Request(method=event.method, target=event.target, headers=forward))
+        first = self.server.next_event()
+        sending: asyncio.Future[None] | None = None
+        if isinstance(first, h11.EndOfMessage):  # no body (most requests): one write, no task
+            out += client.send(h11.EndOfMessage(headers=first.headers))
+        else:
+            sending = asyncio.ensure_future(self._request_body(up, client, record, first))
         record.request_bytes += len(out)
         await up.write(out)
-        sending = asyncio.ensure_future(self._request_body(up, client, record))
         try:
             await self._response(up, client, record)
         except (_Closed, PipeReset) as exc:
-            failed = sending.exception() if sending.done() and not sending.cancelled() else None
+            failed = (
+                sending.exception()
+                if sending and sending.done() and not sending.cancelled()
+                else None
+            )
             if failed is not None:
                 raise failed from None  # the client's error broke the exchange
-            sending.cancel()
+            if sending is not None:
+                sending.cancel()
             if self.server.our_state is not h11.SEND_RESPONSE:
                 raise  # part of the response went out: only closing can tell the client
             log.info("upstream for %s:%d failed: %s", self.flow.dst_ip, self.flow.dst_port, exc)
             record.status = 502
             record.response_bytes = await self._respond(502, b"upstream reset", close=True)
             raise _Closed("upstream failed") from None
-        if not sending.done():
-            sending.cancel()  # answered before the body ended (e.g. 413): the body is not read
-            raise _Closed("response complete before the request")
-        await sending  # its errors are the client's
+        if sending is not None:
+            if not sending.done():
+                sending.cancel()  # answered before the body ended (e.g. 413): body not read
+                raise _Closed("response complete before the request")
+            await sending  # its errors are the client's
         if client.our_state is h11.DONE and client.their_state is h11.DONE:
             client.start_next_cycle()
         else:
             up.abort()
             self.up = self.client = None
 
-    async def _request_body(self, up: Pipe, client: h11.Connection, record: Exchange) -> None:
+    async def _request_body(
+        self, up: Pipe, client: h11.Connection, record: Exchange, first: object
+    ) -> None:
         try:
-            await self._pump_body(up, client, record)
+            await self._pump_body(up, client, record, first)
         except BaseException:
             up.abort()  # the response side stops waiting on a request that will not finish
             raise
 
-    async def _pump_body(self, up: Pipe, client: h11.Connection, record: Exchange) -> None:
+    async def _pump_body(
+        self, up: Pipe, client: h11.Connection, record: Exchange, event: object
+    ) -> None:
         while True:
-            event = await _next(self.server, self.down, IDLE_TIMEOUT_S)
+            if event is h11.NEED_DATA:
+                event = await self._next(self.server, self.down)
             if isinstance(event, h11.Data):
                 out = client.send(h11.Data(data=event.data))
             elif isinstance(event, h11.EndOfMessage):
@@ -212,29 +234,44 @@ class Http1Session:
             await up.write(out)
             if isinstance(event, h11.EndOfMessage):
                 return
+            event = h11.NEED_DATA
 
     async def _response(self, up: Pipe, client: h11.Connection, record: Exchange) -> None:
+        """Relay the response, writing once per batch of parsed events (head and body of a
+        small response go out in one HBONE DATA frame)."""
+        out = bytearray()
         while True:
             try:
-                event = await _next(client, up, IDLE_TIMEOUT_S)
+                event = client.next_event()
             except h11.RemoteProtocolError as exc:
                 raise _Closed(f"upstream: {exc}") from None
+            if event is h11.NEED_DATA:
+                if out:
+                    await self._send_down(out, record)
+                client.receive_data(await up.read())
+                self.idle.touch()
+                continue
             if isinstance(event, h11.InformationalResponse | h11.Response):
                 if isinstance(event, h11.Response):
                     record.status = event.status_code
                 headers = forwardable(_text(event.headers.raw_items()))
                 kind = type(event)
-                out = self.server.send(
-                    kind(status_code=event.status_code, headers=headers, reason=event.reason)
+                out += (
+                    self.server.send(
+                        kind(status_code=event.status_code, headers=headers, reason=event.reason)
+                    )
+                    or b""
                 )
             elif isinstance(event, h11.Data):
-                out = self.server.send(h11.Data(data=event.data))
+                out += self.server.send(h11.Data(data=event.data)) or b""
             elif isinstance(event, h11.EndOfMessage):
-                out = self.server.send(h11.EndOfMessage(headers=event.headers))
+                out += self.server.send(h11.EndOfMessage(headers=event.headers)) or b""
+                await self._send_down(out, record)
+                return
             else:
                 raise _Closed("upstream closed mid-response")
-            if out:
-                record.response_bytes += len(out)
-                await self.down.write(out)
-            if isinstance(event, h11.EndOfMessage):
-                return
+
+    async def _send_down(self, out: bytearray, record: Exchange) -> None:
+        record.response_bytes += len(out)
+        await self.down.write(bytes(out))
+        out.clear()

@@ -39,7 +39,7 @@ from ztunnel.waypoint.exchange import (
     policy_request,
     protocol_of,
 )
-from ztunnel.waypoint.pipe import Pipe, PipeReset
+from ztunnel.waypoint.pipe import IdleTimer, Pipe, PipeReset
 
 log = logging.getLogger("waypoint.http2")
 
@@ -97,7 +97,14 @@ class Http2Session:
         self._up_task: asyncio.Task[None] | None = None
         self._opening: asyncio.Task[None] | None = None
 
+    def _expire(self) -> None:
+        log.info("HTTP/2 connection from %s idle: closing", self.flow.src_ip)
+        self.down.abort()
+        if self.up is not None:
+            self.up.abort()
+
     async def run(self, first: bytes) -> None:
+        self.idle = IdleTimer(IDLE_TIMEOUT_S, self._expire)
         self.server.initiate_connection()
         self.server.increment_flow_control_window(WINDOW)
         try:
@@ -108,8 +115,8 @@ class Http2Session:
                     await self._on_down(self.server.receive_data(data))
                     await self._flush_down()
                     await self._flush_up()
-                async with asyncio.timeout(IDLE_TIMEOUT_S):
-                    data = await self.down.read()
+                data = await self.down.read()
+                self.idle.touch()
                 if not data:
                     break
         except (h2.exceptions.ProtocolError, PipeReset, TimeoutError, _Calm) as exc:
@@ -120,6 +127,7 @@ class Http2Session:
                     self.server.close_connection(error_code=code)
                     await self._flush_down()
         finally:
+            self.idle.cancel()
             for stream in list(self.by_down.values()):
                 self._record(stream)
             if self._up_task is not None:
@@ -238,6 +246,7 @@ class Http2Session:
     async def _read_up(self, up: Pipe, client: h2.connection.H2Connection) -> None:
         try:
             while data := await up.read():
+                self.idle.touch()
                 self._on_up(client.receive_data(data))
                 await self._flush_up()
                 await self._flush_down()

@@ -60,6 +60,7 @@ class Settings:
     workload_cert_ttl_s: int | None = None
     proxy: WaypointSettings = field(default_factory=WaypointSettings)
     drain_s: float = 5.0
+    access_log: bool = False
 
 
 class Waypoint:
@@ -80,7 +81,7 @@ class Waypoint:
         self.identity = SpiffeId(self.trust_domain, settings.namespace, settings.service_account)
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
-        self.request_metrics = RequestMetrics(self.registry)
+        self.request_metrics = RequestMetrics(self.registry, access_log=settings.access_log)
         self.tcp_metrics = ProxyMetrics(self.registry)
         self.config_metrics = ClientMetrics(self.registry)
         self.state: WaypointState | None = None
@@ -186,6 +187,9 @@ def parse_args(argv: list[str]) -> Settings:
     parser.add_argument("--controller", required=True, help="host[:port] of the controller")
     parser.add_argument("--cluster", default=naming.DEFAULT_CLUSTER)
     parser.add_argument("--drain", type=float, default=5.0)
+    parser.add_argument(
+        "--access-log", action="store_true", help="log every request (off by default, as Istio)"
+    )
     kube = parser.add_argument_group("Kubernetes mode (all four together)")
     kube.add_argument("--token-file", type=Path, default=None)
     kube.add_argument("--ca-bundle", type=Path, default=None)
@@ -212,6 +216,7 @@ def parse_args(argv: list[str]) -> Settings:
         trust_domain=args.trust_domain,
         workload_cert_ttl_s=args.workload_cert_ttl,
         drain_s=args.drain,
+        access_log=args.access_log,
     )
 
 

@@ -5,6 +5,7 @@ plus `response_code`, reported as `reporter="waypoint"`. TCP through a waypoint 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -18,8 +19,16 @@ DURATION_BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 1
 BYTES_BUCKETS = (1, 10, 100, 1000, 10_000, 100_000, 1_000_000, 10_000_000)
 
 
+MAX_CHILDREN = 10_000  # cached label sets; past that the cache starts over (bounded memory)
+
+
 class RequestMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    """`access_log`: one line per request (off by default, as Istio's meshConfig.accessLogFile;
+    denials and errors are logged regardless)."""
+
+    def __init__(self, registry: CollectorRegistry, *, access_log: bool = False) -> None:
+        self.access_log = access_log
+        self._children: dict[tuple[ConnLabels, int], tuple[Any, Any, Any, Any]] = {}
         self.requests = Counter(
             "istio_requests", "HTTP requests", REQUEST_LABELS, registry=registry
         )
@@ -55,11 +64,24 @@ class RequestMetrics:
         request_bytes: int,
         response_bytes: int,
     ) -> None:
-        values = {**labels.values(), "response_code": str(code)}
-        self.requests.labels(**values).inc()
-        self.duration.labels(**values).observe(duration_s * 1000)
-        self.request_bytes.labels(**values).observe(request_bytes)
-        self.response_bytes.labels(**values).observe(response_bytes)
+        key = (labels, code)
+        if key not in self._children:  # prometheus-client's labels() costs µs per call
+            values = {**labels.values(), "response_code": str(code)}
+            if len(self._children) >= MAX_CHILDREN:
+                self._children.clear()
+            self._children[key] = (
+                self.requests.labels(**values),
+                self.duration.labels(**values),
+                self.request_bytes.labels(**values),
+                self.response_bytes.labels(**values),
+            )
+        requests, duration, request_size, response_size = self._children[key]
+        requests.inc()
+        duration.observe(duration_s * 1000)
+        request_size.observe(request_bytes)
+        response_size.observe(response_bytes)
+        if not self.access_log:
+            return
         access_log.info(
             "%s %d src=%s/%s(%s) dst=%s/%s(%s) request_bytes=%d response_bytes=%d duration_ms=%.1f",
             method or "-",

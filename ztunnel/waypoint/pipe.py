@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 from ztunnel.hbone.connection import HboneConnection
@@ -143,6 +144,31 @@ class SocketPipe:
 
     def abort(self) -> None:
         self.writer.transport.abort()
+
+
+class IdleTimer:
+    """One timer per session instead of one per read (`asyncio.timeout` costs more than the
+    read it guards): `touch()` on progress; after `limit_s` without any, `expire` runs (it
+    aborts the session's pipes, so their readers get PipeReset)."""
+
+    def __init__(self, limit_s: float, expire: Callable[[], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.limit_s, self.expire = limit_s, expire
+        self.last = self._loop.time()
+        self._handle = self._loop.call_later(limit_s, self._check)
+
+    def touch(self) -> None:
+        self.last = self._loop.time()
+
+    def _check(self) -> None:
+        idle = self._loop.time() - self.last
+        if idle >= self.limit_s:
+            self.expire()
+        else:
+            self._handle = self._loop.call_later(self.limit_s - idle, self._check)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 async def relay(a: Pipe, b: Pipe) -> tuple[int, int]:

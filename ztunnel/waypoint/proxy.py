@@ -345,6 +345,7 @@ class _Hooks:
     def __init__(self, proxy: WaypointProxy, flow: Flow, target: Target) -> None:
         self.proxy, self.flow, self.target = proxy, flow, target
         self.destination: Any = None  # the workload the last upstream connection reached
+        self._labels: tuple[tuple[str, Any], ConnLabels] | None = None
 
     def authorize(self, request: Request) -> Decision:
         state = self.proxy.state()  # the newest policies judge every request
@@ -357,6 +358,15 @@ class _Hooks:
         return pipe
 
     def labels(self, protocol: str) -> ConnLabels:
+        """Istio's labels for this tunnel's traffic (the same for each of its requests until
+        the upstream changes: computed once per change)."""
+        key = (protocol, self.destination)
+        if self._labels is not None and self._labels[0] == key:
+            return self._labels[1]
+        self._labels = (key, self._compute_labels(protocol))
+        return self._labels[1]
+
+    def _compute_labels(self, protocol: str) -> ConnLabels:
         state = self.proxy.state()
         src = state.snapshot.workload(self.flow.src_ip) if state else None
         dst = self.destination or self.target.workload

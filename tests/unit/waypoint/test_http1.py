@@ -12,6 +12,7 @@ import h11
 import pytest
 
 from ztunnel.state.policy import Decision
+from ztunnel.waypoint import http1
 from ztunnel.waypoint.authz import Request
 from ztunnel.waypoint.exchange import Exchange, Flow
 from ztunnel.waypoint.http1 import Http1Session
@@ -292,3 +293,18 @@ def test_an_obs_folded_header_reaches_policy_and_backend_unfolded_alike() -> Non
 
     asyncio.run(main())
     assert seen == ["1 folded"]
+
+
+def test_a_connection_without_progress_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slow or silent clients (half a request line, then nothing) cost a connection only until
+    the idle limit."""
+    monkeypatch.setattr(http1, "IDLE_TIMEOUT_S", 0.2)
+
+    async def main() -> None:
+        _client, proxy_end = pipe_pair()
+        session = Http1Session(proxy_end, Flow("10.0.0.1", None, "10.96.0.5", 80), Hooks())
+        task = asyncio.create_task(session.run(b"GET /api"))
+        await asyncio.wait_for(task, 2)
+        assert proxy_end.aborted
+
+    asyncio.run(main())
