@@ -115,6 +115,8 @@ class Http1Session:
             raise Refused(f"request headers of {size} bytes", 431)
         check_headers(headers)
         host = next((v for n, v in headers if n == "host"), "")
+        if not host:  # h11 demands it of HTTP/1.1 only; policy and the upstream need it always
+            raise Refused("missing Host header")
         request = policy_request(self.flow, event.method.decode(), target, host, headers)
         self.flow.requests += 1
         record = Exchange(request.method, protocol_of(headers))

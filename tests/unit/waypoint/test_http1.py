@@ -203,6 +203,7 @@ def test_keep_alive_requests_share_one_upstream_connection() -> None:
         # W-2 Host
         (b"GET /api/x HTTP/1.1\r\n\r\n", 400),
         (b"GET /api/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET /api/x HTTP/1.0\r\n\r\n", 400),
         # W-3 header size
         (b"GET /api/x HTTP/1.1\r\nHost: w\r\nX-Big: " + b"a" * 17000 + b"\r\n\r\n", 431),
         # W-4 underscores and paths
