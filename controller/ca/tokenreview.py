@@ -84,15 +84,11 @@ class TokenReviewer:
             return None
         if AUDIENCE not in (status.get("audiences") or [AUDIENCE]):
             return None
-        extra = user.get("extra") or {}
-        bound = extra.get(NODE_NAME if user.get("username") == self.username else POD_UID) or []
+        ztunnel = user.get("username") == self.username
+        bound = (user.get("extra") or {}).get(NODE_NAME if ztunnel else POD_UID) or []
         if len(bound) != 1:
             return None
-        return (
-            Caller(node=str(bound[0]))
-            if user.get("username") == self.username
-            else (Caller(pod_uid=str(bound[0])))
-        )
+        return Caller(node=str(bound[0])) if ztunnel else Caller(pod_uid=str(bound[0]))
 
     def _cached(self, key: bytes) -> Caller | None:
         entry = self._cache.get(key)

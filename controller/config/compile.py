@@ -51,10 +51,10 @@ def _workload(pod: Obj, namespace: Obj | None, services: Iterable[Obj]) -> Resou
     meta, spec, status = pod["metadata"], pod["spec"], pod.get("status") or {}
     if not status.get("podIP") or spec.get("hostNetwork"):
         return None  # host-network pods share the node's address: never mesh workloads
-    waypoint = "" if waypoint_of(pod) else use_waypoint(pod, namespace)
-    if not waypoint and not waypoint_of(pod):
-        fronting = (use_waypoint(svc) for svc in services if _selects(svc, pod))
-        waypoint = min((w for w in fronting if w), default="")
+    waypoint = ""
+    if not waypoint_of(pod):  # a waypoint pod is never behind a waypoint
+        fronting = [w for svc in services if _selects(svc, pod) and (w := use_waypoint(svc))]
+        waypoint = use_waypoint(pod, namespace) or min(fronting, default="")
     return {
         "type": "workload",
         "key": meta["uid"],
