@@ -26,3 +26,8 @@ ZTUNNEL_PORTS = frozenset(
         ZTUNNEL_SOCKS5,
     }
 )
+
+# Kept out of every pod's ephemeral range (net.ipv4.ip_local_reserved_ports, as Istio reserves
+# its ports): the datapath tells HBONE apart by port 15008, so a client connection that happened
+# to get source port 15008 would have its replies taken for inbound HBONE and never connect.
+POD_RESERVED_PORTS = ",".join(str(p) for p in sorted(ZTUNNEL_PORTS))

@@ -19,11 +19,11 @@ from localcluster import admission, naming, pods, system, teardown, waypoints
 from localcluster import netns as kernel
 from localcluster.store import ClusterInfo, ClusterStore, ObjectSet
 from localcluster.topology import NodePlan, plan_nodes
+from node_agent.attach import ZTUNNEL_SYSCTLS
 
 Progress = Callable[[str], None]
 ZTUNNEL_HOST_IF = "ztunnel"
 CAPTURE_TIMEOUT_S = 10.0
-ZTUNNEL_SYSCTLS = {"net/ipv4/tcp_migrate_req": "1"}
 DEFAULT_NODES = 2
 
 
@@ -108,8 +108,7 @@ class Cluster:
                     pod_ip=plan.ztunnel_ip,
                     gateway_ip=plan.gateway_ip,
                 )
-            # A restarting ztunnel's pending connections move to the listener that stays
-            # (SO_REUSEPORT group) instead of being reset: no refused connection (F-4).
+            # Before ztunnel starts (the node agent sets them too, as on Kubernetes).
             kernel.set_sysctls(zt_ns, ZTUNNEL_SYSCTLS)
             self.progress(
                 f"{plan.name:10} {node_ns} (node IP {plan.node_ip}, pods {plan.pod_cidr}, "

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from api import ports
 from api.objects import Obj
 from localcluster import naming
 from localcluster import netns as kernel
@@ -25,6 +26,7 @@ from localcluster.store import ClusterStore
 from localcluster.topology import NodePlan
 
 SHIM_START_TIMEOUT_S = 10.0
+RESERVED_PORTS_SYSCTL = "net/ipv4/ip_local_reserved_ports"
 # Pods run host programs. PATH puts ambientmesh's venv first so `python3` has its libraries.
 _BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -122,6 +124,7 @@ def wire(node: NodePlan, cluster: str, ref: PodRef, pod: Obj) -> None:
         pod_ip=pod["status"]["podIP"],
         gateway_ip=node.gateway_ip,
     )
+    kernel.set_sysctls(ref.netns, {RESERVED_PORTS_SYSCTL: ports.POD_RESERVED_PORTS})
 
 
 def launch(netns: str, run_dir: Path, spec: ShimSpec, what: str) -> None:

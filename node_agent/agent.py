@@ -24,11 +24,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from api import ports
 from api.ambient import enrolled
 from api.objects import ObjectRef
 from bpf.loader import Datapath, compile_datapath
+from localcluster import netns as kernel
+from localcluster.pods import RESERVED_PORTS_SYSCTL
 from localcluster.store import ObjectSet
-from node_agent import attach
+from node_agent import attach, discover
 from node_agent.attach import EGRESS, INGRESS, Hook
 
 log = logging.getLogger("node_agent")
@@ -49,6 +52,9 @@ class AgentSettings:
     any CNI)."""
     drift_interval_s: float = 2.0
     """How often attached filters and map entries are verified."""
+    reserve_pod_ports: bool = False
+    """Reserve ztunnel's ports in each captured pod's netns (Kubernetes; the local cluster
+    does it when it wires a pod)."""
 
 
 @dataclass
@@ -160,6 +166,7 @@ class Agent:
             mark=attach.MARK,
         )
         attach.ensure_local_routing(self.settings.ztunnel_netns)
+        kernel.set_sysctls(self.settings.ztunnel_netns, attach.ZTUNNEL_SYSCTLS)
         attach.attach(self._zt_hook(), self.datapath.fds["zt_in"])
 
     def _attach_pod(self, ifindex: int) -> None:
@@ -203,6 +210,22 @@ class Agent:
             return
         self.captured[ip] = Captured(pod["metadata"]["uid"], ip, ifindex, name)
         log.info("enrolled %s (%s, ifindex %d)", name, ip, ifindex)
+        if self.settings.reserve_pod_ports:
+            self._reserve_ports(ip, name)
+
+    def _reserve_ports(self, ip: str, name: str) -> None:
+        """Keep ztunnel's ports out of the pod's ephemeral range (`ports.POD_RESERVED_PORTS`),
+        as Istio's CNI does. Best effort: failures are counted and logged."""
+        netns = discover.netns_holding(ip)
+        problem = "no process holds its network namespace" if netns is None else ""
+        if netns is not None:
+            try:
+                kernel.set_sysctls(netns, {RESERVED_PORTS_SYSCTL: ports.POD_RESERVED_PORTS})
+            except OSError as exc:
+                problem = str(exc)
+        if problem:
+            self.metrics.errors.labels(reason="reserve_ports_failed").inc()
+            log.warning("pod %s: cannot reserve ztunnel's ports: %s", name, problem)
 
     def _release(self, ip: str) -> None:
         assert self.datapath is not None

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from api import ports
+
 INGRESS = "ffff:fff2"
 EGRESS = "ffff:fff3"
 # tc priority 0x2a0a and handle 0xa0: ours, the same on every hook (documented in ARCHITECTURE).
@@ -31,6 +33,18 @@ RULE_PRIORITY = 100
 DISCARD_PORT = 9  # RFC 863: a datagram here only makes the node resolve the pod's MAC
 ARP_WAIT_S = 1.0
 RT_SCOPE_HOST = 254
+# ztunnel's netns, set up with its datapath (the agent has that netns; the ztunnel container's
+# /proc/sys is read-only on Kubernetes):
+ZTUNNEL_SYSCTLS = {
+    # A restarting ztunnel's pending connections move to the listener that stays (F-4).
+    "net/ipv4/tcp_migrate_req": "1",
+    # Inbound dials come from the client's IP, so at a high connection rate to one pod the
+    # client-IP/pod pairs run through the port range within TIME_WAIT's 60 s: reuse TIME_WAIT
+    # ports (safe with timestamps, as for any proxy) from a full range, ztunnel's own excepted.
+    "net/ipv4/tcp_tw_reuse": "1",
+    "net/ipv4/ip_local_port_range": "1024 65535",
+    "net/ipv4/ip_local_reserved_ports": ports.POD_RESERVED_PORTS,
+}
 
 
 @dataclass(frozen=True)

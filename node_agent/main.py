@@ -79,6 +79,7 @@ def _settings(args: argparse.Namespace) -> AgentSettings:
         pin_dir=args.pin_dir or naming.bpf_pin_dir(cluster) / node,
         run_dir=args.run_dir or ClusterStore(cluster).root / "nodes" / node / "agent",
         ztunnel_host_if="" if auto else "ztunnel",
+        reserve_pod_ports=auto,
     )
 
 

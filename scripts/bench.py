@@ -334,7 +334,7 @@ class Bench:
 
     def throughput(self, path: str) -> dict[str, float]:
         pod, host, port = self.paths("5201", "15201")[path]
-        seconds = 3 if self.quick else 8
+        seconds = 2 if self.quick else 8
         pids = self.pids(path)
         cpu0 = self.cpu_s(pids)
         out = json.loads(
@@ -354,7 +354,7 @@ class Bench:
         loops with the proxies' CPU, so that per proxy core-second compares what each path
         spends per connection (PERF.md measured stunnel as ~300 per server core-second)."""
         pod, host, port = self.paths("9000", "19000")[path]
-        seconds = "1.5" if self.quick else "5"
+        seconds = "1" if self.quick else "5"
 
         def run(workers: str) -> dict[str, float]:
             result: dict[str, float] = json.loads(

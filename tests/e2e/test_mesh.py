@@ -178,6 +178,36 @@ def test_same_node_meshed_traffic_also_goes_through_ztunnel(mesh: dict[str, str]
     )
 
 
+def test_client_source_port_15008_regression(mesh: dict[str, str]) -> None:
+    """A client whose kernel picked source port 15008 never connected: the replies to it were
+    taken for inbound HBONE (found by the bench, whose clients widen their port range). Pods
+    keep ztunnel's ports out of their ephemeral range, as Istio does."""
+    cluster = mesh["cluster"]
+    shown = ambientctl(
+        cluster, "exec", "mesh/client", "--", "cat", "/proc/sys/net/ipv4/ip_local_reserved_ports"
+    ).stdout
+    assert "15008" in shown
+    script = (
+        "import socket, sys\n"
+        "s = socket.create_connection((sys.argv[1], 8080), timeout=3)\n"
+        "print(s.getsockname()[1])\n"
+    )
+    narrow = 'sysctl -q -w net.ipv4.ip_local_port_range="15008 15009"'
+    restore = 'sysctl -q -w net.ipv4.ip_local_port_range="32768 60999"'
+    done = ambientctl(
+        cluster,
+        "exec",
+        "mesh/client",
+        "--",
+        "sh",
+        "-c",
+        f'{narrow} && python3 -c "$0" "$1"; rc=$?; {restore}; exit $rc',
+        script,
+        mesh["server"],
+    )
+    assert done.stdout.split() == ["15009"]
+
+
 def _apply(cluster: str, doc: Mapping[str, object]) -> None:
     ambientctl(cluster, "apply", "-f", "-", stdin=json.dumps(doc))
 
