@@ -63,6 +63,8 @@ class HboneConnection(asyncio.Protocol):
         self._last_rx = time.monotonic()
         self._idle_since: float | None = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
+        self._flush_pending = False
+        self._wrote_this_tick = False
 
     # --- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -175,30 +177,30 @@ class HboneConnection(asyncio.Protocol):
     def open_stream(self, authority: str, headers: dict[str, str], handler: StreamHandler) -> int:
         stream_id = self.proto.open(authority, headers)
         self.register(stream_id, handler)
-        self._flush()
+        self._flush_soon()
         return stream_id
 
     def respond(self, stream_id: int, status: int, *, end: bool = False) -> None:
         self.proto.respond(stream_id, status, end=end)
-        self._flush()
+        self._flush_soon()
 
     def send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
         taken = self.proto.send(stream_id, data)
-        self._flush()
+        self._flush_soon()
         return taken
 
     def end(self, stream_id: int) -> None:
         self.proto.end(stream_id)
-        self._flush()
+        self._flush_soon()
 
     def reset(self, stream_id: int, code: int = ErrorCodes.CANCEL) -> None:
         self._forget(stream_id)
         self.proto.reset(stream_id, code)
-        self._flush()
+        self._flush_soon()
 
     def ack(self, stream_id: int, size: int) -> None:
         self.proto.ack(stream_id, size)
-        self._flush()
+        self._flush_soon()
 
     @property
     def usable(self) -> bool:
@@ -226,6 +228,27 @@ class HboneConnection(asyncio.Protocol):
             self.transport.writelines(data)
             if self.transport.get_write_buffer_size() == 0:
                 self.proto.peer_read_progress()
+
+    def _flush_soon(self) -> None:
+        """The first write of a loop iteration goes out at once (a lone request-response pays
+        no extra wake-up); frames queued after it in the same iteration, by other streams,
+        wait for the iteration's end and go out together: one TLS write and one syscall for
+        all of them. Reading a socket batch (`data_received`) flushes at its end anyway."""
+        loop = asyncio.get_running_loop()
+        if not self._wrote_this_tick:
+            self._wrote_this_tick = True
+            loop.call_soon(self._end_tick)
+            self._flush()
+        elif not self._flush_pending:
+            self._flush_pending = True
+            loop.call_soon(self._flush_now)
+
+    def _end_tick(self) -> None:
+        self._wrote_this_tick = False
+
+    def _flush_now(self) -> None:
+        self._flush_pending = False
+        self._flush()
 
     def _close_soon(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
