@@ -207,8 +207,9 @@ class Http2Session:
             ("content-type", "text/plain"),
             ("content-length", str(len(body))),
         ]
-        self.server.send_headers(sid, headers)
-        self.server.send_data(sid, body, end_stream=True)  # small: within any window
+        with _gone_quietly():  # the client reset it already: nothing to answer
+            self.server.send_headers(sid, headers)
+            self.server.send_data(sid, body, end_stream=True)  # small: within any window
         record.response_bytes = len(body)
         self.hooks.record(record)
 
@@ -268,11 +269,15 @@ class Http2Session:
                 stream.record.status = int(status) if status.isdigit() else 0
                 keep = [h for h in headers if h[0].startswith(":")]
                 keep += forwardable([h for h in headers if not h[0].startswith(":")])
-                self.server.send_headers(stream.down_id, keep, end_stream=bool(event.stream_ended))
+                with _gone_quietly():
+                    self.server.send_headers(
+                        stream.down_id, keep, end_stream=bool(event.stream_ended)
+                    )
                 if event.stream_ended:
                     self._end_down_stream(stream, reset=False, sent=True)
             elif isinstance(event, h2.events.InformationalResponseReceived) and stream:
-                self.server.send_headers(stream.down_id, _text(event.headers or []))
+                with _gone_quietly():
+                    self.server.send_headers(stream.down_id, _text(event.headers or []))
             elif isinstance(event, h2.events.TrailersReceived) and stream:
                 stream.trailers = _text(event.headers or [])
                 stream.end_down = True
@@ -319,10 +324,11 @@ class Http2Session:
             if client is not None:
                 _move(stream.to_down, self.server, stream.down_id, client, stream.up_id)
             if stream.end_down and not stream.to_down:
-                if stream.trailers is not None:
-                    self.server.send_headers(stream.down_id, stream.trailers, end_stream=True)
-                else:
-                    self.server.end_stream(stream.down_id)
+                with _gone_quietly():
+                    if stream.trailers is not None:
+                        self.server.send_headers(stream.down_id, stream.trailers, end_stream=True)
+                    else:
+                        self.server.end_stream(stream.down_id)
                 self._end_down_stream(stream, reset=False, sent=True)
 
     async def _flush_down(self) -> None:
@@ -343,6 +349,12 @@ class Http2Session:
         if not stream.record.status:
             stream.record.status = 0  # no response: the client or upstream went away
         self.hooks.record(stream.record)
+
+
+def _gone_quietly() -> contextlib.AbstractContextManager[None]:
+    """Writing to a stream the client has reset (its RST_STREAM is read but not yet handled)
+    is no error of the connection's: the stream's own reset handling follows."""
+    return contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.StreamIDTooLowError)
 
 
 class _Calm(Exception):

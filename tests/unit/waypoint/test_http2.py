@@ -5,11 +5,13 @@ neighbours go on, bad headers refused, and Rapid Reset cut off."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 
 from tests.unit.waypoint.test_http1 import Hooks, MemoryPipe, pipe_pair
 from ztunnel.waypoint.exchange import Flow
@@ -34,9 +36,12 @@ async def h2_backend(pipe: MemoryPipe, seen: list[tuple[str, bytes]]) -> None:
             elif isinstance(event, h2.events.StreamEnded):
                 sid = event.stream_id
                 seen.append((paths[sid], bodies[sid]))
-                conn.send_headers(sid, [(":status", "200")])
-                conn.send_data(sid, f"{paths[sid]} {len(bodies[sid])}".encode())
-                conn.send_headers(sid, [("grpc-status", "0")], end_stream=True)
+                with contextlib.suppress(  # reset meanwhile
+                    h2.exceptions.StreamClosedError, h2.exceptions.StreamIDTooLowError
+                ):
+                    conn.send_headers(sid, [(":status", "200")])
+                    conn.send_data(sid, f"{paths[sid]} {len(bodies[sid])}".encode())
+                    conn.send_headers(sid, [("grpc-status", "0")], end_stream=True)
         await pipe.write(conn.data_to_send())
 
 
@@ -59,7 +64,11 @@ def absorb(conn: h2.connection.H2Connection, data: bytes, results: dict[int, lis
     return goaway
 
 
-def exchange(requests: list[tuple[list[tuple[str, str]], bytes]], rapid_resets: int = 0) -> Any:
+def exchange(
+    requests: list[tuple[list[tuple[str, str]], bytes]],
+    rapid_resets: int = 0,
+    reset_paths: list[str] | None = None,
+) -> Any:
     """Send the requests on one HTTP/2 connection; return ({stream: (status, body, trailers)},
     hooks, whether the connection was closed with GOAWAY)."""
 
@@ -79,17 +88,10 @@ def exchange(requests: list[tuple[list[tuple[str, str]], bytes]], rapid_resets: 
         task = asyncio.create_task(session.run(b""))
         conn = h2.connection.H2Connection()
         conn.initiate_connection()
-        for _ in range(rapid_resets):
+        for i in range(rapid_resets):
             sid = conn.get_next_available_stream_id()
-            conn.send_headers(
-                sid,
-                [
-                    (":method", "GET"),
-                    (":path", "/api/x"),
-                    (":scheme", "http"),
-                    (":authority", "web"),
-                ],
-            )
+            path = reset_paths[i] if reset_paths else "/api/x"
+            conn.send_headers(sid, get(path), end_stream=True)
             conn.reset_stream(sid)
         for headers, body in requests:
             sid = conn.get_next_available_stream_id()
@@ -158,3 +160,13 @@ def test_rapid_reset_closes_the_connection() -> None:
     _, hooks, goaway = exchange([(get("/api/x"), b"")], rapid_resets=300)
     assert goaway
     assert hooks.seen == []
+
+
+def test_a_stream_reset_before_its_answer_leaves_the_others_working() -> None:
+    """The client resets denied and allowed streams at once (their RST_STREAM arrives with
+    their HEADERS): answering a stream already reset is not a connection error."""
+    results, _, goaway = exchange(
+        [(get("/api/after"), b"")], rapid_resets=3, reset_paths=["/admin", "/api/x", "/admin"]
+    )
+    assert not goaway
+    assert results[7][:2] == (200, b"/api/after 0")
