@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Collection
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -132,3 +133,23 @@ def verify_peer(
     check_trust_domain(identity, trust_domain)
     check_identity(identity, expected)
     return identity
+
+
+def verify_transport(
+    transport: Any, trust_domain: str, purpose: Purpose, expected: SpiffeId | None
+) -> SpiffeId:
+    """`verify_peer` on a TLS transport just after its handshake: ALPN must be h2 (I-8) and the
+    peer must have shown a certificate."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+        raise PeerRejected(Reason.MALFORMED, "ALPN must be h2")
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        raise PeerRejected(Reason.NO_URI_SAN, "no peer certificate")
+    return verify_peer(
+        der,
+        trust_domain=trust_domain,
+        purpose=purpose,
+        now=datetime.now(UTC),
+        expected={expected} if expected else None,
+    )

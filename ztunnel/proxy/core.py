@@ -9,7 +9,6 @@ import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from api import ports
@@ -227,21 +226,9 @@ class ProxyCore:
     def _verify(
         self, transport: asyncio.BaseTransport, purpose: verify.Purpose, expected: SpiffeId | None
     ) -> SpiffeId:
-        ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
-            raise verify.PeerRejected(verify.Reason.MALFORMED, "ALPN must be h2")  # I-8
-        der = ssl_object.getpeercert(binary_form=True)
-        if not der:
-            raise verify.PeerRejected(verify.Reason.NO_URI_SAN, "no peer certificate")
         snap = self.snapshot()
         trust_domain = snap.trust_domain if snap else (expected.trust_domain if expected else "")
-        return verify.verify_peer(
-            der,
-            trust_domain=trust_domain,
-            purpose=purpose,
-            now=datetime.now(UTC),
-            expected={expected} if expected else None,
-        )
+        return verify.verify_transport(transport, trust_domain, purpose, expected)
 
     async def _dial_hbone(self, key: PoolKey) -> HboneConnection:
         raise NotImplementedError  # the outbound half dials

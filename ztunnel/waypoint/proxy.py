@@ -19,7 +19,6 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from api import ports
@@ -140,7 +139,9 @@ class WaypointProxy:
         """Any mesh identity may reach a waypoint (policy decides); only mTLS peers exist here,
         so nothing is ever assumed of an unauthenticated tunnel (RELIABILITY W-5)."""
         try:
-            return _verify(transport, self.identity.trust_domain, verify.Purpose.CLIENT, None)
+            return verify.verify_transport(
+                transport, self.identity.trust_domain, verify.Purpose.CLIENT, None
+            )
         except verify.PeerRejected as exc:
             self.tcp_metrics.reject("waypoint", f"peer_{exc.reason.value}")
             log.warning("peer %s rejected: %s", transport.get_extra_info("peername"), exc)
@@ -295,7 +296,9 @@ class WaypointProxy:
             CONNECT_TIMEOUT_S + HANDSHAKE_TIMEOUT_S,
         )
         try:
-            _verify(transport, key.src.trust_domain, verify.Purpose.SERVER, key.dst_identity)
+            verify.verify_transport(
+                transport, key.src.trust_domain, verify.Purpose.SERVER, key.dst_identity
+            )
         except verify.PeerRejected:
             transport.abort()
             raise
@@ -316,27 +319,6 @@ class WaypointProxy:
         for task in list(self._tasks):
             task.cancel()
         self.pool.close()
-
-
-def _verify(
-    transport: asyncio.BaseTransport,
-    trust_domain: str,
-    purpose: verify.Purpose,
-    expected: SpiffeId | None,
-) -> SpiffeId:
-    ssl_object = transport.get_extra_info("ssl_object")
-    if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
-        raise verify.PeerRejected(verify.Reason.MALFORMED, "ALPN must be h2")
-    der = ssl_object.getpeercert(binary_form=True)
-    if not der:
-        raise verify.PeerRejected(verify.Reason.NO_URI_SAN, "no peer certificate")
-    return verify.verify_peer(
-        der,
-        trust_domain=trust_domain,
-        purpose=purpose,
-        now=datetime.now(UTC),
-        expected={expected} if expected else None,
-    )
 
 
 class _Hooks:
