@@ -8,6 +8,7 @@ like ztunnel's verifiers (trust domain, identity, expiry). Reasons are counted b
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
@@ -153,3 +154,12 @@ def verify_transport(
         now=datetime.now(UTC),
         expected={expected} if expected else None,
     )
+
+
+def close_at_peer_expiry(transport: Any) -> None:
+    """RELIABILITY F-7: TLS never re-validates an established session, so a connection ends when
+    its peer's certificate does (the fail-closed choice; the peer reconnects with its fresh one)."""
+    der = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+    not_after = x509.load_der_x509_certificate(der).not_valid_after_utc
+    delay = (not_after - datetime.now(UTC)).total_seconds()
+    asyncio.get_running_loop().call_later(max(delay, 0.0), transport.abort)

@@ -7,10 +7,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
-
-from cryptography import x509
 
 from api.spiffe import SpiffeId
 from common import tls
@@ -33,17 +30,6 @@ from ztunnel.proxy.splice import Held
 from ztunnel.state.workloads import Snapshot
 
 log = logging.getLogger("ztunnel.proxy")
-
-
-def _close_at_peer_expiry(transport: asyncio.Transport) -> None:
-    """RELIABILITY F-7: TLS never re-validates an established session, so a connection ends when
-    its peer's certificate does (the fail-closed choice; the peer reconnects with its fresh one)."""
-    ssl_object = transport.get_extra_info("ssl_object")
-    not_after = x509.load_der_x509_certificate(
-        ssl_object.getpeercert(binary_form=True)
-    ).not_valid_after_utc
-    delay = (not_after - datetime.now(UTC)).total_seconds()
-    asyncio.get_running_loop().call_later(max(delay, 0.0), transport.abort)
 
 
 class InboundProxy(ProxyCore):
@@ -99,7 +85,7 @@ class InboundProxy(ProxyCore):
                     "inbound peer %s rejected: %s", transport.get_extra_info("peername"), exc
                 )
                 raise
-            _close_at_peer_expiry(transport)
+            verify.close_at_peer_expiry(transport)
             return peer
 
         conn = HboneConnection(

@@ -137,15 +137,18 @@ class WaypointProxy:
 
     def _verify_client(self, transport: asyncio.Transport) -> SpiffeId:
         """Any mesh identity may reach a waypoint (policy decides); only mTLS peers exist here,
-        so nothing is ever assumed of an unauthenticated tunnel (RELIABILITY W-5)."""
+        so nothing is ever assumed of an unauthenticated tunnel (RELIABILITY W-5). The
+        connection ends with the peer's certificate (F-7), as at ztunnel."""
         try:
-            return verify.verify_transport(
+            peer = verify.verify_transport(
                 transport, self.identity.trust_domain, verify.Purpose.CLIENT, None
             )
         except verify.PeerRejected as exc:
             self.tcp_metrics.reject("waypoint", f"peer_{exc.reason.value}")
             log.warning("peer %s rejected: %s", transport.get_extra_info("peername"), exc)
             raise
+        verify.close_at_peer_expiry(transport)
+        return peer
 
     # --- tunnels in ------------------------------------------------------------------------------
 
