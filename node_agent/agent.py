@@ -185,15 +185,23 @@ class Agent:
             current = self.captured[ip]
             if pod is None or (current.uid and current.uid != pod["metadata"]["uid"]):
                 self._release(ip)
-        for ip, pod in want.items():
-            if ip not in self.captured or not self.captured[ip].uid:
-                self._capture(ip, pod)
+        new = {
+            ip: pod
+            for ip, pod in want.items()
+            if ip not in self.captured or not self.captured[ip].uid
+        }
+        holders = (
+            discover.netns_holding_all(set(new)) if new and self.settings.reserve_pod_ports else {}
+        )
+        for ip, pod in new.items():
+            self._capture(ip, pod, holders.get(ip))
         self.metrics.reconciles.inc()
         self.metrics.enrolled.set(len(self.captured))
         self.metrics.duration.set(time.monotonic() - started)
         self.ready = True
 
-    def _capture(self, ip: str, pod: Mapping[str, Any]) -> None:
+    def _capture(self, ip: str, pod: Mapping[str, Any], netns: str | None = None) -> None:
+        """`netns`: the pod's network namespace, when ztunnel's ports are to be reserved in it."""
         assert self.datapath is not None
         name = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
         ifindex = attach.pod_veth(ip)
@@ -211,12 +219,11 @@ class Agent:
         self.captured[ip] = Captured(pod["metadata"]["uid"], ip, ifindex, name)
         log.info("enrolled %s (%s, ifindex %d)", name, ip, ifindex)
         if self.settings.reserve_pod_ports:
-            self._reserve_ports(ip, name)
+            self._reserve_ports(netns, name)
 
-    def _reserve_ports(self, ip: str, name: str) -> None:
+    def _reserve_ports(self, netns: str | None, name: str) -> None:
         """Keep ztunnel's ports out of the pod's ephemeral range (`ports.POD_RESERVED_PORTS`),
         as Istio's CNI does. Best effort: failures are counted and logged."""
-        netns = discover.netns_holding(ip)
         problem = "no process holds its network namespace" if netns is None else ""
         if netns is not None:
             try:

@@ -31,8 +31,17 @@ def ztunnel_ip(objects: ObjectSet, node: str, namespace: str) -> str | None:
 
 def netns_holding(ip: str, proc: Path = Path("/proc")) -> str | None:
     """A `/proc/<pid>/ns/net` path of the network namespace whose eth0 has `ip`."""
+    return netns_holding_all({ip}, proc).get(ip)
+
+
+def netns_holding_all(ips: set[str], proc: Path = Path("/proc")) -> dict[str, str]:
+    """For each of `ips` found, a `/proc/<pid>/ns/net` path of the network namespace whose
+    eth0 holds it: one pass over /proc, each namespace opened once, however many pods."""
+    found: dict[str, str] = {}
     seen: set[int] = set()
     for entry in proc.iterdir():
+        if len(found) == len(ips):
+            break
         if not entry.name.isdigit():
             continue
         path = entry / "ns" / "net"
@@ -44,6 +53,8 @@ def netns_holding(ip: str, proc: Path = Path("/proc")) -> str | None:
             continue
         seen.add(inode)
         with contextlib.suppress(NetlinkError, OSError), IPRoute(netns=str(path), flags=0) as ipr:
-            if ipr.get_addr(label="eth0", address=ip):
-                return str(path)
-    return None
+            for msg in ipr.get_addr(label="eth0"):
+                address = msg.get_attr("IFA_ADDRESS")
+                if address in ips:
+                    found.setdefault(address, str(path))
+    return found

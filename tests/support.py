@@ -7,11 +7,12 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from localcluster import naming
+from localcluster import naming, teardown
 from localcluster import netns as kernel
 
 AMBIENTCTL = str(Path(sys.executable).parent / "ambientctl")
@@ -124,3 +125,21 @@ def exec_background(cluster: str, pod: str, *command: str) -> subprocess.Popen[s
         stdout=subprocess.PIPE,
         text=True,
     )
+
+
+DEMO = Path(__file__).resolve().parents[1] / "manifests" / "demo" / "app.yaml"
+
+
+@contextmanager
+def demo_cluster(state_dir: Path) -> Iterator[str]:
+    """A test cluster (state in `state_dir`) running the demo app; removed, and checked to
+    leave nothing behind, afterwards."""
+    os.environ[naming.STATE_DIR_ENV] = str(state_dir)
+    name = f"{naming.TEST_CLUSTER_PREFIX}{os.urandom(3).hex()}"
+    try:
+        ambientctl(name, "up")
+        ambientctl(name, "apply", "-f", str(DEMO))
+        yield name
+    finally:
+        teardown.down(name)
+        assert leftovers(name) == []

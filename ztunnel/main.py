@@ -30,12 +30,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from api import ports
 from api.ambient import ROOT_NAMESPACE
 from api.meshconfig import Resource, policy_namespaces
-from api.spiffe import controller_identity
 from common import http1
 from localcluster import naming
-from localcluster.store import ClusterStore, FileStore, StoreWatcher
+from localcluster.store import FileStore, StoreWatcher
+from ztunnel.config.bootstrap import Bootstrap, add_kubernetes_flags, check_kubernetes_flags
 from ztunnel.config.client import ClientMetrics, ConfigClient
-from ztunnel.identity.caclient import CaClient
 from ztunnel.identity.manager import CertificateManager
 from ztunnel.metrics import ProxyMetrics
 from ztunnel.proxy.server import Proxy, ProxySettings
@@ -93,18 +92,15 @@ def workload_dump(snapshot: Snapshot | None) -> list[dict[str, Any]]:
 class Ztunnel:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        if settings.trust_domain is None:  # local mode: the cluster's store knows
-            store = ClusterStore(settings.cluster)
-            info = store.info()
-            self.trust_domain, self.ttl_s = info.trust_domain, info.workload_cert_ttl_s
-            self.bundle_path = store.ca_dir / "root-cert.pem"
-            self.token_path = store.node_token_path(settings.node)
-        else:
-            assert settings.ca_bundle is not None
-            assert settings.token_file is not None
-            self.trust_domain = settings.trust_domain
-            self.ttl_s = settings.workload_cert_ttl_s or 86400
-            self.bundle_path, self.token_path = settings.ca_bundle, settings.token_file
+        self.boot = Bootstrap.resolve(
+            settings.cluster,
+            lambda store: store.node_token_path(settings.node),
+            trust_domain=settings.trust_domain,
+            ca_bundle=settings.ca_bundle,
+            token_file=settings.token_file,
+            ttl_s=settings.workload_cert_ttl_s,
+        )
+        self.trust_domain = self.boot.trust_domain
         self.watcher = (
             StoreWatcher(FileStore(settings.cluster, settings.config)) if settings.config else None
         )
@@ -137,27 +133,13 @@ class Ztunnel:
 
     def _start_clients(self) -> None:
         """CA and config clients, once the controller's trust bundle exists."""
-        bundle = self.bundle_path
-        if self.manager is not None or not bundle.exists():
+        if self.manager is not None or not self.boot.ready():
             return
-        host, _, port_s = self.settings.controller.partition(":")
-        port = int(port_s or ports.CONTROLLER)
-        bundle_pem = [bundle.read_text()]
-        path = self.token_path
-
-        def token() -> str:
-            return path.read_text().strip()
-
-        controller = controller_identity(self.trust_domain)
-        ca = CaClient(host, port, token, bundle_pem, controller=controller)
-        self.manager = CertificateManager(ca, ttl_s=self.ttl_s)
+        controller = self.settings.controller
+        self.manager = CertificateManager(self.boot.ca_client(controller), ttl_s=self.boot.ttl_s)
         if self.watcher is None:
-            self.config = ConfigClient(
-                host,
-                port,
-                token,
-                bundle_pem,
-                controller=controller,
+            self.config = self.boot.config_client(
+                controller,
                 on_update=self.on_config,
                 metrics=self.config_metrics,
                 on_reject=self.on_rejected_config,
@@ -319,22 +301,14 @@ def parse_args(argv: list[str]) -> Settings:
         default=None,
         help="static config: a Kubernetes List YAML instead of the store",
     )
-    kube = parser.add_argument_group("Kubernetes mode (all four together)")
-    kube.add_argument("--token-file", type=Path, default=None)
-    kube.add_argument("--ca-bundle", type=Path, default=None)
-    kube.add_argument("--trust-domain", default=None)
-    kube.add_argument("--workload-cert-ttl", type=int, default=None, help="seconds")
+    add_kubernetes_flags(parser)
     parser.add_argument(
         "--no-transparent",
         action="store_true",
         help="plain listeners and dials (tests without CAP_NET_ADMIN)",
     )
     args = parser.parse_args(argv)
-    kube_flags = (args.token_file, args.ca_bundle, args.trust_domain, args.workload_cert_ttl)
-    if any(kube_flags) and not all(kube_flags):
-        parser.error(
-            "--token-file, --ca-bundle, --trust-domain and --workload-cert-ttl go together"
-        )
+    check_kubernetes_flags(parser, args)
     proxy = ProxySettings(
         socks_port=args.socks_port,
         transparent=not args.no_transparent,

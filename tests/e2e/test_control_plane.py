@@ -5,18 +5,15 @@ outage that traffic does not notice (issue: control plane; RELIABILITY F-5, F-6)
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from localcluster import naming, pods, probe, system, teardown
+from localcluster import pods, probe, system
 from localcluster.cluster import Cluster
-from tests.support import ambientctl, leftovers, wait_for
+from tests.support import ambientctl, demo_cluster, wait_for
 
-DEMO = Path(__file__).resolve().parents[2] / "manifests" / "demo" / "app.yaml"
 NODES = ("node1", "node2")
 POLICY = """
 apiVersion: security.istio.io/v1
@@ -32,15 +29,8 @@ spec:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    os.environ[naming.STATE_DIR_ENV] = str(tmp_path_factory.mktemp("state"))
-    name = f"{naming.TEST_CLUSTER_PREFIX}{os.urandom(3).hex()}"
-    try:
-        ambientctl(name, "up")
-        ambientctl(name, "apply", "-f", str(DEMO))
+    with demo_cluster(tmp_path_factory.mktemp("state")) as name:
         yield name
-    finally:
-        teardown.down(name)
-        assert leftovers(name) == []
 
 
 def curl(cluster: str, url: str) -> str:

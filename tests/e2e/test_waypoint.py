@@ -5,17 +5,13 @@ with L4 rules only, and Istio's request metrics."""
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from localcluster import naming, teardown
-from tests.support import ambientctl, get_json, leftovers, wait_for
+from tests.support import ambientctl, demo_cluster, get_json, wait_for
 
-DEMO = Path(__file__).resolve().parents[2] / "manifests" / "demo" / "app.yaml"
 EXTRA = """
 apiVersion: v1
 kind: Pod
@@ -85,11 +81,7 @@ SMUGGLE = (
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    os.environ[naming.STATE_DIR_ENV] = str(tmp_path_factory.mktemp("state"))
-    name = f"{naming.TEST_CLUSTER_PREFIX}{os.urandom(3).hex()}"
-    try:
-        ambientctl(name, "up")
-        ambientctl(name, "apply", "-f", str(DEMO))
+    with demo_cluster(tmp_path_factory.mktemp("state")) as name:
         ambientctl(name, "apply", "-f", "-", stdin=EXTRA)
         ambientctl(name, "label", "namespace", "demo", "istio.io/dataplane-mode=ambient")
         ambientctl(name, "waypoint", "apply", "-n", "demo")
@@ -98,9 +90,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )
         ambientctl(name, "apply", "-f", "-", stdin=POLICY)
         yield name
-    finally:
-        teardown.down(name)
-        assert leftovers(name) == []
 
 
 def vip(cluster: str, service: str) -> str:

@@ -16,7 +16,7 @@ from ztunnel.hbone.connection import HboneConnection
 from ztunnel.hbone.protocol import ErrorCodes
 from ztunnel.identity import verify
 from ztunnel.identity.manager import CertificateUnavailable
-from ztunnel.proxy import routing, sockets, socks5
+from ztunnel.proxy import pool, routing, sockets, socks5
 from ztunnel.proxy.core import (
     CONNECT_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
@@ -181,24 +181,15 @@ class OutboundProxy(ProxyCore):
             transparent=self.settings.transparent,
             timeout_s=CONNECT_TIMEOUT_S,
         )
-        loop = asyncio.get_running_loop()
-        gate = Gate()
-        transport, _ = await loop.create_connection(
-            lambda: gate,
-            sock=sock,
-            ssl=ctx,
-            server_hostname="",
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
+        snap = self.snapshot()
+        return await pool.connect(
+            sock,
+            ctx,
+            trust_domain=snap.trust_domain if snap else key.dst_identity.trust_domain,
+            peer=key.dst_identity,
+            limits=self.settings.limits,
+            handshake_timeout_s=HANDSHAKE_TIMEOUT_S,
         )
-        try:
-            self._verify(transport, verify.Purpose.SERVER, key.dst_identity)
-        except verify.PeerRejected:
-            transport.abort()
-            raise
-        conn = HboneConnection(client=True, limits=self.settings.limits)
-        conn.peer = key.dst_identity
-        gate.open(transport, conn)
-        return conn
 
     def _client_context(self, identity: SpiffeId) -> ssl.SSLContext:
         """The HBONE client context of an identity, rebuilt when its certificate rotates."""

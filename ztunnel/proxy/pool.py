@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from api.spiffe import SpiffeId
+from ztunnel.hbone import protocol as p
 from ztunnel.hbone.connection import HboneConnection
+from ztunnel.identity import verify
+from ztunnel.proxy.splice import Gate
 
 log = logging.getLogger("ztunnel.pool")
 
@@ -83,3 +88,34 @@ class Pool:
         for conn in self.connections():
             conn.goaway(reason="shutting down")
         self._conns.clear()
+
+
+async def connect(
+    sock: socket.socket,
+    ctx: ssl.SSLContext,
+    *,
+    trust_domain: str,
+    peer: SpiffeId,
+    limits: p.Limits,
+    handshake_timeout_s: float,
+) -> HboneConnection:
+    """An HBONE client connection over a connected socket: TLS (no SNI), then the peer's
+    SPIFFE identity checked before a single HTTP/2 byte is written (the handshake's bytes wait
+    in a Gate meanwhile)."""
+    gate = Gate()
+    transport, _ = await asyncio.get_running_loop().create_connection(
+        lambda: gate,
+        sock=sock,
+        ssl=ctx,
+        server_hostname="",
+        ssl_handshake_timeout=handshake_timeout_s,
+    )
+    try:
+        verify.verify_transport(transport, trust_domain, verify.Purpose.SERVER, peer)
+    except verify.PeerRejected:
+        transport.abort()
+        raise
+    conn = HboneConnection(client=True, limits=limits)
+    conn.peer = peer
+    gate.open(transport, conn)
+    return conn

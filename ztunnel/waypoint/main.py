@@ -28,12 +28,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from api import ports
 from api.meshconfig import Resource
-from api.spiffe import SpiffeId, controller_identity
+from api.spiffe import SpiffeId
 from common import http1
 from localcluster import naming
-from localcluster.store import ClusterStore
-from ztunnel.config.client import ClientMetrics, ConfigClient
-from ztunnel.identity.caclient import CaClient
+from ztunnel.config.bootstrap import Bootstrap, add_kubernetes_flags, check_kubernetes_flags
+from ztunnel.config.client import ClientMetrics
 from ztunnel.identity.manager import CertificateManager
 from ztunnel.metrics import ProxyMetrics
 from ztunnel.waypoint import state as waypoint_state
@@ -66,18 +65,15 @@ class Settings:
 class Waypoint:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        if settings.trust_domain is None:
-            store = ClusterStore(settings.cluster)
-            info = store.info()
-            self.trust_domain, self.ttl_s = info.trust_domain, info.workload_cert_ttl_s
-            self.bundle = store.ca_dir / "root-cert.pem"
-            self.token = store.pod_token_path(settings.namespace, settings.pod)
-        else:
-            assert settings.ca_bundle is not None
-            assert settings.token_file is not None
-            self.trust_domain = settings.trust_domain
-            self.ttl_s = settings.workload_cert_ttl_s or 86400
-            self.bundle, self.token = settings.ca_bundle, settings.token_file
+        self.boot = Bootstrap.resolve(
+            settings.cluster,
+            lambda store: store.pod_token_path(settings.namespace, settings.pod),
+            trust_domain=settings.trust_domain,
+            ca_bundle=settings.ca_bundle,
+            token_file=settings.token_file,
+            ttl_s=settings.workload_cert_ttl_s,
+        )
+        self.trust_domain = self.boot.trust_domain
         self.identity = SpiffeId(self.trust_domain, settings.namespace, settings.service_account)
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
@@ -96,30 +92,13 @@ class Waypoint:
         )
 
     def _start_clients(self) -> None:
-        if self.manager is not None or not self.bundle.exists():
+        if self.manager is not None or not self.boot.ready():
             return
-        host, _, port_s = self.settings.controller.partition(":")
-        port = int(port_s or ports.CONTROLLER)
-        bundle_pem = [self.bundle.read_text()]
-        path = self.token
-
-        def token() -> str:
-            return path.read_text().strip()
-
-        controller = controller_identity(self.trust_domain)
-        self.manager = CertificateManager(
-            CaClient(host, port, token, bundle_pem, controller=controller),
-            ttl_s=self.ttl_s,
-        )
+        controller = self.settings.controller
+        self.manager = CertificateManager(self.boot.ca_client(controller), ttl_s=self.boot.ttl_s)
         self.manager.track({self.identity})
-        config = ConfigClient(
-            host,
-            port,
-            token,
-            bundle_pem,
-            controller=controller,
-            on_update=self.on_config,
-            metrics=self.config_metrics,
+        config = self.boot.config_client(
+            controller, on_update=self.on_config, metrics=self.config_metrics
         )
         self._config_task = asyncio.create_task(config.run())
 
@@ -190,20 +169,12 @@ def parse_args(argv: list[str]) -> Settings:
     parser.add_argument(
         "--access-log", action="store_true", help="log every request (off by default, as Istio)"
     )
-    kube = parser.add_argument_group("Kubernetes mode (all four together)")
-    kube.add_argument("--token-file", type=Path, default=None)
-    kube.add_argument("--ca-bundle", type=Path, default=None)
-    kube.add_argument("--trust-domain", default=None)
-    kube.add_argument("--workload-cert-ttl", type=int, default=None, help="seconds")
+    add_kubernetes_flags(parser)
     args = parser.parse_args(argv)
     for flag in ("namespace", "pod", "service_account"):
         if not getattr(args, flag):
             parser.error(f"--{flag.replace('_', '-')} (or its environment variable) is required")
-    kube_flags = (args.token_file, args.ca_bundle, args.trust_domain, args.workload_cert_ttl)
-    if any(kube_flags) and not all(kube_flags):
-        parser.error(
-            "--token-file, --ca-bundle, --trust-domain and --workload-cert-ttl go together"
-        )
+    check_kubernetes_flags(parser, args)
     return Settings(
         gateway=args.gateway,
         namespace=args.namespace,

@@ -29,8 +29,8 @@ from ztunnel.hbone.connection import HboneConnection
 from ztunnel.identity import verify
 from ztunnel.identity.manager import CertificateManager
 from ztunnel.metrics import ConnLabels, ProxyMetrics
+from ztunnel.proxy import pool, sockets
 from ztunnel.proxy.pool import Pool, PoolKey
-from ztunnel.proxy.splice import Gate
 from ztunnel.state.policy import Connection, Decision
 from ztunnel.waypoint import state as decide
 from ztunnel.waypoint.authz import Request
@@ -287,28 +287,17 @@ class WaypointProxy:
                 cert.bundle_pem, chain_pem=cert.chain_pem, key_pem=cert.key_pem, alpn=["h2"]
             )
             self._client_ctx = (cert.serial, ctx)
-        gate = Gate()
-        transport, _ = await asyncio.wait_for(
-            asyncio.get_running_loop().create_connection(
-                lambda: gate,
-                *key.dst,
-                ssl=self._client_ctx[1],
-                server_hostname="",
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
-            ),
-            CONNECT_TIMEOUT_S + HANDSHAKE_TIMEOUT_S,
+        sock = await sockets.dial(
+            key.dst, src_ip=None, transparent=False, timeout_s=CONNECT_TIMEOUT_S
         )
-        try:
-            verify.verify_transport(
-                transport, key.src.trust_domain, verify.Purpose.SERVER, key.dst_identity
-            )
-        except verify.PeerRejected:
-            transport.abort()
-            raise
-        conn = HboneConnection(client=True, limits=self.settings.limits)
-        conn.peer = key.dst_identity
-        gate.open(transport, conn)
-        return conn
+        return await pool.connect(
+            sock,
+            self._client_ctx[1],
+            trust_domain=key.src.trust_domain,
+            peer=key.dst_identity,
+            limits=self.settings.limits,
+            handshake_timeout_s=HANDSHAKE_TIMEOUT_S,
+        )
 
     # --- shutdown --------------------------------------------------------------------------------
 

@@ -103,10 +103,15 @@ class Hooks:
         self.records.append(exchange)
 
 
-def run(raw: bytes, check: Callable[[bytes, Hooks], Awaitable[None] | None]) -> None:
-    async def main() -> None:
+def run(
+    raw: bytes,
+    check: Callable[[bytes, Hooks], Awaitable[None] | None],
+    hooks: Hooks | None = None,
+) -> None:
+    """`raw` from a client that then half-closes, through a session; `check` gets all it got."""
+
+    async def main(hooks: Hooks) -> None:
         client, proxy_end = pipe_pair()
-        hooks = Hooks()
         session = Http1Session(proxy_end, Flow("10.0.0.1", "td/ns/a/sa/b", "10.96.0.5", 80), hooks)
         task = asyncio.create_task(session.run(b""))
         await client.write(raw)
@@ -121,7 +126,7 @@ def run(raw: bytes, check: Callable[[bytes, Hooks], Awaitable[None] | None]) -> 
         if result is not None:
             await result
 
-    asyncio.run(main())
+    asyncio.run(main(hooks or Hooks()))
 
 
 def statuses(out: bytes) -> list[int]:
@@ -251,48 +256,27 @@ def test_a_backend_that_cannot_be_reached_gets_503() -> None:
     def check(out: bytes, hooks: Hooks) -> None:
         assert statuses(out) == [503]
 
-    async def main() -> None:
-        client, proxy_end = pipe_pair()
-        hooks = Hooks()
-        hooks.upstream = failing  # type: ignore[method-assign]
-        session = Http1Session(proxy_end, Flow("10.0.0.1", None, "10.96.0.5", 80), hooks)
-        task = asyncio.create_task(session.run(GET))
-        client.end()
-        await asyncio.wait_for(task, 5)
-        out = b""
-        while (chunk := await client.read()) != b"":
-            out += chunk
-        check(out, hooks)
-
-    asyncio.run(main())
+    hooks = Hooks()
+    hooks.upstream = failing  # type: ignore[method-assign]
+    run(GET, check, hooks)
 
 
 def test_an_obs_folded_header_reaches_policy_and_backend_unfolded_alike() -> None:
     """RFC 9112 §5.2: a server may replace obs-fold with SP instead of refusing; h11 does, so
     the value policy judges is the value the backend gets (re-serialized on one line)."""
     seen: list[str] = []
+    hooks = Hooks()
+    judge = hooks.authorize
 
-    async def main() -> None:
-        client, proxy_end = pipe_pair()
-        hooks = Hooks()
-        judge = hooks.authorize
+    def authorize(request: Request) -> Decision:
+        seen.append(request.headers["x-a"])
+        return judge(request)
 
-        def authorize(request: Request) -> Decision:
-            seen.append(request.headers["x-a"])
-            return judge(request)
-
-        hooks.authorize = authorize  # type: ignore[method-assign]
-        raw = b"GET /api/x HTTP/1.1\r\nHost: w\r\nX-A: 1\r\n  folded\r\n\r\n"
-        session = Http1Session(proxy_end, Flow("10.0.0.1", None, "10.96.0.5", 80), hooks)
-        task = asyncio.create_task(session.run(raw))
-        client.end()
-        await asyncio.wait_for(task, 5)
-        out = b""
-        while (chunk := await client.read()) != b"":
-            out += chunk
+    def check(out: bytes, hooks: Hooks) -> None:
         assert statuses(out) == [200]
 
-    asyncio.run(main())
+    hooks.authorize = authorize  # type: ignore[method-assign]
+    run(b"GET /api/x HTTP/1.1\r\nHost: w\r\nX-A: 1\r\n  folded\r\n\r\n", check, hooks)
     assert seen == ["1 folded"]
 
 

@@ -175,9 +175,9 @@ def test_deny_policy_gives_401() -> None:
     )
 
 
-def with_service(*endpoint_labels: str) -> Any:
-    """The base objects plus a Service `web` (VIP 10.96.0.20, 80 → 8080) selecting app=web, and
-    that label on the named pods."""
+def service_objects(*endpoint_labels: str, **labels: str) -> tuple[ObjectSet, dict[str, Any]]:
+    """The base objects plus a Service `web` (VIP 10.96.0.20, 80 → 8080, `labels`) selecting
+    app=web, and that label on the named pods."""
     objs = objects()
     for pod in objs.list("Pod"):
         if pod["metadata"]["name"] in endpoint_labels:
@@ -186,13 +186,17 @@ def with_service(*endpoint_labels: str) -> Any:
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": {"name": "web", "namespace": "mesh"},
+            "metadata": {"name": "web", "namespace": "mesh", "labels": labels},
             "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
         }
     )
     svc["spec"]["clusterIP"] = "10.96.0.20"
     objs.put(svc)
-    return workloads.from_objects(objs, "node1", "cluster.local")
+    return objs, svc
+
+
+def with_service(*endpoint_labels: str) -> Any:
+    return workloads.from_objects(service_objects(*endpoint_labels)[0], "node1", "cluster.local")
 
 
 def test_service_vip_is_balanced_across_ready_endpoints_on_the_target_port() -> None:
@@ -243,22 +247,10 @@ def test_inbound_fails_closed_while_policies_are_unconverged(
 def with_waypoint(*, on: str, ready: bool = True) -> Any:
     """`with_service("b", "e")`, a waypoint `wp` of namespace mesh (pod 10.244.1.50 on node1,
     running as ServiceAccount wp, unless not `ready`), named by `on`: "service" or "namespace"."""
-    objs = objects()
-    for pod in objs.list("Pod"):
-        if pod["metadata"]["name"] in ("b", "e"):
-            pod["metadata"]["labels"] = {"app": "web"}
-    svc = validate(
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "web", "namespace": "mesh"},
-            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
-        }
-    )
-    svc["spec"]["clusterIP"] = "10.96.0.20"
-    target = svc if on == "service" else objs.list("Namespace")[0]
-    target["metadata"]["labels"] = {**target["metadata"].get("labels", {}), USE_WAYPOINT: "wp"}
-    objs.put(svc)
+    objs, _ = service_objects("b", "e", **({USE_WAYPOINT: "wp"} if on == "service" else {}))
+    if on == "namespace":
+        mesh = objs.list("Namespace")[0]
+        mesh["metadata"]["labels"] = {**mesh["metadata"].get("labels", {}), USE_WAYPOINT: "wp"}
     objs.put(
         validate(
             {
