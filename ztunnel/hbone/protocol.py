@@ -16,31 +16,18 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
-import h2.stream
-import hyperframe.frame
 from h2.errors import ErrorCodes
 
-
-def _data_frame_repr(frame: hyperframe.frame.DataFrame) -> str:
-    return f"<{len(frame.data)} bytes>"
-
-
-# h2 builds `repr(frame)` for a trace log line on every received frame, whatever the log level,
-# and hyperframe's DATA repr serializes and hex-encodes the whole payload: O(payload) of work per
-# received byte, measured as the largest single cost of the data path (PERF.md). A constant-time
-# repr for DATA frames keeps h2 as it is otherwise.
-hyperframe.frame.DataFrame._body_repr = _data_frame_repr  # type: ignore[method-assign,assignment]
+from ztunnel.hbone.h2conn import H2Connection
 
 # ztunnel's values (h2.rs / pool.rs) unless noted.
 MAX_CONCURRENT_STREAMS = 200
@@ -158,87 +145,6 @@ def format_authority(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
-# An HTTP/2 frame header: 24-bit length (as 8 + 16 bits), type, flags, stream id (RFC 9113 §4.1).
-_FRAME_HEADER = struct.Struct("!BHBBL")
-_DATA = 0x0
-_RECORD = 16 * 1024  # a TLS record's payload: smaller buffers are merged into one write
-
-
-class _H2Connection(h2.connection.H2Connection):
-    """h2 with two changes, both pinned to this h2 version and tested:
-
-    1. RELIABILITY H-7: a peer stream beyond our advertised MAX_CONCURRENT_STREAMS is refused
-       alone, with RST_STREAM(REFUSED_STREAM) as RFC 9113 §5.1.2 allows, where h2 would tear down
-       the whole connection (TooManyStreamsError). The override keeps HPACK in step, the stream id
-       order, and h2's record of streams it reset (later frames on them get RST_STREAM too).
-    2. PERF.md: outbound DATA without h2's serialization. `send_data` copies every payload byte
-       four times (DataFrame body, frame, join, `data_to_send`); profiling put that at a quarter of
-       a sending ztunnel's CPU. `send_data_frame` does the same checks and the same bookkeeping
-       through h2's own state machines and windows, then queues a 9-byte header and the payload
-       as they are; `data_to_send_buffers` hands both, in order with h2's own frames, to
-       `writelines`. h2 stays the authority for connection and stream state.
-    """
-
-    def __init__(self, config: h2.config.H2Configuration) -> None:
-        super().__init__(config=config)
-        self._out: list[bytes] = []
-
-    def send_data_frame(self, stream_id: int, payload: bytes) -> None:
-        size = len(payload)
-        window = self.local_flow_control_window(stream_id)  # raises for a closed stream
-        if size > window:
-            raise h2.exceptions.FlowControlError(f"{size} bytes exceed the window of {window}")
-        if size > self.max_outbound_frame_size:
-            raise h2.exceptions.FrameTooLargeError(f"{size} bytes exceed the frame size")
-        self.state_machine.process_input(h2.connection.ConnectionInputs.SEND_DATA)
-        stream = self.streams[stream_id]
-        stream.state_machine.process_input(h2.stream.StreamInputs.SEND_DATA)
-        stream.outbound_flow_control_window -= size
-        self.outbound_flow_control_window -= size
-        self._move_control_frames()
-        self._queue(_FRAME_HEADER.pack(size >> 16, size & 0xFFFF, _DATA, 0, stream_id))
-        self._queue(payload)
-
-    def _queue(self, buffer: bytes) -> None:
-        """Small neighbours are merged (one TLS record and one write instead of several: what
-        a 1 KiB round trip pays for); large payloads stay as they are (no copy)."""
-        if self._out and len(self._out[-1]) + len(buffer) <= _RECORD:
-            self._out[-1] += buffer
-        else:
-            self._out.append(buffer)
-
-    def _move_control_frames(self) -> None:
-        if self._data_to_send:
-            self._queue(bytes(self._data_to_send))
-            self._data_to_send = bytearray()
-
-    def data_to_send_buffers(self) -> list[bytes]:
-        self._move_control_frames()
-        out, self._out = self._out, []
-        return out
-
-    def data_to_send(self, amount: int | None = None) -> bytes:
-        if not self._out:
-            return super().data_to_send(amount)
-        assert amount is None, "partial reads of the queue are not used"
-        return b"".join(self.data_to_send_buffers())
-
-    def _receive_headers_frame(self, frame: Any) -> Any:
-        excess = (
-            not self.config.client_side
-            and frame.stream_id not in self.streams
-            and self.open_inbound_streams + 1 > self.local_settings.max_concurrent_streams
-        )
-        if not excess:
-            return super()._receive_headers_frame(frame)
-        h2.connection._decode_headers(self.decoder, frame.data)  # HPACK state stays in step
-        self.highest_inbound_stream_id = max(self.highest_inbound_stream_id, frame.stream_id)
-        self._closed_streams[frame.stream_id] = h2.stream.StreamClosedBy.SEND_RST_STREAM
-        refuse = hyperframe.frame.RstStreamFrame(frame.stream_id)
-        refuse.error_code = ErrorCodes.REFUSED_STREAM
-        return [refuse], []
-
-
 class HboneProtocol:
     """One HBONE connection, client or server side."""
 
@@ -251,7 +157,7 @@ class HboneProtocol:
         self.client = client
         self.limits = limits
         self.clock = clock
-        self.h2 = _H2Connection(config=config)
+        self.h2 = H2Connection(config=config)
         self.closed: Closed | None = None
         self._resets: deque[float] = deque()
         self._pending_control = 0

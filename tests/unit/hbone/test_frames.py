@@ -1,0 +1,82 @@
+"""frames.FrameReader: whole frames out of any chunking, checked against hyperframe's encoder."""
+
+from __future__ import annotations
+
+import itertools
+
+import hyperframe.frame as hf
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ztunnel.hbone.frames import HEADER_SIZE, FrameReader, FrameTooLarge, parse_header
+
+payloads = st.binary(max_size=3000)
+
+
+@st.composite
+def frame_bytes(draw: st.DrawFn) -> bytes:
+    sid = draw(st.sampled_from([0, 1, 3, 2**31 - 1]))
+    kind = draw(st.sampled_from(["data", "ping", "window", "headers"]))
+    frame: hf.Frame
+    if kind == "data":
+        frame = hf.DataFrame(sid or 1, data=draw(payloads))
+        if draw(st.booleans()):
+            frame.flags.add("END_STREAM")
+    elif kind == "ping":
+        frame = hf.PingFrame(0, opaque_data=b"12345678")
+    elif kind == "window":
+        frame = hf.WindowUpdateFrame(sid, window_increment=7)
+    else:
+        frame = hf.HeadersFrame(sid or 1, data=draw(payloads))
+    return bytes(frame.serialize())
+
+
+def chunked(stream: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
+    return [stream[a:b] for a, b in itertools.pairwise(points)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(frame_bytes(), max_size=10), st.lists(st.integers(0, 40_000), max_size=30))
+def test_any_chunking_gives_back_the_frames_as_encoded(
+    frames: list[bytes], cuts: list[int]
+) -> None:
+    reader = FrameReader(max_frame_size=1 << 20)
+    out = []
+    for chunk in chunked(b"".join(frames), cuts):
+        out += [f.header + f.payload for f in reader.feed(chunk)]
+    assert out == frames
+    assert reader.buffered == 0
+
+
+def test_fields_of_a_frame() -> None:
+    frame = hf.DataFrame(5, data=b"abc")
+    frame.flags.add("END_STREAM")
+    (got,) = FrameReader(100).feed(frame.serialize())
+    assert (got.length, got.type, got.flags, got.stream_id, got.payload) == (3, 0, 1, 5, b"abc")
+
+
+def test_the_reserved_bit_of_the_stream_id_is_ignored() -> None:
+    raw = bytearray(hf.DataFrame(5, data=b"x").serialize())
+    raw[5] |= 0x80
+    assert parse_header(bytes(raw[:HEADER_SIZE]))[3] == 5
+
+
+def test_an_oversized_frame_is_refused_at_its_header_before_its_body_is_kept() -> None:
+    reader = FrameReader(max_frame_size=16)
+    frame = hf.DataFrame(1, data=b"x" * 17).serialize()
+    with pytest.raises(FrameTooLarge) as refused:
+        list(reader.feed(frame[:HEADER_SIZE]))
+    assert refused.value.length == 17
+
+
+def test_a_partial_frame_is_held_until_complete() -> None:
+    reader = FrameReader(max_frame_size=1 << 20)
+    frame = hf.DataFrame(1, data=b"y" * 100_000).serialize()
+    assert list(reader.feed(frame[:4])) == []
+    assert list(reader.feed(frame[4:50_000])) == []
+    assert reader.buffered == 50_000
+    (got,) = reader.feed(frame[50_000:] + frame[:3])
+    assert got.payload == b"y" * 100_000
+    assert reader.buffered == 3

@@ -1,0 +1,155 @@
+"""h2's H2Connection with the changes the HBONE data path needs, pinned to h2 4.x and tested.
+
+h2 stays the authority for connection and stream state, windows and every frame's validity;
+what changes is how DATA bytes get in and out, and one refusal:
+
+1. Outbound DATA without h2's serialization (PERF.md). `send_data` copies every payload byte
+   four times (DataFrame body, frame, join, `data_to_send`); profiling put that at a quarter of
+   a sending ztunnel's CPU. `send_data_frame` makes the same checks and the same bookkeeping
+   through h2's own state machines and windows, then queues a 9-byte header and the payload as
+   they are; `data_to_send_buffers` hands both, in order with h2's own frames, to `writelines`.
+2. Inbound DATA without h2's reader: its FrameBuffer copies every received byte three times,
+   a fifth of a receiving ztunnel's CPU. `receive_data` cuts frames with `frames.FrameReader`
+   (one copy per payload) and hands a DATA frame to h2's own frame handler (`_receive_frame`:
+   state machines, windows, closed-stream rules), every other frame to h2's parser as bytes.
+   The preface, padded DATA and DATA inside a header block go to h2's parser too, so h2's
+   checks judge them.
+3. RELIABILITY H-7: a peer stream beyond our advertised MAX_CONCURRENT_STREAMS is refused
+   alone, with RST_STREAM(REFUSED_STREAM) as RFC 9113 §5.1.2 allows, where h2 would tear down
+   the whole connection (TooManyStreamsError). The override keeps HPACK in step, the stream id
+   order, and h2's record of streams it reset (later frames on them get RST_STREAM too).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.stream
+import hyperframe.frame
+from h2.errors import ErrorCodes
+
+from ztunnel.hbone.frames import HEADER, Frame, FrameReader, FrameTooLarge
+
+
+def _data_frame_repr(frame: hyperframe.frame.DataFrame) -> str:
+    return f"<{len(frame.data)} bytes>"
+
+
+# h2 builds `repr(frame)` for a trace log line on every received frame, whatever the log level,
+# and hyperframe's DATA repr serializes and hex-encodes the whole payload: O(payload) of work per
+# received byte (PERF.md). A constant-time repr for DATA frames keeps h2 as it is otherwise.
+hyperframe.frame.DataFrame._body_repr = _data_frame_repr  # type: ignore[method-assign,assignment]
+
+DATA = 0x0
+END_STREAM = 0x1
+PADDED = 0x8
+PREFACE_SIZE = 24  # "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" (RFC 9113 §3.4), checked by h2
+RECORD = 16 * 1024  # a TLS record's payload: smaller buffers are merged into one write
+
+
+class H2Connection(h2.connection.H2Connection):
+    def __init__(self, config: h2.config.H2Configuration) -> None:
+        super().__init__(config=config)
+        self._out: list[bytes] = []
+        self._reader = FrameReader(self.max_inbound_frame_size)
+        self._preface_left = 0 if config.client_side else PREFACE_SIZE
+
+    def send_data_frame(self, stream_id: int, payload: bytes) -> None:
+        size = len(payload)
+        window = self.local_flow_control_window(stream_id)  # raises for a closed stream
+        if size > window:
+            raise h2.exceptions.FlowControlError(f"{size} bytes exceed the window of {window}")
+        if size > self.max_outbound_frame_size:
+            raise h2.exceptions.FrameTooLargeError(f"{size} bytes exceed the frame size")
+        self.state_machine.process_input(h2.connection.ConnectionInputs.SEND_DATA)
+        stream = self.streams[stream_id]
+        stream.state_machine.process_input(h2.stream.StreamInputs.SEND_DATA)
+        stream.outbound_flow_control_window -= size
+        self.outbound_flow_control_window -= size
+        self._move_control_frames()
+        self._queue(HEADER.pack(size >> 16, size & 0xFFFF, DATA, 0, stream_id))
+        self._queue(payload)
+
+    def _queue(self, buffer: bytes) -> None:
+        """Small neighbours are merged (one TLS record and one write instead of several: what
+        a 1 KiB round trip pays for); large payloads stay as they are (no copy)."""
+        if self._out and len(self._out[-1]) + len(buffer) <= RECORD:
+            self._out[-1] += buffer
+        else:
+            self._out.append(buffer)
+
+    def _move_control_frames(self) -> None:
+        if self._data_to_send:
+            self._queue(bytes(self._data_to_send))
+            self._data_to_send = bytearray()
+
+    def data_to_send_buffers(self) -> list[bytes]:
+        self._move_control_frames()
+        out, self._out = self._out, []
+        return out
+
+    def data_to_send(self, amount: int | None = None) -> bytes:
+        if not self._out:
+            return super().data_to_send(amount)
+        assert amount is None, "partial reads of the queue are not used"
+        return b"".join(self.data_to_send_buffers())
+
+    # --- inbound -------------------------------------------------------------------------------
+
+    def receive_data(self, data: Any) -> list[h2.events.Event]:
+        data = bytes(data)
+        events: list[h2.events.Event] = []
+        if self._preface_left:
+            preface, data = data[: self._preface_left], data[self._preface_left :]
+            self._preface_left -= len(preface)
+            events += super().receive_data(preface)
+        try:
+            for frame in self._reader.feed(data):
+                if frame.type == DATA and self._takes_data_directly(frame):
+                    events += self._receive_data(frame)
+                else:
+                    events += super().receive_data(frame.header + frame.payload)
+                # A SETTINGS ack may have changed what the next header may announce.
+                self._reader.max_frame_size = self.max_inbound_frame_size
+        except FrameTooLarge as exc:
+            # h2's own answer, as its receive_data gives it (there: once the body is in).
+            self._terminate_connection(ErrorCodes.FRAME_SIZE_ERROR)
+            raise h2.exceptions.FrameTooLargeError(str(exc)) from None
+        return events
+
+    def _takes_data_directly(self, frame: Frame) -> bool:
+        return (
+            frame.stream_id != 0
+            and not frame.flags & PADDED
+            and not self.incoming_buffer._headers_buffer  # not inside a header block
+        )
+
+    def _receive_data(self, frame: Frame) -> list[h2.events.Event]:
+        """What h2's receive_data does with one DATA frame from its own parser."""
+        data_frame = hyperframe.frame.DataFrame(frame.stream_id, frame.payload)
+        if frame.flags & END_STREAM:
+            data_frame.flags.add("END_STREAM")
+        try:
+            return self._receive_frame(data_frame)
+        except h2.exceptions.ProtocolError as exc:
+            self._terminate_connection(exc.error_code)
+            raise
+
+    def _receive_headers_frame(self, frame: Any) -> Any:
+        excess = (
+            not self.config.client_side
+            and frame.stream_id not in self.streams
+            and self.open_inbound_streams + 1 > self.local_settings.max_concurrent_streams
+        )
+        if not excess:
+            return super()._receive_headers_frame(frame)
+        h2.connection._decode_headers(self.decoder, frame.data)  # HPACK state stays in step
+        self.highest_inbound_stream_id = max(self.highest_inbound_stream_id, frame.stream_id)
+        self._closed_streams[frame.stream_id] = h2.stream.StreamClosedBy.SEND_RST_STREAM
+        refuse = hyperframe.frame.RstStreamFrame(frame.stream_id)
+        refuse.error_code = ErrorCodes.REFUSED_STREAM
+        return [refuse], []
