@@ -57,7 +57,9 @@ class HboneConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: SpiffeId | None = None  # set once verified, by whoever made the connection
         self.peer_addr: tuple[str, int] = ("", 0)
-        self.closed = asyncio.get_running_loop().create_future()
+        # Kept: `get_running_loop()` costs a getpid() syscall, and every write asks for it.
+        self._loop = asyncio.get_running_loop()
+        self.closed = self._loop.create_future()
         self.write_paused = False
         self.retired = False  # no new streams (the peer refused one: it is draining)
         self._last_rx = time.monotonic()
@@ -82,7 +84,7 @@ class HboneConnection(asyncio.Protocol):
         self.transport = tls_transport
         self.proto.start()
         self._flush()
-        self._timer = asyncio.get_running_loop().call_later(PING_INTERVAL_S, self._tick)
+        self._timer = self._loop.call_later(PING_INTERVAL_S, self._tick)
 
     def data_received(self, data: bytes) -> None:
         if self.transport is None:
@@ -234,14 +236,13 @@ class HboneConnection(asyncio.Protocol):
         no extra wake-up); frames queued after it in the same iteration, by other streams,
         wait for the iteration's end and go out together: one TLS write and one syscall for
         all of them. Reading a socket batch (`data_received`) flushes at its end anyway."""
-        loop = asyncio.get_running_loop()
         if not self._wrote_this_tick:
             self._wrote_this_tick = True
-            loop.call_soon(self._end_tick)
+            self._loop.call_soon(self._end_tick)
             self._flush()
         elif not self._flush_pending:
             self._flush_pending = True
-            loop.call_soon(self._flush_now)
+            self._loop.call_soon(self._flush_now)
 
     def _end_tick(self) -> None:
         self._wrote_this_tick = False
@@ -268,7 +269,7 @@ class HboneConnection(asyncio.Protocol):
             return
         self.proto.ping(int(now * 1000).to_bytes(8, "big"))
         self._flush()
-        self._timer = asyncio.get_running_loop().call_later(PING_INTERVAL_S, self._tick)
+        self._timer = self._loop.call_later(PING_INTERVAL_S, self._tick)
 
     def _abort(self) -> None:
         if self.transport is not None:

@@ -9,6 +9,8 @@ original client's IP with IP_TRANSPARENT so the pod sees its real peer.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import socket
 
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
@@ -47,8 +49,32 @@ async def dial(
             sock.setsockopt(socket.SOL_IP, getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24), 1)
             sock.bind((src_ip, 0))
         async with asyncio.timeout(timeout_s):
-            await asyncio.get_running_loop().sock_connect(sock, dst)
+            await _connect(sock, dst)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+async def _connect(sock: socket.socket, dst: tuple[str, int]) -> None:
+    """A non-blocking connect to an IP address. uvloop's `sock_connect` resolves even a numeric
+    address with getaddrinfo on its thread pool: a thread hand-off and an extra wake-up per
+    connection, measured at a fifth of an inbound ztunnel's busy time under a connection storm."""
+    err = sock.connect_ex(dst)
+    if err in (errno.EINPROGRESS, errno.EAGAIN):
+        loop = asyncio.get_running_loop()
+        writable: asyncio.Future[None] = loop.create_future()
+        fd = sock.fileno()
+
+        def ready() -> None:
+            if not writable.done():
+                writable.set_result(None)
+
+        loop.add_writer(fd, ready)
+        try:
+            await writable
+        finally:
+            loop.remove_writer(fd)
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, f"connect to {dst[0]}:{dst[1]}: {os.strerror(err)}")
