@@ -17,6 +17,7 @@ report gives medians and the min-max spread, and ratios computed within this one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -33,9 +34,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import framing  # noqa: E402 - scripts/framing.py
+
 from api.spiffe import SpiffeId  # noqa: E402
 from controller.ca import authority  # noqa: E402
-from localcluster import pods, teardown  # noqa: E402
+from localcluster import naming, pods, teardown  # noqa: E402
 from localcluster.cluster import Cluster  # noqa: E402
 
 AMBIENTCTL = str(Path(sys.executable).parent / "ambientctl")
@@ -70,6 +73,7 @@ class Bench:
         self.cluster = f"bench{os.urandom(3).hex()}"
         self.tmp = Path(tempfile.mkdtemp(prefix="ambientmesh-bench-"))
         self.ip: dict[str, str] = {}
+        self.processes: list[subprocess.Popen[bytes]] = []  # ours, ended by PID at teardown
 
     def ctl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
         if "--" in args:
@@ -233,10 +237,35 @@ class Bench:
             self.ctl(
                 "exec", pod, "--", "sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=1024 65535"
             )
+        self.splice_relays()
         for path, (pod, host, port) in self.paths("9000", "19000").items():
             if path != "relay":  # iperf only; it is up long before the throughput rows
                 self.wait_serving(pod, host, port, path)
         self.l7_setup()
+
+    def splice_relays(self) -> None:
+        """The eBPF row's yardstick: ztunnel's passthrough code as a plain relay in node1's
+        ztunnel netns (samples.splicerelay), addressed directly by the pod that is not
+        enrolled, for iperf (16001) and the round trips (16002)."""
+        node1 = Cluster(self.cluster).nodes()[0]
+        self.ip["ztunnel-node1"] = node1.ztunnel_ip
+        netns = naming.ztunnel_netns(self.cluster, node1.name)
+        for port, target in (("16001", "5201"), ("16002", "9000")):
+            self.processes.append(
+                subprocess.Popen(
+                    [
+                        "nsenter",
+                        f"--net=/run/netns/{netns}",
+                        sys.executable,
+                        "-m",
+                        "samples.splicerelay",
+                        f"{node1.ztunnel_ip}:{port}",
+                        f"{self.ip['bdirect/srv']}:{target}",
+                    ],
+                    cwd=REPO,
+                    stdout=subprocess.DEVNULL,
+                )
+            )
 
     def l7_setup(self) -> None:
         """The waypoint's row: a `web` pod (nginx) behind a Service that uses the namespace's
@@ -279,6 +308,15 @@ class Bench:
             "mesh": ("bmesh/cli", self.ip["bmesh/srv"], port),
             # Our own raw mTLS relay pair (iperf only): the yardstick for HBONE's framing cost.
             "relay": ("bdirect/cli", "127.0.0.1", "25201"),
+            # One plaintext relay, ztunnel's passthrough code, in node1's ztunnel netns:
+            # reached by the eBPF redirect (an enrolled pod to a pod outside the mesh) ...
+            "passthrough": ("bmesh/cli", self.ip["bdirect/srv"], port),
+            # ... and addressed directly by a pod that is not enrolled (no redirect).
+            "splice": (
+                "bdirect/cli",
+                self.ip["ztunnel-node1"],
+                {"5201": "16001", "9000": "16002"}[port],
+            ),
         }
 
     def pingpong(self, pod: str, *args: str, check: bool = True) -> str:
@@ -305,6 +343,10 @@ class Bench:
             dirs, names = [store.pod_dir("bmesh", "waypoint")], ["istio-proxy"]
         elif path == "haproxy":
             dirs, names = [store.pod_dir("bdirect", "cli")], ["haproxy"]
+        elif path == "passthrough":
+            dirs, names = [store.system_dir("ztunnel-node1")], ["ztunnel-node1"]
+        elif path == "splice":
+            return [p.pid for p in self.processes]
         elif path in {"stunnel", "relay"}:
             dirs = [store.pod_dir("bdirect", "cli"), store.pod_dir("bdirect", "srv")]
             names = [path, path]
@@ -333,6 +375,9 @@ class Bench:
         return total
 
     def throughput(self, path: str) -> dict[str, float]:
+        return self.ebpf_during(path) if path == "mesh" else self.stream(path)
+
+    def stream(self, path: str) -> dict[str, float]:
         pod, host, port = self.paths("5201", "15201")[path]
         seconds = 2 if self.quick else 8
         pids = self.pids(path)
@@ -413,6 +458,53 @@ class Bench:
             "connections": n,
         }
 
+    def redirect(self, path: str) -> dict[str, float]:
+        """One plaintext relay with and without the eBPF redirect in front: stream and round
+        trips (PERF.md "eBPF redirect cost")."""
+        result = self.stream(path)
+        result.update(self.latency(path))
+        return result
+
+    def ebpf_during(self, path: str) -> dict[str, float]:
+        """The mesh stream, and what the datapath's eBPF programs themselves cost meanwhile: the
+        kernel counts each program's runs and run time while `kernel.bpf_stats_enabled` is on
+        (switched back afterwards). Read from the node agents' program fds (fdinfo)."""
+        knob = Path("/proc/sys/kernel/bpf_stats_enabled")
+        setting = knob.read_text().strip()
+        knob.write_text("1")
+        try:
+            infos = self.bpf_programs()
+            ns0, runs0 = bpf_counters(infos)
+            started = time.monotonic()
+            result = self.stream(path)
+            seconds = time.monotonic() - started
+            ns, runs = (a - b for a, b in zip(bpf_counters(infos), (ns0, runs0), strict=True))
+        finally:
+            knob.write_text(setting)
+        result.update(
+            runs_per_s=runs / seconds,
+            ns_per_run=ns / runs if runs else 0.0,
+            bpf_cores=ns / 1e9 / seconds,
+        )
+        return result
+
+    def bpf_programs(self) -> list[Path]:
+        """fdinfo of every eBPF program the two node agents hold (pod_out, pod_in, zt_in)."""
+        store = Cluster(self.cluster).store
+        infos = []
+        for node in ("node1", "node2"):
+            name = f"node-agent-{node}"
+            pid = pods.container_pid(store.system_dir(name), name)
+            if pid is None:
+                raise RuntimeError(f"{name} is not running")
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if str(fd.readlink()) == "anon_inode:bpf-prog":
+                        infos.append(Path(f"/proc/{pid}/fdinfo/{fd.name}"))
+        if not infos:
+            raise RuntimeError("no eBPF program found in the node agents")
+        return infos
+
     def http(self, path: str) -> dict[str, float]:
         """wrk through one L7 proxy: requests/s, per proxy core-second, latency percentiles."""
         pod, url = {
@@ -438,6 +530,8 @@ class Bench:
             ("connrate", self.connrate),
             ("memory", self.memory),
             ("http", self.http),
+            ("redirect", self.redirect),
+            ("framing", lambda _: framing.measure(self.tmp)),
         ):
             rows[name] = {}
             for rep in range(self.reps):
@@ -448,6 +542,9 @@ class Bench:
         return rows
 
     def teardown(self) -> None:
+        for process in self.processes:
+            process.terminate()
+            process.wait(10)
         teardown.down(self.cluster)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -458,8 +555,20 @@ ROW_PATHS = {
     "connrate": ("direct", "stunnel", "mesh"),
     "memory": ("stunnel", "mesh"),
     "http": ("haproxy", "waypoint"),
+    "redirect": ("splice", "passthrough"),
+    "framing": ("hbone",),  # in process: no path
 }
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def bpf_counters(infos: list[Path]) -> tuple[int, int]:
+    """(run time in ns, runs) summed over programs, from their fdinfo."""
+    ns = runs = 0
+    for info in infos:
+        fields = dict(line.split(":", 1) for line in info.read_text().splitlines() if ":" in line)
+        ns += int(fields.get("run_time_ns", "0"))
+        runs += int(fields.get("run_cnt", "0"))
+    return ns, runs
 
 
 def parse_wrk(out: str) -> dict[str, float]:
@@ -515,6 +624,16 @@ def report(rows: dict[str, Any], meta: dict[str, Any]) -> str:
         p: {k: m("http", p, k) for k in ("req_per_s", "req_per_proxy_core_s", "p50_ms", "p99_ms")}
         for p in ("haproxy", "waypoint")
     }
+    rd = {
+        p: {k: m("redirect", p, k) for k in ("gbit_s", "p50_us", "p99_us")}
+        for p in ("splice", "passthrough")
+    }
+    ebpf = {k: m("throughput", "mesh", k) for k in ("bpf_cores", "ns_per_run", "runs_per_s")}
+    ebpf_share = ebpf["bpf_cores"][0] / cpu["mesh"][0]
+    fr = {
+        k: m("framing", "hbone", k)
+        for k in ("send_us_per_mib", "receive_us_per_mib", "tls_us_per_mib", "framing_share")
+    }
     per_core = (
         http["waypoint"]["req_per_proxy_core_s"][0] / http["haproxy"]["req_per_proxy_core_s"][0]
     )
@@ -550,6 +669,30 @@ def report(rows: dict[str, Any], meta: dict[str, Any]) -> str:
         f"| RSS per open connection, per proxy, first rep (KiB) | - | {fmt(mem['stunnel'], 1)} | "
         f"{fmt(mem['mesh'], 1)} | | ≤ 8 KiB |",
         "",
+        "| eBPF redirect alone: one plaintext relay (ztunnel's passthrough code, in node1's "
+        "ztunnel netns) | addressed directly | reached by the redirect | ratio | target |",
+        "|---|---|---|---|---|",
+        f"| throughput, 1 stream (Gbit/s) | {fmt(rd['splice']['gbit_s'])} | "
+        f"{fmt(rd['passthrough']['gbit_s'])} | "
+        f"{rd['passthrough']['gbit_s'][0] / rd['splice']['gbit_s'][0]:.2f}x | ≥ 0.9x |",
+        f"| 1 KiB RTT p50 / p99 (µs) | {fmt(rd['splice']['p50_us'], 0)} / "
+        f"{fmt(rd['splice']['p99_us'], 0)} | {fmt(rd['passthrough']['p50_us'], 0)} / "
+        f"{fmt(rd['passthrough']['p99_us'], 0)} | "
+        f"{rd['passthrough']['p50_us'][0] / rd['splice']['p50_us'][0]:.2f}x / "
+        f"{rd['passthrough']['p99_us'][0] / rd['splice']['p99_us'][0]:.2f}x | ≤ 1.1x |",
+        f"| eBPF programs during the mesh stream, both nodes (cores; ns per run) | | "
+        f"{fmt(ebpf['bpf_cores'], 4)}; {fmt(ebpf['ns_per_run'], 0)} ns, "
+        f"{ebpf['runs_per_s'][0]:.0f} runs/s at {tp['mesh'][0]:.2f} Gbit/s "
+        f"| {100 * ebpf_share:.1f}% of the proxies' CPU | |",
+        "",
+        "| HBONE framing in isolation (one core, in process) | µs per MiB | target |",
+        "|---|---|---|",
+        f"| HTTP/2 DATA send (sans-IO) | {fmt(fr['send_us_per_mib'], 0)} | |",
+        f"| HTTP/2 DATA receive and acknowledge (sans-IO) | {fmt(fr['receive_us_per_mib'], 0)} | |",
+        f"| TLS 1.3 encrypt + decrypt (AES-GCM, memory BIOs) | {fmt(fr['tls_us_per_mib'], 0)} | |",
+        f"| framing share of framing + TLS | {100 * fr['framing_share'][0]:.0f}% "
+        f"({100 * fr['framing_share'][1]:.0f}-{100 * fr['framing_share'][2]:.0f}%) | ≤ 20% |",
+        "",
         "| L7 row (wrk, 32 connections) | haproxy (no policy) | waypoint (L7 policy) | ratio "
         "| target |",
         "|---|---|---|---|---|",
@@ -564,8 +707,10 @@ def report(rows: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{fmt(http['waypoint']['p99_ms'])} | | |",
         "",
         "The waypoint's path also crosses two ztunnels (HBONE in and out); haproxy's does not.",
-        "Not run in this version: eBPF redirect cost alone; control-plane propagation has its own",
-        "script (scripts/propagation).",
+        "The redirect row's relay is the same code both ways; reached by the redirect it runs",
+        "inside ztunnel (which also serves the mesh) and the client is an enrolled pod.",
+        "eBPF program time: kernel.bpf_stats_enabled, read from the node agents' program fds.",
+        "Control-plane propagation has its own script (scripts/propagation).",
     ]
     return "\n".join(lines) + "\n"
 

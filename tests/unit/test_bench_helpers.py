@@ -1,0 +1,77 @@
+"""scripts/bench.py and scripts/framing.py helpers that parse or compute (no cluster, no timing
+assertions: benchmarks report numbers, they do not judge them in tests)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+def load(name: str) -> ModuleType:
+    """A script by path (the repository's `bench/` results folder shadows the name)."""
+    sys.path.insert(0, str(SCRIPTS))  # bench.py imports framing.py as a sibling
+    spec = importlib.util.spec_from_file_location(f"script_{name}", SCRIPTS / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = load("bench")
+framing = load("framing")
+
+FDINFO = """pos:\t0
+flags:\t02000002
+mnt_id:\t15
+ino:\t1057
+prog_type:\t3
+prog_jited:\t1
+prog_tag:\t3b185187f1855c4c
+memlock:\t4096
+prog_id:\t11090
+run_time_ns:\t{ns}
+run_cnt:\t{runs}
+recursion_misses:\t0
+verified_insns:\t412
+"""
+
+
+def test_bpf_counters_sum_run_time_and_runs_over_programs(tmp_path: Path) -> None:
+    infos = []
+    for i, (ns, runs) in enumerate([(1000, 4), (250, 1)]):
+        info = tmp_path / str(i)
+        info.write_text(FDINFO.format(ns=ns, runs=runs))
+        infos.append(info)
+    assert bench.bpf_counters(infos) == (1250, 5)
+
+
+def test_bpf_counters_of_a_kernel_without_stats_are_zero(tmp_path: Path) -> None:
+    info = tmp_path / "old"
+    info.write_text("pos:\t0\nprog_type:\t3\n")
+    assert bench.bpf_counters([info]) == (0, 0)
+
+
+def test_wrk_output_is_understood() -> None:
+    out = """Running 2s test @ http://10.96.0.10:8080/
+  Latency Distribution
+     50%  410.00us
+     99%    2.00ms
+  137720 requests in 2.00s, 111.00MB read
+Requests/sec:  68860.00
+"""
+    assert bench.parse_wrk(out) == pytest.approx(
+        {"p50_ms": 0.41, "p99_ms": 2.0, "requests": 137720.0, "req_per_s": 68860.0}
+    )
+
+
+def test_framing_moves_every_byte_through_the_sans_io_pair() -> None:
+    send, receive = framing.framing_us_per_mib(total_mib=1)
+    assert send > 0
+    assert receive > 0
