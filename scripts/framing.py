@@ -95,7 +95,7 @@ def tls_us_per_mib(pki: Path, total_mib: int = 64) -> float:
 
 
 def measure(pki: Path) -> dict[str, float]:
-    framing_us_per_mib(total_mib=4)  # warm-up: the first MiBs pay for the allocator's growth
+    framing_us_per_mib(total_mib=16)  # warm-up: the first MiBs pay for the allocator's growth
     send, receive = framing_us_per_mib()
     crypto = tls_us_per_mib(pki)
     return {
