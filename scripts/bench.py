@@ -264,6 +264,7 @@ class Bench:
                     ],
                     cwd=REPO,
                     stdout=subprocess.DEVNULL,
+                    stderr=(self.tmp / f"splicerelay-{port}.log").open("wb"),
                 )
             )
 

@@ -51,6 +51,17 @@ PREFACE_SIZE = 24  # "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" (RFC 9113 §3.4), checke
 RECORD = 16 * 1024  # a TLS record's payload: smaller buffers are merged into one write
 
 
+# Stream states in which a DATA frame is taken (RFC 9113 §5.1): elsewhere h2 answers it.
+_RECEIVING = frozenset({h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_LOCAL})
+
+
+def _data_frame(frame: Frame) -> hyperframe.frame.DataFrame:
+    data_frame = hyperframe.frame.DataFrame(frame.stream_id, frame.payload)
+    if frame.flags & END_STREAM:
+        data_frame.flags.add("END_STREAM")
+    return data_frame
+
+
 class H2Connection(h2.connection.H2Connection):
     def __init__(self, config: h2.config.H2Configuration) -> None:
         super().__init__(config=config)
@@ -86,6 +97,9 @@ class H2Connection(h2.connection.H2Connection):
         if self._data_to_send:
             self._queue(bytes(self._data_to_send))
             self._data_to_send = bytearray()
+
+    def has_output(self) -> bool:
+        return bool(self._out or self._data_to_send)
 
     def data_to_send_buffers(self) -> list[bytes]:
         self._move_control_frames()
@@ -129,12 +143,21 @@ class H2Connection(h2.connection.H2Connection):
         )
 
     def _receive_data(self, frame: Frame) -> list[h2.events.Event]:
-        """What h2's receive_data does with one DATA frame from its own parser."""
-        data_frame = hyperframe.frame.DataFrame(frame.stream_id, frame.payload)
-        if frame.flags & END_STREAM:
-            data_frame.flags.add("END_STREAM")
+        """What h2's receive_data does with one DATA frame from its own parser. On an open
+        stream (the data path) it takes the steps of h2's `_receive_data_frame` itself, without
+        building a hyperframe frame and its trace repr: h2's state machines and windows still
+        judge it. Anything else (unknown, closed or reset streams) goes through h2's handler."""
         try:
-            return self._receive_frame(data_frame)
+            stream = self.streams.get(frame.stream_id)
+            if stream is None or stream.state_machine.state not in _RECEIVING:
+                return self._receive_frame(_data_frame(frame))
+            events = self.state_machine.process_input(h2.connection.ConnectionInputs.RECV_DATA)
+            self._inbound_flow_control_window_manager.window_consumed(frame.length)
+            frames, stream_events = stream.receive_data(
+                frame.payload, bool(frame.flags & END_STREAM), frame.length
+            )
+            self._prepare_for_sending(frames)
+            return events + stream_events
         except h2.exceptions.ProtocolError as exc:
             self._terminate_connection(exc.error_code)
             raise

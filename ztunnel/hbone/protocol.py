@@ -186,6 +186,9 @@ class HboneProtocol:
         """The same bytes as `data_to_send`, as buffers for `writelines` (no joining copy)."""
         return self.h2.data_to_send_buffers()
 
+    def has_output(self) -> bool:
+        return self.h2.has_output()
+
     def peer_read_progress(self) -> None:
         """The edge saw our output drain: the peer is reading, so queued acks were delivered."""
         self._pending_control = 0
