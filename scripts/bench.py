@@ -395,6 +395,29 @@ class Bench:
         result: dict[str, float] = json.loads(self.pingpong(pod, "rtt", host, port, count))
         return result
 
+    def latency_pinned(self, path: str) -> dict[str, float]:
+        """The same round trips with the whole chain (client, proxies, server) on CPU 0:
+        wake-ups across this guest's two vCPUs cost ~100 µs (PERF.md) and hide the proxies'
+        own cost. Every thread's affinity is restored afterwards."""
+        pod, host, port = self.paths("9000", "19000")[path]
+        ns, name = ("bdirect" if path != "mesh" else "bmesh"), "srv"
+        server = pods.container_pid(Cluster(self.cluster).store.pod_dir(ns, name), "pingpong")
+        if server is None:
+            raise RuntimeError(f"{ns}/{name}: the round-trip server is not running")
+        saved = pin([*self.pids(path), server], {0})
+        try:
+            count = "1000" if self.quick else "5000"
+            out = self.ctl(
+                "exec", pod, "--", "taskset", "-c", "0", "python3", "-m", "samples.pingpong",
+                "rtt", host, port, count,
+            )  # fmt: skip
+        finally:
+            for tid, cpus in saved.items():
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(tid, cpus)
+        result: dict[str, float] = json.loads(out)
+        return result
+
     def connrate(self, path: str) -> dict[str, float]:
         """New connections: one loop (the latency of a connection set-up) and four parallel
         loops with the proxies' CPU, so that per proxy core-second compares what each path
@@ -528,6 +551,7 @@ class Bench:
         for name, measure in (
             ("throughput", self.throughput),
             ("latency", self.latency),
+            ("latency_pinned", self.latency_pinned),
             ("connrate", self.connrate),
             ("memory", self.memory),
             ("http", self.http),
@@ -553,6 +577,7 @@ class Bench:
 ROW_PATHS = {
     "throughput": ("direct", "stunnel", "relay", "mesh"),
     "latency": ("direct", "stunnel", "mesh"),
+    "latency_pinned": ("direct", "stunnel", "mesh"),
     "connrate": ("direct", "stunnel", "mesh"),
     "memory": ("stunnel", "mesh"),
     "http": ("haproxy", "waypoint"),
@@ -560,6 +585,18 @@ ROW_PATHS = {
     "framing": ("hbone",),  # in process: no path
 }
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def pin(pids: list[int], cpus: set[int]) -> dict[int, set[int]]:
+    """Moves every thread of `pids` to `cpus`; returns each thread's former CPUs."""
+    saved = {}
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            tid = int(task.name)
+            with contextlib.suppress(OSError):  # a thread that just ended
+                saved[tid] = os.sched_getaffinity(tid)
+                os.sched_setaffinity(tid, cpus)
+    return saved
 
 
 def bpf_counters(infos: list[Path]) -> tuple[int, int]:
@@ -606,6 +643,7 @@ def report(rows: dict[str, Any], meta: dict[str, Any]) -> str:
     relay = m("throughput", "relay", "gbit_s")
     cpu = {p: m("throughput", p, "proxy_cores") for p in ("stunnel", "mesh")}
     lat = {p: {q: m("latency", p, f"{q}_us") for q in ("p50", "p99")} for p in tp}
+    pinned = {p: {q: m("latency_pinned", p, f"{q}_us") for q in ("p50", "p99")} for p in tp}
     cr = {p: m("connrate", p, "conns_per_s") for p in tp}
     crp = {p: m("connrate", p, "parallel_conns_per_s") for p in ("stunnel", "mesh")}
     crc = {p: m("connrate", p, "conns_per_proxy_core_s") for p in ("stunnel", "mesh")}
@@ -619,6 +657,10 @@ def report(rows: dict[str, Any], meta: dict[str, Any]) -> str:
     }
     added = {
         p: {q: lat[p][q][0] - lat["direct"][q][0] for q in ("p50", "p99")}
+        for p in ("stunnel", "mesh")
+    }
+    added_pinned = {
+        p: {q: pinned[p][q][0] - pinned["direct"][q][0] for q in ("p50", "p99")}
         for p in ("stunnel", "mesh")
     }
     http = {
@@ -660,6 +702,14 @@ def report(rows: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{fmt(lat['stunnel']['p99'], 0)} | {fmt(lat['mesh']['p99'], 0)} | added "
         f"{added['mesh']['p99']:.0f} µs vs stunnel's {added['stunnel']['p99']:.0f} µs "
         "| ≤ stunnel's |",
+        f"| 1 KiB RTT p50, chain pinned to one CPU (µs) | {fmt(pinned['direct']['p50'], 0)} | "
+        f"{fmt(pinned['stunnel']['p50'], 0)} | {fmt(pinned['mesh']['p50'], 0)} | added "
+        f"{added_pinned['mesh']['p50']:.0f} µs vs stunnel's "
+        f"{added_pinned['stunnel']['p50']:.0f} µs | ≤ stunnel's |",
+        f"| 1 KiB RTT p99, chain pinned to one CPU (µs) | {fmt(pinned['direct']['p99'], 0)} | "
+        f"{fmt(pinned['stunnel']['p99'], 0)} | {fmt(pinned['mesh']['p99'], 0)} | added "
+        f"{added_pinned['mesh']['p99']:.0f} µs vs stunnel's "
+        f"{added_pinned['stunnel']['p99']:.0f} µs | ≤ stunnel's |",
         f"| new connections / s, one loop | {fmt(cr['direct'], 0)} | {fmt(cr['stunnel'], 0)} | "
         f"{fmt(cr['mesh'], 0)} | {cr['mesh'][0] / cr['stunnel'][0]:.2f}x stunnel | |",
         f"| new connections / s, 4 loops | - | {fmt(crp['stunnel'], 0)} | "
@@ -724,15 +774,19 @@ def chart(rows: dict[str, Any], path: Path) -> str:
         import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError:
         return "chart skipped: matplotlib is not installed (pip install matplotlib)"
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     quantiles = ("p50", "p90", "p99")
-    for i, p in enumerate(("direct", "stunnel", "mesh")):
-        values = [median(rows["latency"][p], f"{q}_us")[0] for q in quantiles]
-        ax.bar([x + i * 0.27 for x in range(3)], values, width=0.27, label=p)
-    ax.set_xticks([x + 0.27 for x in range(3)], quantiles)
-    ax.set_ylabel("round trip, 1 KiB (µs)")
-    ax.set_title("Latency percentiles per path (lower is better)")
-    ax.legend()
+    for ax, row, title in (
+        (axes[0], "latency", "unpinned"),
+        (axes[1], "latency_pinned", "whole chain on one CPU"),
+    ):
+        for i, p in enumerate(("direct", "stunnel", "mesh")):
+            values = [median(rows[row][p], f"{q}_us")[0] for q in quantiles]
+            ax.bar([x + i * 0.27 for x in range(3)], values, width=0.27, label=p)
+        ax.set_xticks([x + 0.27 for x in range(3)], quantiles)
+        ax.set_title(f"1 KiB round trip, {title}")
+        ax.legend()
+    axes[0].set_ylabel("µs (lower is better)")
     fig.tight_layout()
     fig.savefig(path)
     return f"chart: {path}"

@@ -22,9 +22,6 @@ log = logging.getLogger("ztunnel.hbone")
 PING_INTERVAL_S = 10.0
 PING_TIMEOUT_S = 20.0
 IDLE_TIMEOUT_S = 300.0  # a pooled connection with no streams is closed after this
-# Writes closer together than this share one TLS write. A loop iteration of ours runs a ready
-# callback in a few µs; a 1 KiB round trip through the mesh takes ~200 µs.
-COALESCE_S = 20e-6
 
 
 class StreamHandler(Protocol):
@@ -69,7 +66,7 @@ class HboneConnection(asyncio.Protocol):
         self._idle_since: float | None = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
         self._flush_pending = False
-        self._last_write = 0.0
+        self._wrote_this_tick = False
 
     # --- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -205,7 +202,9 @@ class HboneConnection(asyncio.Protocol):
 
     def ack(self, stream_id: int, size: int) -> None:
         self.proto.ack(stream_id, size)
-        if self.proto.has_output():  # a WINDOW_UPDATE: h2 sends one per half window consumed
+        # A lone stream's ack rarely has anything to send (h2 sends a WINDOW_UPDATE per half
+        # window consumed); with several, it also marks the iteration as written (see above).
+        if self.proto.has_output() or len(self.handlers) > 1:
             self._flush_soon()
 
     @property
@@ -236,24 +235,25 @@ class HboneConnection(asyncio.Protocol):
                 self.proto.peer_read_progress()
 
     def _flush_soon(self) -> None:
-        """A write with none just before it goes out at once: a lone request or response pays
-        no extra loop iteration. Writes that follow within COALESCE_S (other streams' frames
-        queued in the same loop iteration, a burst of new tunnels) wait for the next iteration
-        and go out together: one TLS write and one syscall for all of them. Reading a socket
-        batch (`data_received`) flushes at its end anyway."""
-        if self._flush_pending:
-            return
-        now = time.monotonic()
-        if now - self._last_write > COALESCE_S:
-            self._last_write = now
+        """A lone stream's frames go out at once: its round trip pays no extra loop iteration.
+        With several streams, the first write of a loop iteration goes out at once (the peer
+        starts on it) and later ones wait for the iteration's end and go out together: one
+        TLS write and one syscall for all of them. Reading a socket batch flushes at its end."""
+        if len(self.handlers) <= 1 and not self._flush_pending:
             self._flush()
-        else:
+        elif not self._wrote_this_tick:
+            self._wrote_this_tick = True
+            self._loop.call_soon(self._end_tick)
+            self._flush()
+        elif not self._flush_pending:
             self._flush_pending = True
             self._loop.call_soon(self._flush_now)
 
+    def _end_tick(self) -> None:
+        self._wrote_this_tick = False
+
     def _flush_now(self) -> None:
         self._flush_pending = False
-        self._last_write = time.monotonic()
         self._flush()
 
     def _close_soon(self) -> None:

@@ -1,15 +1,14 @@
 """Cutting a received HTTP/2 byte stream into whole frames, sans-IO, with one copy per payload.
 
 h2's own reader (FrameBuffer + hyperframe) copies every received byte three times: into its
-buffer, out as a frame slice, and into the frame's `data`. PERF.md measured that at a fifth of
-a receiving ztunnel's CPU. This reader keeps the socket's chunks as they come and copies a
-payload once, when its frame is complete; `_H2Connection.receive_data` gives DATA frames to
-h2's state machines directly and every other frame to h2's own parser, unchanged.
+buffer, out as a frame slice, and into the frame's `data`: a fifth of a receiving ztunnel's CPU
+when profiled. This reader keeps the socket's chunks as they come and copies a payload once,
+when its frame is complete; `h2conn.H2Connection.receive_data` gives DATA frames to h2's state
+machines directly and every other frame to h2's own parser, unchanged.
 
 It only splits: every check on a frame's content stays h2's. The one check made here is the
-length against our advertised SETTINGS_MAX_FRAME_SIZE, before a byte of the body is kept (as
-h2 does not: its reader waits for the whole body first), so a peer cannot make us hold a 16 MiB
-frame.
+length against our advertised SETTINGS_MAX_FRAME_SIZE, before a byte of the body is kept (h2's
+reader waits for the whole body first), so a peer cannot make us hold a 16 MiB frame.
 """
 
 from __future__ import annotations

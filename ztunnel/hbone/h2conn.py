@@ -10,10 +10,12 @@ what changes is how DATA bytes get in and out, and one refusal:
    they are; `data_to_send_buffers` hands both, in order with h2's own frames, to `writelines`.
 2. Inbound DATA without h2's reader: its FrameBuffer copies every received byte three times,
    a fifth of a receiving ztunnel's CPU. `receive_data` cuts frames with `frames.FrameReader`
-   (one copy per payload) and hands a DATA frame to h2's own frame handler (`_receive_frame`:
-   state machines, windows, closed-stream rules), every other frame to h2's parser as bytes.
-   The preface, padded DATA and DATA inside a header block go to h2's parser too, so h2's
-   checks judge them.
+   (one copy per payload). A DATA frame on an open stream goes through the steps of h2's DATA
+   handler (connection and stream state machines, both windows, the DataReceived event)
+   without a hyperframe frame and its trace repr; on any other stream it goes to that handler
+   itself (closed-stream and reset rules). Every other frame goes to h2's parser as bytes, as
+   do the preface, padded DATA and DATA inside a header block, so h2's checks judge them.
+   tests/unit/hbone/test_h2conn.py holds it to h2's own behaviour, frame by frame.
 3. RELIABILITY H-7: a peer stream beyond our advertised MAX_CONCURRENT_STREAMS is refused
    alone, with RST_STREAM(REFUSED_STREAM) as RFC 9113 §5.1.2 allows, where h2 would tear down
    the whole connection (TooManyStreamsError). The override keeps HPACK in step, the stream id

@@ -59,7 +59,7 @@ async def dial(
 async def _connect(sock: socket.socket, dst: tuple[str, int]) -> None:
     """A non-blocking connect to an IP address. uvloop's `sock_connect` resolves even a numeric
     address with getaddrinfo on its thread pool: a thread hand-off and an extra wake-up per
-    connection, measured at a fifth of an inbound ztunnel's busy time under a connection storm."""
+    connection (without it, inbound connections per proxy core-second went from 826 to 950)."""
     err = sock.connect_ex(dst)
     if err in (errno.EINPROGRESS, errno.EAGAIN):
         loop = asyncio.get_running_loop()
