@@ -47,7 +47,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def sh(*argv: str, stdin: str | None = None, check: bool = True) -> str:
-    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False, cwd=REPO)
     if check and done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip() or done.stdout.strip()}")
     return done.stdout
@@ -82,6 +82,16 @@ class Bench:
         else:
             argv = [*args, "--cluster", self.cluster]
         return sh(AMBIENTCTL, *argv, stdin=stdin, check=check)
+
+    def in_pod(self, pod: str) -> list[str]:
+        """The prefix that runs a command in a pod's netns, as `ambientctl exec` does, without
+        starting ambientctl each time (a measurement's set-up is ~80 of them in a run)."""
+        namespace, name = pod.split("/")
+        netns = naming.NETNS_DIR / naming.pod_netns(self.cluster, namespace, name)
+        return ["nsenter", f"--net={netns}", "--"]
+
+    def exec(self, pod: str, *command: str, check: bool = True) -> str:
+        return sh(*self.in_pod(pod), *command, check=check)
 
     # --- set-up ---------------------------------------------------------------------------------
 
@@ -234,9 +244,7 @@ class Bench:
         for pod in ("bdirect/cli", "bmesh/cli"):
             # The direct connection-rate loop opens thousands of connections a second, each
             # leaving a port in TIME_WAIT for 60 s: widen the range or the loop runs out.
-            self.ctl(
-                "exec", pod, "--", "sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=1024 65535"
-            )
+            self.exec(pod, "sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=1024 65535")
         self.splice_relays()
         for path, (pod, host, port) in self.paths("9000", "19000").items():
             if path != "relay":  # iperf only; it is up long before the throughput rows
@@ -322,7 +330,7 @@ class Bench:
 
     def pingpong(self, pod: str, *args: str, check: bool = True) -> str:
         """`samples.pingpong` run inside a pod (the load generator of every latency row)."""
-        return self.ctl("exec", pod, "--", "python3", "-m", "samples.pingpong", *args, check=check)
+        return self.exec(pod, "python3", "-m", "samples.pingpong", *args, check=check)
 
     def wait_serving(self, pod: str, host: str, port: str, path: str) -> None:
         for _ in range(100):
@@ -383,9 +391,7 @@ class Bench:
         seconds = 2 if self.quick else 8
         pids = self.pids(path)
         cpu0 = self.cpu_s(pids)
-        out = json.loads(
-            self.ctl("exec", pod, "--", "iperf3", "-c", host, "-p", port, "-t", str(seconds), "-J")
-        )
+        out = json.loads(self.exec(pod, "iperf3", "-c", host, "-p", port, "-t", str(seconds), "-J"))
         cpu = (self.cpu_s(pids) - cpu0) / seconds
         return {"gbit_s": out["end"]["sum_received"]["bits_per_second"] / 1e9, "proxy_cores": cpu}
 
@@ -407,9 +413,9 @@ class Bench:
         saved = pin([*self.pids(path), server], {0})
         try:
             count = "1000" if self.quick else "5000"
-            out = self.ctl(
-                "exec", pod, "--", "taskset", "-c", "0", "python3", "-m", "samples.pingpong",
-                "rtt", host, port, count,
+            out = self.exec(
+                pod, "taskset", "-c", "0", "python3", "-m", "samples.pingpong", "rtt", host, port,
+                count,
             )  # fmt: skip
         finally:
             for tid, cpus in saved.items():
@@ -452,12 +458,7 @@ class Bench:
         before = self.rss_kib(pids)
         proc = subprocess.Popen(
             [
-                AMBIENTCTL,
-                "exec",
-                pod,
-                "--cluster",
-                self.cluster,
-                "--",
+                *self.in_pod(pod),
                 "python3",
                 "-m",
                 "samples.pingpong",
@@ -469,6 +470,7 @@ class Bench:
             ],
             stdout=subprocess.PIPE,
             text=True,
+            cwd=REPO,
         )
         assert proc.stdout is not None
         proc.stdout.readline()  # {"held": n}
@@ -538,7 +540,7 @@ class Bench:
         seconds = "2" if self.quick else "6"
         pids = self.pids(path)
         cpu0 = self.cpu_s(pids)
-        out = self.ctl("exec", pod, "--", "wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", url)
+        out = self.exec(pod, "wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", url)
         cores_s = self.cpu_s(pids) - cpu0
         result = parse_wrk(out)
         result["req_per_proxy_core_s"] = result["requests"] / cores_s if cores_s else 0.0
