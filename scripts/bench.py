@@ -571,7 +571,12 @@ class Bench:
     def teardown(self) -> None:
         for process in self.processes:
             process.terminate()
-            process.wait(10)
+        for process in self.processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         teardown.down(self.cluster)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
