@@ -15,12 +15,15 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 def load(name: str) -> ModuleType:
     """A script by path (the repository's `bench/` results folder shadows the name)."""
-    sys.path.insert(0, str(SCRIPTS))  # bench.py imports framing.py as a sibling
     spec = importlib.util.spec_from_file_location(f"script_{name}", SCRIPTS / f"{name}.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(SCRIPTS))  # bench.py imports framing.py as a sibling
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPTS))
     return module
 
 
