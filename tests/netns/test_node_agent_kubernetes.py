@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from pyroute2 import IPRoute
+
 from api import ports
 from localcluster import naming, system
 from localcluster.cluster import Cluster
@@ -32,12 +34,21 @@ def our_filters(netns: str | None) -> int:
     return count
 
 
+def eth0_addresses(netns_path: str) -> set[str]:
+    with IPRoute(netns=netns_path, flags=0) as ipr:
+        return {str(m.get_attr("IFA_ADDRESS")) for m in ipr.get_addr(label="eth0")}
+
+
 def test_ztunnel_netns_is_found_by_its_ip(cluster: str) -> None:
     plan = Cluster(cluster).nodes()[0]
     path = discover.netns_holding(plan.ztunnel_ip)
     assert path is not None
     named = Path("/run/netns") / naming.ztunnel_netns(cluster, plan.name)
-    assert Path(path).stat().st_ino == named.stat().st_ino
+    if Path(path).stat().st_ino != named.stat().st_ino:
+        # Another local cluster on this host (`make demo` leaves one up) has the same address
+        # plan: a Kubernetes node has one ztunnel, here the first found must hold the address.
+        assert plan.ztunnel_ip in eth0_addresses(path)
+    assert plan.ztunnel_ip in eth0_addresses(str(named))
     assert discover.netns_holding("10.244.250.250") is None
 
 
