@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,6 +25,7 @@ from api.ambient import waypoint_of
 from api.objects import Obj
 from api.spiffe import controller_identity
 from common import http1, tls
+from common.signals import run_until_signalled
 from controller.ca import authority
 from controller.ca.nodeauth import Authenticator, LocalTokens
 from controller.ca.refusal import Refusal
@@ -254,12 +254,7 @@ async def amain(args: argparse.Namespace) -> int:
     settings = Settings(
         args.cluster, args.listen, args.ca_dir, source=source, kubernetes=kubernetes
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await Controller(settings).run(stop)
-    return 0
+    return await run_until_signalled(Controller(settings).run)
 
 
 def main(argv: list[str] | None = None) -> int:

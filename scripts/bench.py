@@ -76,12 +76,7 @@ class Bench:
         self.processes: list[subprocess.Popen[bytes]] = []  # ours, ended by PID at teardown
 
     def ctl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
-        if "--" in args:
-            cut = args.index("--")
-            argv = [*args[:cut], "--cluster", self.cluster, *args[cut:]]
-        else:
-            argv = [*args, "--cluster", self.cluster]
-        return sh(AMBIENTCTL, *argv, stdin=stdin, check=check)
+        return sh(AMBIENTCTL, *args, "--cluster", self.cluster, stdin=stdin, check=check)
 
     def in_pod(self, pod: str) -> list[str]:
         """The prefix that runs a command in a pod's netns, as `ambientctl exec` does, without

@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
@@ -31,6 +30,7 @@ from api import ports
 from api.ambient import ROOT_NAMESPACE
 from api.meshconfig import Resource, policy_namespaces
 from common import http1
+from common.signals import run_until_signalled
 from localcluster import naming
 from localcluster.store import FileStore, StoreWatcher
 from ztunnel.config.bootstrap import Bootstrap, add_kubernetes_flags, check_kubernetes_flags
@@ -330,12 +330,7 @@ def parse_args(argv: list[str]) -> Settings:
 
 
 async def amain(settings: Settings) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await Ztunnel(settings).run(stop)
-    return 0
+    return await run_until_signalled(Ztunnel(settings).run)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -30,6 +29,7 @@ from api import ports
 from api.meshconfig import Resource
 from api.spiffe import SpiffeId
 from common import http1
+from common.signals import run_until_signalled
 from localcluster import naming
 from ztunnel.config.bootstrap import Bootstrap, add_kubernetes_flags, check_kubernetes_flags
 from ztunnel.config.client import ClientMetrics
@@ -192,12 +192,7 @@ def parse_args(argv: list[str]) -> Settings:
 
 
 async def amain(settings: Settings) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await Waypoint(settings).run(stop)
-    return 0
+    return await run_until_signalled(Waypoint(settings).run)
 
 
 def main(argv: list[str] | None = None) -> int:
