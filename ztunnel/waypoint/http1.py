@@ -1,13 +1,16 @@
-"""HTTP/1.1 through the waypoint, parsed by h11 (≥ 0.16: strict chunked framing, CVE-2025-43859)
-on both sides: downstream as a server, upstream as a client.
+"""HTTP/1.1 through the waypoint: requests read from the client and responses from the
+upstream by `h1wire` (llhttp, strict), heads and framing written by `h1wire`.
 
 Per request: check the headers (`exchange.check_headers`: 400), authorize (`Hooks.authorize`:
 403 `RBAC: access denied`, the connection stays usable), then forward over an upstream
 connection opened on the first allowed request and kept while both sides keep it alive. The
 request body and the response flow at the same time, each bounded by the pipes' windows.
+Hop-by-hop headers are dropped (Upgrade too: the exchange stays HTTP/1.1), and each side is
+framed anew as h11 framed it: a body of unknown length goes chunked to an HTTP/1.1 client and
+close-delimited to an HTTP/1.0 one, whose connection then closes (no 1.0 keep-alive).
 Limits: request line + headers 16 KiB (431, W-3); 300 s without progress either way (Envoy's
 stream idle timeout) closes the connection; any protocol error from the client is answered with
-h11's status hint (400, 431, 501) and the connection closed.
+its status (400, 431, 501, 505) and the connection closed.
 """
 
 from __future__ import annotations
@@ -16,8 +19,7 @@ import asyncio
 import logging
 from http import HTTPStatus
 
-import h11
-
+from ztunnel.waypoint import h1wire
 from ztunnel.waypoint.exchange import (
     DENIED_BODY,
     DENIED_STATUS,
@@ -30,11 +32,12 @@ from ztunnel.waypoint.exchange import (
     policy_request,
     protocol_of,
 )
+from ztunnel.waypoint.h1wire import CLOSED, End, Head, ProtocolError
 from ztunnel.waypoint.pipe import IdleTimer, Pipe, PipeReset
 
 log = logging.getLogger("waypoint.http1")
 
-MAX_HEADER_BYTES = 16 * 1024  # h11's own default; Envoy's is 60 KiB
+MAX_HEADER_BYTES = 16 * 1024  # h11's default, which this session used first; Envoy's is 60 KiB
 IDLE_TIMEOUT_S = 300.0
 MAX_DENIED_BODY = 64 * 1024  # a denied request's body is read and dropped up to this, else close
 
@@ -43,81 +46,90 @@ class _Closed(Exception):
     """The exchange cannot go on; the connection ends."""
 
 
-def _text(pairs: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    return [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in pairs]
+class _Upstream:
+    """One upstream connection and the reader of its responses."""
+
+    def __init__(self, pipe: Pipe) -> None:
+        self.pipe = pipe
+        self.responses = h1wire.ResponseReader(MAX_HEADER_BYTES)
 
 
 class Http1Session:
     def __init__(self, down: Pipe, flow: Flow, hooks: Hooks) -> None:
         self.down, self.flow, self.hooks = down, flow, hooks
-        self.server = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
-        self.up: Pipe | None = None
-        self.client: h11.Connection | None = None
+        self.requests = h1wire.RequestReader(MAX_HEADER_BYTES)
+        self.up: _Upstream | None = None
+        self.request: Head | None = None  # the one being served
+        self.answered = False  # part of its response went out
+        self._down_framing = "length"  # of the response being relayed: length|chunked|close|none
 
-    async def _next(self, conn: h11.Connection, pipe: Pipe) -> object:
-        while True:
-            event = conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            conn.receive_data(await pipe.read())
+    async def _next(
+        self, reader: h1wire.RequestReader | h1wire.ResponseReader, pipe: Pipe
+    ) -> h1wire.Event:
+        while (event := reader.next_event()) is None:
+            reader.feed(await pipe.read())
             self.idle.touch()
+        return event
 
     def _expire(self) -> None:
         log.info("HTTP/1.1 connection from %s idle: closing", self.flow.src_ip)
         self.down.abort()
         if self.up is not None:
-            self.up.abort()
+            self.up.pipe.abort()
 
     async def run(self, first: bytes) -> None:
         self.idle = IdleTimer(IDLE_TIMEOUT_S, self._expire)
-        if first:
-            self.server.receive_data(first)  # b"" would mean EOF to h11
         try:
+            if first:
+                self.requests.feed(first)  # b"" would mean EOF
             while await self._one():
-                self.server.start_next_cycle()
-        except h11.RemoteProtocolError as exc:
-            await self._error(exc.error_status_hint, str(exc))
-        except Refused as exc:
+                self.request, self.answered = None, False
+        except (ProtocolError, Refused) as exc:
             await self._error(exc.status, str(exc))
-        except (_Closed, PipeReset, TimeoutError, h11.LocalProtocolError) as exc:
+        except (_Closed, PipeReset, TimeoutError) as exc:
             log.debug("HTTP/1.1 connection from %s ends: %r", self.flow.src_ip, exc)
         finally:
             self.idle.cancel()
             if self.up is not None:
-                self.up.abort()
+                self.up.pipe.abort()
             self.down.end()
 
     async def _error(self, status: int, reason: str) -> None:
         log.info("HTTP/1.1 request from %s refused (%d): %s", self.flow.src_ip, status, reason)
         self.hooks.record(Exchange("", "http", status=status))
-        if self.server.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+        if not self.answered:
             await self._respond(status, reason.encode()[:200], close=True)
 
     async def _respond(self, status: int, body: bytes, *, close: bool = False) -> int:
         headers = [("content-type", "text/plain"), ("content-length", str(len(body)))]
-        if close:
+        if close or not self._keep_alive():
             headers.append(("connection", "close"))
-        phrase = HTTPStatus(status).phrase.encode()
-        out = self.server.send(h11.Response(status_code=status, headers=headers, reason=phrase))
-        out += self.server.send(h11.Data(data=body)) + self.server.send(h11.EndOfMessage())
+        out = h1wire.response_head(status, HTTPStatus(status).phrase.encode(), headers)
+        if self.request is None or self.request.method != "HEAD":
+            out += body
+        self.answered = True
         await self.down.write(out)
         return len(out)
 
+    def _keep_alive(self) -> bool:
+        """Whether the client's connection may carry another request (h11's rule: HTTP/1.1
+        without `Connection: close`)."""
+        request = self.request
+        return request is not None and request.keep_alive and request.version == "1.1"
+
     async def _one(self) -> bool:
         """Serve one request; False when the connection ends."""
-        event = await self._next(self.server, self.down)
-        if not isinstance(event, h11.Request):
-            return False  # ConnectionClosed
-        headers = _text(event.headers.raw_items())
-        target = event.target.decode("latin-1")
-        size = len(target) + sum(len(n) + len(v) + 4 for n, v in headers)
-        if size > MAX_HEADER_BYTES:  # h11 bounds only what it has not parsed yet
-            raise Refused(f"request headers of {size} bytes", 431)
+        event = await self._next(self.requests, self.down)
+        if event is CLOSED:
+            return False
+        assert isinstance(event, Head)
+        self.request = event
+        headers = event.headers
         check_headers(headers)
         host = next((v for n, v in headers if n == "host"), "")
-        if not host:  # h11 demands it of HTTP/1.1 only; policy and the upstream need it always
+        if not host:  # policy and the upstream need it, also from HTTP/1.0 clients
             raise Refused("missing Host header")
-        request = policy_request(self.flow, event.method.decode(), target, host, headers)
+        request = policy_request(self.flow, event.method, event.target, host, headers)
         self.flow.requests += 1
         record = Exchange(request.method, protocol_of(headers))
         decision = self.hooks.authorize(request)
@@ -125,7 +137,7 @@ class Http1Session:
             log.info(
                 "%s %s from %s denied: %s",
                 request.method,
-                target,
+                event.target,
                 self.flow.src_ip,
                 decision.reason,
             )
@@ -133,58 +145,65 @@ class Http1Session:
             keep = await self._drop_body()
             record.response_bytes = await self._respond(DENIED_STATUS, DENIED_BODY, close=not keep)
             self.hooks.record(record)
-            return keep and self.server.our_state is h11.DONE
-        await self._forward(event, headers, record)
+            return keep and self._keep_alive()
+        keep = await self._forward(event, record)
         self.hooks.record(record)
-        return self.server.our_state is h11.DONE and self.server.their_state is h11.DONE
+        return keep
 
     async def _drop_body(self) -> bool:
         """Read a denied request's body to its end (small ones only); False: close instead."""
         dropped = 0
         while True:
-            event = await self._next(self.server, self.down)
-            if isinstance(event, h11.EndOfMessage):
+            event = await self._next(self.requests, self.down)
+            if isinstance(event, End):
                 return True
-            if not isinstance(event, h11.Data):
+            if not isinstance(event, bytes):
                 return False
-            dropped += len(event.data)
+            dropped += len(event)
             if dropped > MAX_DENIED_BODY:
                 return False
 
-    async def _upstream(self) -> tuple[Pipe, h11.Connection]:
-        if self.up is None or self.client is None or self.client.our_state is not h11.IDLE:
-            if self.up is not None:
-                self.up.abort()
-            self.up = await self.hooks.upstream()
-            self.client = h11.Connection(h11.CLIENT)
-        return self.up, self.client
+    async def _upstream(self) -> _Upstream:
+        if self.up is None:
+            self.up = _Upstream(await self.hooks.upstream())
+        return self.up
 
-    async def _forward(
-        self, event: h11.Request, headers: list[tuple[str, str]], record: Exchange
-    ) -> None:
+    def _drop_upstream(self) -> None:
+        if self.up is not None:
+            self.up.pipe.abort()
+            self.up = None
+
+    async def _forward(self, head: Head, record: Exchange) -> bool:
+        """Relay one allowed request and its response; whether the client's connection goes on."""
         try:
-            up, client = await self._upstream()
+            up = await self._upstream()
         except (OSError, PipeReset, TimeoutError) as exc:
             log.info("upstream for %s:%d failed: %s", self.flow.dst_ip, self.flow.dst_port, exc)
             record.status = 503
-            record.response_bytes = await self._respond(503, b"upstream connect error")
-            await self._drop_body()
-            return
-        forward = forwardable(headers)
-        if any(n == "transfer-encoding" for n, _ in headers):
-            forward.append(("transfer-encoding", "chunked"))  # the body's length is unknown
-        out = client.send(h11.Request(method=event.method, target=event.target, headers=forward))
-        first = self.server.next_event()
+            keep = await self._drop_body()
+            record.response_bytes = await self._respond(
+                503, b"upstream connect error", close=not keep
+            )
+            return keep and self._keep_alive()
+        forward = forwardable(head.headers)
+        if head.chunked:
+            forward.append(("transfer-encoding", "chunked"))
+        out = h1wire.request_head(head.method, head.target, forward)
+        up.responses.expect(head.method)
+        first = self.requests.next_event()
         sending: asyncio.Future[None] | None = None
-        if isinstance(first, h11.EndOfMessage):  # no body (most requests): one write, no task
-            out += client.send(h11.EndOfMessage(headers=first.headers))
+        if isinstance(first, End):  # no body (most requests): one write, no task
+            if head.chunked:
+                out += h1wire.last_chunk(first.trailers)
         else:
-            sending = asyncio.ensure_future(self._request_body(up, client, record, first))
+            sending = asyncio.ensure_future(
+                self._request_body(up.pipe, head.chunked, record, first)
+            )
         record.request_bytes += len(out)
-        await up.write(out)
+        await up.pipe.write(out)
         try:
-            await self._response(up, client, record)
-        except (_Closed, PipeReset) as exc:
+            reusable = await self._response(up, record)
+        except (_Closed, PipeReset, ProtocolError) as exc:
             failed = (
                 sending.exception()
                 if sending and sending.done() and not sending.cancelled()
@@ -194,8 +213,9 @@ class Http1Session:
                 raise failed from None  # the client's error broke the exchange
             if sending is not None:
                 sending.cancel()
-            if self.server.our_state is not h11.SEND_RESPONSE:
-                raise  # part of the response went out: only closing can tell the client
+            self._drop_upstream()
+            if self.answered:
+                raise _Closed("upstream failed mid-response") from None
             log.info("upstream for %s:%d failed: %s", self.flow.dst_ip, self.flow.dst_port, exc)
             record.status = 502
             record.response_bytes = await self._respond(502, b"upstream reset", close=True)
@@ -205,73 +225,88 @@ class Http1Session:
                 sending.cancel()  # answered before the body ended (e.g. 413): body not read
                 raise _Closed("response complete before the request")
             await sending  # its errors are the client's
-        if client.our_state is h11.DONE and client.their_state is h11.DONE:
-            client.start_next_cycle()
-        else:
-            up.abort()
-            self.up = self.client = None
+        if not reusable:
+            self._drop_upstream()
+        return self._keep_alive() and self._down_framing != "close"
 
     async def _request_body(
-        self, up: Pipe, client: h11.Connection, record: Exchange, first: object
+        self, up: Pipe, chunked: bool, record: Exchange, first: h1wire.Event | None
     ) -> None:
         try:
-            await self._pump_body(up, client, record, first)
+            await self._pump_body(up, chunked, record, first)
         except BaseException:
             up.abort()  # the response side stops waiting on a request that will not finish
             raise
 
     async def _pump_body(
-        self, up: Pipe, client: h11.Connection, record: Exchange, event: object
+        self, up: Pipe, chunked: bool, record: Exchange, event: h1wire.Event | None
     ) -> None:
         while True:
-            if event is h11.NEED_DATA:
-                event = await self._next(self.server, self.down)
-            if isinstance(event, h11.Data):
-                out = client.send(h11.Data(data=event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                out = client.send(h11.EndOfMessage(headers=event.headers))
+            if event is None:
+                event = await self._next(self.requests, self.down)
+            if isinstance(event, bytes):
+                out = h1wire.chunk(event) if chunked else event
+            elif isinstance(event, End):
+                out = h1wire.last_chunk(event.trailers) if chunked else b""
             else:
                 raise _Closed("client went away mid-request")
             record.request_bytes += len(out)
-            await up.write(out)
-            if isinstance(event, h11.EndOfMessage):
+            if out:
+                await up.write(out)
+            if isinstance(event, End):
                 return
-            event = h11.NEED_DATA
+            event = None
 
-    async def _response(self, up: Pipe, client: h11.Connection, record: Exchange) -> None:
+    async def _response(self, up: _Upstream, record: Exchange) -> bool:
         """Relay the response, writing once per batch of parsed events (head and body of a
-        small response go out in one HBONE DATA frame)."""
+        small response go out in one HBONE DATA frame); whether the upstream is reusable."""
         out = bytearray()
+        reusable = False
         while True:
-            try:
-                event = client.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise _Closed(f"upstream: {exc}") from None
-            if event is h11.NEED_DATA:
+            event = up.responses.next_event()
+            if event is None:
                 if out:
                     await self._send_down(out, record)
-                client.receive_data(await up.read())
+                up.responses.feed(await up.pipe.read())
                 self.idle.touch()
-                continue
-            if isinstance(event, h11.InformationalResponse | h11.Response):
-                if isinstance(event, h11.Response):
-                    record.status = event.status_code
-                headers = forwardable(_text(event.headers.raw_items()))
-                kind = type(event)
-                out += (
-                    self.server.send(
-                        kind(status_code=event.status_code, headers=headers, reason=event.reason)
-                    )
-                    or b""
-                )
-            elif isinstance(event, h11.Data):
-                out += self.server.send(h11.Data(data=event.data)) or b""
-            elif isinstance(event, h11.EndOfMessage):
-                out += self.server.send(h11.EndOfMessage(headers=event.headers)) or b""
+            elif isinstance(event, Head):
+                if event.status == 101:
+                    raise _Closed("upstream switched protocols unasked")
+                if event.status >= 200:
+                    record.status = event.status
+                    reusable = event.keep_alive and not event.until_close
+                out += self._response_head(event)
+            elif isinstance(event, bytes):
+                out += h1wire.chunk(event) if self._down_framing == "chunked" else event
+            elif isinstance(event, End):
+                if not record.status:
+                    continue  # the end of a 1xx: the final response follows
+                if self._down_framing == "chunked":
+                    out += h1wire.last_chunk(event.trailers)
                 await self._send_down(out, record)
-                return
+                return reusable and not up.responses.spent
             else:
-                raise _Closed("upstream closed mid-response")
+                raise _Closed("upstream closed before responding")
+
+    def _response_head(self, head: Head) -> bytes:
+        """The head for the client, framed as h11 framed it (HEAD as if GET)."""
+        headers = forwardable(head.headers)
+        if head.status >= 200:
+            request = self.request
+            assert request is not None
+            framing = "length"
+            if head.length is None and head.status not in (204, 304):
+                if request.version == "1.1":
+                    headers.append(("transfer-encoding", "chunked"))
+                    framing = "chunked"
+                elif request.method != "HEAD":
+                    framing = "close"
+            if not self._keep_alive() or framing == "close":
+                headers.append(("connection", "close"))
+            bodiless = request.method == "HEAD" or head.status in (204, 304)
+            self._down_framing = "none" if bodiless else framing
+            self.answered = True  # after a 1xx, a 502 can still replace the final response
+        return h1wire.response_head(head.status, head.reason, headers)
 
     async def _send_down(self, out: bytearray, record: Exchange) -> None:
         record.response_bytes += len(out)

@@ -5,7 +5,7 @@ denial."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import h11
@@ -196,6 +196,8 @@ def test_keep_alive_requests_share_one_upstream_connection() -> None:
     ("raw", "status"),
     [
         # W-1 request smuggling
+        (b"GET /api/x HTTP/1.1\r\nHost: w\r\nX-A: 1\r\n  folded\r\n\r\n", 400),
+        (b"POST /api/x HTTP/1.1\r\nHost: w\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
         (
             b"POST /api/x HTTP/1.1\r\nHost: w\r\nContent-Length: 4\r\nTransfer-Encoding: chunked"
             b"\r\n\r\n0\r\n\r\n",
@@ -261,23 +263,77 @@ def test_a_backend_that_cannot_be_reached_gets_503() -> None:
     run(GET, check, hooks)
 
 
-def test_an_obs_folded_header_reaches_policy_and_backend_unfolded_alike() -> None:
-    """RFC 9112 §5.2: a server may replace obs-fold with SP instead of refusing; h11 does, so
-    the value policy judges is the value the backend gets (re-serialized on one line)."""
-    seen: list[str] = []
-    hooks = Hooks()
-    judge = hooks.authorize
+def raw_backend(
+    response: bytes, seen: list[bytes]
+) -> Callable[[], Coroutine[Any, Any, MemoryPipe]]:
+    """An upstream that records the first bytes it gets and answers them with `response`,
+    then closes."""
 
-    def authorize(request: Request) -> Decision:
-        seen.append(request.headers["x-a"])
-        return judge(request)
+    async def serve(pipe: MemoryPipe) -> None:
+        seen.append(await pipe.read())
+        await pipe.write(response)
+        pipe.end()
+
+    tasks = []
+
+    async def upstream() -> MemoryPipe:
+        ours, theirs = pipe_pair()
+        tasks.append(asyncio.create_task(serve(theirs)))
+        return ours
+
+    return upstream
+
+
+@pytest.mark.parametrize(
+    ("version", "framing"),
+    [(b"1.1", b"transfer-encoding: chunked\r\n"), (b"1.0", b"connection: close\r\n")],
+)
+def test_a_body_ended_by_close_goes_chunked_to_http11_and_close_delimited_to_http10(
+    version: bytes, framing: bytes
+) -> None:
+    """As h11 framed it: the backend's close cannot end the client's response on a kept-alive
+    connection, so an HTTP/1.1 client gets chunks; an HTTP/1.0 one gets the close."""
+    hooks = Hooks()
+    hooks.upstream = raw_backend(b"HTTP/1.1 200 OK\r\n\r\nhello", [])  # type: ignore[method-assign]
+
+    def check(out: bytes, hooks: Hooks) -> None:
+        head, _, body = out.partition(b"\r\n\r\n")
+        assert framing in head + b"\r\n"
+        assert body == (b"5\r\nhello\r\n0\r\n\r\n" if version == b"1.1" else b"hello")
+
+    run(b"GET /api/x HTTP/" + version + b"\r\nHost: w\r\n\r\n", check, hooks)
+
+
+def test_hop_by_hop_headers_and_upgrade_are_not_forwarded() -> None:
+    """curl --http2 on http:// asks to upgrade to h2c: the request is served as HTTP/1.1."""
+    seen: list[bytes] = []
+    hooks = Hooks()
+    hooks.upstream = raw_backend(  # type: ignore[method-assign]
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\n\r\nok", seen
+    )
+    raw = (
+        b"GET /api/x HTTP/1.1\r\nHost: w\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\nX-A: 1\r\n\r\n"
+    )
 
     def check(out: bytes, hooks: Hooks) -> None:
         assert statuses(out) == [200]
+        assert b"keep-alive" not in out.lower()
+        assert seen == [b"GET /api/x HTTP/1.1\r\nhost: w\r\nx-a: 1\r\n\r\n"]
 
-    hooks.authorize = authorize  # type: ignore[method-assign]
-    run(b"GET /api/x HTTP/1.1\r\nHost: w\r\nX-A: 1\r\n  folded\r\n\r\n", check, hooks)
-    assert seen == ["1 folded"]
+    run(raw, check, hooks)
+
+
+def test_a_head_response_is_not_followed_by_a_body_and_the_next_request_dials_anew() -> None:
+    """httptools cannot tell llhttp that a HEAD response has no body: its reader ends at the
+    head, and the upstream connection is not reused."""
+
+    def check(out: bytes, hooks: Hooks) -> None:
+        head, get = out.split(b"HTTP/1.1 200 ")[1:]  # the HEAD response's own length is not sent
+        assert b"HEAD /api/v1" not in head and get.endswith(b"\r\n\r\nGET /api/v1 0")
+        assert hooks.dials == 2
+
+    run(GET.replace(b"GET", b"HEAD", 1) + GET, check)
 
 
 def test_a_connection_without_progress_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
