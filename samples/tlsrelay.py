@@ -1,8 +1,11 @@
 """A raw mTLS relay pair of our own (uvloop, TLS 1.3, no HTTP/2): the bench's yardstick for what
 HBONE's framing costs on top of the same Python TLS plumbing (PERF.md "HBONE framing cost").
 
-  python3 -m samples.tlsrelay client LISTEN_PORT HOST:PORT CERT KEY CA   plaintext in, TLS out
-  python3 -m samples.tlsrelay server LISTEN_PORT HOST:PORT CERT KEY CA   TLS in, plaintext out
+  python3 -m samples.tlsrelay client LISTEN HOST:PORT CERT KEY CA   plaintext in, TLS out
+  python3 -m samples.tlsrelay server LISTEN HOST:PORT CERT KEY CA   TLS in, plaintext out
+
+LISTEN is ADDRESS:PORT, or PORT alone: a client then listens on 127.0.0.1 (it runs in its
+client's pod), a server on every address.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class Pipe(asyncio.Protocol):
             self.peer.transport.resume_reading()
 
 
-async def relay(role: str, listen: int, target: str, pki: tuple[Path, Path, Path]) -> None:
+async def relay(role: str, listen: str, target: str, pki: tuple[Path, Path, Path]) -> None:
     cert, key, ca = pki
     chain, key_pem, bundle = [cert.read_text()], key.read_bytes(), [ca.read_text()]
     if role == "server":
@@ -93,14 +96,16 @@ async def relay(role: str, listen: int, target: str, pki: tuple[Path, Path, Path
         loop.create_task(connect())  # noqa: RUF006 - the transports keep the pair alive
         return inner
 
-    bind = "127.0.0.1" if role == "client" else "0.0.0.0"  # noqa: S104 - the pod's own netns
-    server = await loop.create_server(accepted, bind, listen, ssl=incoming)
+    bind, _, listen_port = listen.rpartition(":")
+    if not bind:
+        bind = "127.0.0.1" if role == "client" else "0.0.0.0"  # noqa: S104 - the pod's own netns
+    server = await loop.create_server(accepted, bind, int(listen_port), ssl=incoming)
     await server.serve_forever()
 
 
 def main(argv: list[str]) -> int:
     role, listen, target, cert, key, ca = argv
-    uvloop.run(relay(role, int(listen), target, (Path(cert), Path(key), Path(ca))))
+    uvloop.run(relay(role, listen, target, (Path(cert), Path(key), Path(ca))))
     return 0
 
 
