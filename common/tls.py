@@ -1,6 +1,15 @@
 """TLS contexts for the mesh: TLS 1.3 only, chain verified against the trust bundle in the
 handshake, hostnames never checked (peers are identified by SPIFFE ID afterwards, see
 ztunnel.identity.verify). No SNI is sent or used, as in Istio.
+
+Session resumption, for HBONE pool dials only (a resumed mutual handshake costs both ends about
+a third of a full one: ~0.6 against ~1.8 ms here): the server issues one ticket per handshake
+(`server_context(tickets=True)`); a `ResumingContext` offers a peer's last session again. A
+resumed handshake verifies no chain: it trusts what the first one verified. So a session is
+offered only while everything that handshake relied on still holds: our certificate and trust
+bundle (a context, with its sessions, belongs to one of each), the peer's certificate (until a
+minute before its not_after; the SPIFFE checks run on every connection, resumed or not), and
+the server's ticket lifetime. A dial that fails forgets the peer's session.
 """
 
 from __future__ import annotations
@@ -9,7 +18,9 @@ import contextlib
 import os
 import ssl
 import tempfile
-from collections.abc import Iterator, Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 
@@ -31,8 +42,70 @@ def load_identity(ctx: ssl.SSLContext, chain_pem: Sequence[str], key_pem: bytes)
         ctx.load_cert_chain(path)
 
 
-def _base(purpose: ssl.Purpose, bundle_pem: Sequence[str]) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(
+class SessionCache:
+    """The resumable sessions of one client context, by peer (see the module doc)."""
+
+    # rustls's default client session cache holds 256. Ours costs ~34 KiB a peer (the last
+    # connection's SSLObject; ~18 KiB once only its session is kept): ~9 MB at most.
+    MAX_PEERS = 256
+    PEER_MARGIN_S = 60.0  # a session is not offered in its peer certificate's last minute
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        # The last connection's SSLObject: a TLS 1.3 ticket arrives after the handshake, so
+        # its session is read when next offered.
+        self._by_peer: OrderedDict[str, tuple[ssl.SSLObject, float]] = OrderedDict()
+
+    def offer(self, peer: str) -> ssl.SSLSession | None:
+        entry = self._by_peer.get(peer)
+        if entry is None:
+            return None
+        ssl_object, peer_not_after = entry
+        session = ssl_object.session
+        now = self._clock()
+        if (
+            session is None
+            or not session.has_ticket
+            or now >= session.time + session.timeout
+            or now >= peer_not_after - self.PEER_MARGIN_S
+        ):
+            del self._by_peer[peer]
+            return None
+        return session
+
+    def remember(self, peer: str, ssl_object: ssl.SSLObject, peer_not_after: float) -> None:
+        self._by_peer[peer] = (ssl_object, peer_not_after)
+        self._by_peer.move_to_end(peer)
+        while len(self._by_peer) > self.MAX_PEERS:
+            self._by_peer.popitem(last=False)
+
+    def forget(self, peer: str) -> None:
+        self._by_peer.pop(peer, None)
+
+
+class ResumingContext(ssl.SSLContext):
+    """A client context that resumes its sessions. The dial's `server_hostname` names the peer
+    in `sessions` and goes no further: OpenSSL gets none, so no SNI is sent."""
+
+    sessions: SessionCache
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        if isinstance(server_hostname, str) and session is None:
+            session = self.sessions.offer(server_hostname)
+        return super().wrap_bio(incoming, outgoing, server_side, None, session)
+
+
+def _base(
+    purpose: ssl.Purpose, bundle_pem: Sequence[str], kind: type[ssl.SSLContext] = ssl.SSLContext
+) -> ssl.SSLContext:
+    ctx = kind(
         ssl.PROTOCOL_TLS_SERVER if purpose is ssl.Purpose.CLIENT_AUTH else ssl.PROTOCOL_TLS_CLIENT
     )
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
@@ -50,9 +123,15 @@ def server_context(
     bundle_pem: Sequence[str] = (),
     require_client_cert: bool = False,
     alpn: Sequence[str] = (),
+    tickets: bool = False,
 ) -> ssl.SSLContext:
     ctx = _base(ssl.Purpose.CLIENT_AUTH, bundle_pem)
     ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_NONE
+    if tickets:  # stateless, one per handshake (OpenSSL sends two): a client keeps the last
+        ctx.options &= ~ssl.OP_NO_TICKET
+        ctx.num_tickets = 1
+    else:  # with OP_NO_TICKET alone, TLS 1.3 still resumes from OpenSSL's server-side cache
+        ctx.num_tickets = 0
     load_identity(ctx, chain_pem, key_pem)
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
@@ -65,9 +144,13 @@ def client_context(
     chain_pem: Sequence[str] = (),
     key_pem: bytes = b"",
     alpn: Sequence[str] = (),
+    resume: bool = False,
 ) -> ssl.SSLContext:
-    ctx = _base(ssl.Purpose.SERVER_AUTH, bundle_pem)
+    ctx = _base(ssl.Purpose.SERVER_AUTH, bundle_pem, ResumingContext if resume else ssl.SSLContext)
     ctx.verify_mode = ssl.CERT_REQUIRED
+    if isinstance(ctx, ResumingContext):
+        ctx.options &= ~ssl.OP_NO_TICKET
+        ctx.sessions = SessionCache()
     if chain_pem:
         load_identity(ctx, chain_pem, key_pem)
     if alpn:

@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import framing  # noqa: E402 - scripts/framing.py
+import handshake  # noqa: E402 - scripts/handshake.py
 
 from api.spiffe import SpiffeId  # noqa: E402
 from controller.ca import authority  # noqa: E402
@@ -562,6 +563,7 @@ class Bench:
             ("http", self.http),
             ("redirect", self.redirect),
             ("framing", lambda _: framing.measure(self.tmp)),
+            ("handshake", lambda _: handshake.measure(self.tmp)),
         ):
             rows[name] = {}
             for rep in range(self.reps):
@@ -594,6 +596,7 @@ ROW_PATHS = {
     "http": ("haproxy", "waypoint"),
     "redirect": ("splice", "passthrough"),
     "framing": ("hbone",),  # in process: no path
+    "handshake": ("tls",),  # in process: no path
 }
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
@@ -689,6 +692,7 @@ def report(rows: dict[str, Any], meta: dict[str, Any]) -> str:
         k: m("framing", "hbone", k)
         for k in ("send_us_per_mib", "receive_us_per_mib", "tls_us_per_mib", "framing_share")
     }
+    hs = {k: m("handshake", "tls", k) for k in ("full_ms", "resumed_ms")}
     per_core = (
         http["waypoint"]["req_per_proxy_core_s"][0] / http["haproxy"]["req_per_proxy_core_s"][0]
     )
@@ -758,6 +762,12 @@ def report(rows: dict[str, Any], meta: dict[str, Any]) -> str:
         f"| TLS 1.3 encrypt + decrypt (AES-GCM, memory BIOs) | {fmt(fr['tls_us_per_mib'], 0)} | |",
         f"| framing share of framing + TLS | {100 * fr['framing_share'][0]:.0f}% "
         f"({100 * fr['framing_share'][1]:.0f}-{100 * fr['framing_share'][2]:.0f}%) | ≤ 20% |",
+        "",
+        "| HBONE pool dial: TLS 1.3 mutual handshake, both ends (one core, in process) | ms | |",
+        "|---|---|---|",
+        f"| full | {fmt(hs['full_ms'])} | |",
+        f"| resumed (ztunnel's session cache, stateless ticket) | {fmt(hs['resumed_ms'])} | "
+        f"{hs['resumed_ms'][0] / hs['full_ms'][0]:.2f}x full |",
         "",
         "| L7 row (wrk, 32 connections) | haproxy (no policy) | waypoint (L7 policy) | ratio "
         "| target |",

@@ -12,10 +12,10 @@ the kernel and the event loop (the same for any relay) left out.
 
 from __future__ import annotations
 
-import contextlib
-import ssl
 import time
 from pathlib import Path
+
+import handshake  # scripts/handshake.py
 
 from common import tls
 from ztunnel.hbone import protocol as p
@@ -73,17 +73,7 @@ def tls_us_per_mib(pki: Path, total_mib: int = 64) -> float:
     ca, cert = (pki / "ca.pem").read_text(), (pki / "server.pem").read_text()
     server_ctx = tls.server_context([cert], (pki / "server.key").read_bytes(), bundle_pem=[ca])
     client_ctx = tls.client_context([ca])
-    ends = []
-    for ctx, side in ((client_ctx, False), (server_ctx, True)):
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        ends.append((ctx.wrap_bio(incoming, outgoing, server_side=side), incoming, outgoing))
-    (c, c_in, c_out), (s, s_in, s_out) = ends
-    for _ in range(10):  # the handshake, by hand
-        for obj in (c, s):
-            with contextlib.suppress(ssl.SSLWantReadError):
-                obj.do_handshake()
-        s_in.write(c_out.read())
-        c_in.write(s_out.read())
+    (c, _, c_out), (s, s_in, _) = handshake.pair(client_ctx, server_ctx)
     chunk = b"x" * WRITE
     started = time.perf_counter()
     for _ in range(total_mib * MIB // WRITE):

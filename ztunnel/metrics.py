@@ -76,6 +76,12 @@ class ProxyMetrics:
             ["direction", "reason"],
             registry=registry,
         )
+        self.dials = Counter(
+            "ambientmesh_ztunnel_hbone_dials",
+            "HBONE connections opened by the pool, by whether TLS resumed a session",
+            ["resumed"],
+            registry=registry,
+        )
         self.active = Gauge(
             "ambientmesh_ztunnel_active_connections",
             "Proxied connections open now",
@@ -137,3 +143,6 @@ class ProxyMetrics:
 
     def reject(self, direction: str, reason: str) -> None:
         self.rejected.labels(direction=direction, reason=reason).inc()
+
+    def dialed(self, resumed: bool) -> None:
+        self.dials.labels(resumed="true" if resumed else "false").inc()

@@ -1,9 +1,10 @@
-"""scripts/bench.py and scripts/framing.py helpers that parse or compute (no cluster, no timing
-assertions: benchmarks report numbers, they do not judge them in tests)."""
+"""scripts/bench.py, framing.py and handshake.py helpers that parse or compute (no cluster, no
+timing assertions: benchmarks report numbers, they do not judge them in tests)."""
 
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -29,6 +30,7 @@ def load(name: str) -> ModuleType:
 
 bench = load("bench")
 framing = load("framing")
+handshake = load("handshake")
 
 FDINFO = """pos:\t0
 flags:\t02000002
@@ -78,3 +80,12 @@ def test_framing_moves_every_byte_through_the_sans_io_pair() -> None:
     send, receive = framing.framing_us_per_mib(total_mib=1)
     assert send > 0
     assert receive > 0
+
+
+def test_the_handshake_row_resumes_with_the_contexts_ztunnel_uses(tmp_path: Path) -> None:
+    run = bench.Bench(1, True)
+    shutil.rmtree(run.tmp)
+    run.tmp = tmp_path  # its PKI goes here (pytest removes it)
+    run.pki()
+    result = handshake.measure(tmp_path, count=2)  # raises unless resumed ones resume
+    assert set(result) == {"full_ms", "resumed_ms"}

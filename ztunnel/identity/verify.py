@@ -156,10 +156,15 @@ def verify_transport(
     )
 
 
+def peer_not_after(ssl_object: Any) -> datetime:
+    """When the certificate the peer showed (or, resumed, had shown) expires."""
+    der = ssl_object.getpeercert(binary_form=True)
+    return x509.load_der_x509_certificate(der).not_valid_after_utc
+
+
 def close_at_peer_expiry(transport: Any) -> None:
     """RELIABILITY F-7: TLS never re-validates an established session, so a connection ends when
     its peer's certificate does (the fail-closed choice; the peer reconnects with its fresh one)."""
-    der = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
-    not_after = x509.load_der_x509_certificate(der).not_valid_after_utc
+    not_after = peer_not_after(transport.get_extra_info("ssl_object"))
     delay = (not_after - datetime.now(UTC)).total_seconds()
     asyncio.get_running_loop().call_later(max(delay, 0.0), transport.abort)

@@ -120,7 +120,7 @@ class ProxyCore:
         self.active: dict[int, _Active] = {}
         self.ports: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._ctx_cache: dict[tuple[str, int], ssl.SSLContext] = {}
+        self._ctx_cache: dict[tuple[str, int, int], ssl.SSLContext] = {}
         self.hbone: dict[str, _HboneListener] = {}
         self.draining = False
         certs.on_expired.append(self.pool.drop_identity)

@@ -65,6 +65,7 @@ class InboundProxy(ProxyCore):
             bundle_pem=cert.bundle_pem,
             require_client_cert=True,
             alpn=["h2"],
+            tickets=True,  # pool dials resume (common.tls)
         )
         sock = sockets.listener(ip, self.settings.hbone_port, transparent=self.settings.transparent)
         server = await asyncio.get_running_loop().create_server(

@@ -182,7 +182,7 @@ class OutboundProxy(ProxyCore):
             timeout_s=CONNECT_TIMEOUT_S,
         )
         snap = self.snapshot()
-        return await pool.connect(
+        conn = await pool.connect(
             sock,
             ctx,
             trust_domain=snap.trust_domain if snap else key.dst_identity.trust_domain,
@@ -190,17 +190,26 @@ class OutboundProxy(ProxyCore):
             limits=self.settings.limits,
             handshake_timeout_s=HANDSHAKE_TIMEOUT_S,
         )
+        assert conn.transport is not None
+        self.metrics.dialed(conn.transport.get_extra_info("ssl_object").session_reused)
+        return conn
 
     def _client_context(self, identity: SpiffeId) -> ssl.SSLContext:
-        """The HBONE client context of an identity, rebuilt when its certificate rotates."""
+        """The HBONE client context of an identity, rebuilt when its certificate or trust
+        bundle changes; it resumes the sessions of its pool dials (common.tls)."""
         cert = self.certs.current(identity)
         if cert is None:
             raise CertificateUnavailable(f"{identity}: no valid certificate")
-        key = (str(identity), cert.serial)
+        # A new certificate or trust bundle: a new context, and none of the old one's sessions.
+        key = (str(identity), cert.serial, hash(tuple(cert.bundle_pem)))
         if key not in self._ctx_cache:
             self._ctx_cache = {k: v for k, v in self._ctx_cache.items() if k[0] != key[0]}
             self._ctx_cache[key] = tls.client_context(
-                cert.bundle_pem, chain_pem=cert.chain_pem, key_pem=cert.key_pem, alpn=["h2"]
+                cert.bundle_pem,
+                chain_pem=cert.chain_pem,
+                key_pem=cert.key_pem,
+                alpn=["h2"],
+                resume=True,
             )
         return self._ctx_cache[key]
 

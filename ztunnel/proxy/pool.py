@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from api.spiffe import SpiffeId
+from common import tls
 from ztunnel.hbone import protocol as p
 from ztunnel.hbone.connection import HboneConnection
 from ztunnel.identity import verify
@@ -101,20 +102,34 @@ async def connect(
 ) -> HboneConnection:
     """An HBONE client connection over a connected socket: TLS (no SNI), then the peer's
     SPIFFE identity checked before a single HTTP/2 byte is written (the handshake's bytes wait
-    in a Gate meanwhile)."""
+    in a Gate meanwhile). A `tls.ResumingContext` resumes the last session it made with the
+    same peer (identity and address), if it still may (common.tls)."""
+    sessions = ctx.sessions if isinstance(ctx, tls.ResumingContext) else None
+    host, port = sock.getpeername()[:2]
+    session_key = f"{peer}@{host}:{port}"
     gate = Gate()
-    transport, _ = await asyncio.get_running_loop().create_connection(
-        lambda: gate,
-        sock=sock,
-        ssl=ctx,
-        server_hostname="",
-        ssl_handshake_timeout=handshake_timeout_s,
-    )
+    try:
+        transport, _ = await asyncio.get_running_loop().create_connection(
+            lambda: gate,
+            sock=sock,
+            ssl=ctx,
+            server_hostname=session_key if sessions is not None else "",
+            ssl_handshake_timeout=handshake_timeout_s,
+        )
+    except BaseException:
+        if sessions is not None:
+            sessions.forget(session_key)
+        raise
     try:
         verify.verify_transport(transport, trust_domain, verify.Purpose.SERVER, peer)
     except verify.PeerRejected:
+        if sessions is not None:
+            sessions.forget(session_key)
         transport.abort()
         raise
+    if sessions is not None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        sessions.remember(session_key, ssl_object, verify.peer_not_after(ssl_object).timestamp())
     conn = HboneConnection(client=True, limits=limits)
     conn.peer = peer
     gate.open(transport, conn)

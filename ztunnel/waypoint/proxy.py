@@ -91,7 +91,7 @@ class WaypointProxy:
         self.port = 0
         self._ctx: ssl.SSLContext | None = None
         self._serial = 0
-        self._client_ctx: tuple[int, ssl.SSLContext] | None = None
+        self._client_ctx: tuple[tuple[int, int], ssl.SSLContext] | None = None
         self._conns: set[HboneConnection] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -109,6 +109,7 @@ class WaypointProxy:
                 bundle_pem=cert.bundle_pem,
                 require_client_cert=True,
                 alpn=["h2"],
+                tickets=True,  # the ztunnels' pool dials resume (common.tls)
             )
             self.server = await asyncio.get_running_loop().create_server(
                 self._accept,
@@ -282,11 +283,17 @@ class WaypointProxy:
 
     async def _dial(self, key: PoolKey) -> HboneConnection:
         cert = await self.certs.get(key.src)
-        if self._client_ctx is None or self._client_ctx[0] != cert.serial:
+        # A new certificate or trust bundle: a new context, and none of the old one's sessions.
+        version = (cert.serial, hash(tuple(cert.bundle_pem)))
+        if self._client_ctx is None or self._client_ctx[0] != version:
             ctx = tls.client_context(
-                cert.bundle_pem, chain_pem=cert.chain_pem, key_pem=cert.key_pem, alpn=["h2"]
+                cert.bundle_pem,
+                chain_pem=cert.chain_pem,
+                key_pem=cert.key_pem,
+                alpn=["h2"],
+                resume=True,
             )
-            self._client_ctx = (cert.serial, ctx)
+            self._client_ctx = (version, ctx)
         sock = await sockets.dial(
             key.dst, src_ip=None, transparent=False, timeout_s=CONNECT_TIMEOUT_S
         )

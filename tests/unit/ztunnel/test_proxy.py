@@ -81,6 +81,40 @@ def test_new_connections_reuse_one_hbone_connection(state_dir: Path) -> None:
     run(state_dir, body)
 
 
+def test_a_new_hbone_connection_to_the_same_peer_resumes_its_tls_session(
+    state_dir: Path,
+) -> None:
+    """A pool dial after the first resumes (common.tls), and the destination still judges the
+    source by the certificate of the session: its principal is in the metrics and policy."""
+
+    async def body(m: Mesh) -> None:
+        assert await roundtrip(m, b"one") == b"ONE|EOF"
+        m.proxies["node1"].pool.close()  # GOAWAY: the next connection needs a new dial
+        assert await roundtrip(m, b"two") == b"TWO|EOF"
+        assert m.proxies["node1"].pool.dials == 2
+        assert m.metric("node1", "ambientmesh_ztunnel_hbone_dials_total", resumed="false") == 1
+        assert m.metric("node1", "ambientmesh_ztunnel_hbone_dials_total", resumed="true") == 1
+        await asyncio.sleep(0.05)
+        opened = m.metric(
+            "node2",
+            "istio_tcp_connections_opened_total",
+            reporter="destination",
+            source_workload="client",
+            source_workload_namespace="mesh",
+            source_principal="spiffe://cluster.local/ns/mesh/sa/client",
+            destination_workload="server",
+            destination_workload_namespace="mesh",
+            destination_principal="spiffe://cluster.local/ns/mesh/sa/server",
+            destination_service="unknown",
+            request_protocol="tcp",
+            response_flags="-",
+            connection_security_policy="mutual_tls",
+        )
+        assert opened == 2
+
+    run(state_dir, body)
+
+
 def test_deny_policy_refuses_and_counts_the_reason(state_dir: Path) -> None:
     async def body(m: Mesh) -> None:
         m.update(
