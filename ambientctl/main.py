@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ambientctl import kubeverbs, verbs, waypointverbs
+from ambientctl import benchverb, kubeverbs, verbs, waypointverbs
 from api.errors import ManifestError, ObjectError
 from localcluster import naming
 from localcluster.cluster import ClusterError
@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     _runtime_verbs(verb)
     kubeverbs.add_arguments(sub)
     waypointverbs.add_arguments(sub, _common)
+    benchverb.add_arguments(sub)
     return parser
 
 
