@@ -289,11 +289,14 @@ class Http1Session:
                 raise _Closed("upstream closed before responding")
 
     def _response_head(self, head: Head) -> bytes:
-        """The head for the client, framed as h11 framed it (HEAD as if GET)."""
+        """The head for the client, framed as h11 framed it (HEAD as if GET); none for a 1xx to
+        an HTTP/1.0 client (RFC 9110 §15.2: it would not understand it)."""
+        request = self.request
+        assert request is not None
         headers = forwardable(head.headers)
+        if head.status < 200 and request.version == "1.0":
+            return b""
         if head.status >= 200:
-            request = self.request
-            assert request is not None
             framing = "length"
             if head.length is None and head.status not in (204, 304):
                 if request.version == "1.1":

@@ -306,6 +306,22 @@ def test_a_body_ended_by_close_goes_chunked_to_http11_and_close_delimited_to_htt
     run(b"GET /api/x HTTP/" + version + b"\r\nHost: w\r\n\r\n", check, hooks)
 
 
+@pytest.mark.parametrize(("version", "forwarded"), [(b"1.1", True), (b"1.0", False)])
+def test_an_informational_response_reaches_http11_clients_only(
+    version: bytes, forwarded: bool
+) -> None:
+    hooks = Hooks()
+    hooks.upstream = raw_backend(  # type: ignore[method-assign]
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", []
+    )
+
+    def check(out: bytes, hooks: Hooks) -> None:
+        assert (b"100 Continue" in out) is forwarded
+        assert out.count(b"HTTP/1.1 ") == (2 if forwarded else 1) and out.endswith(b"\r\n\r\nok")
+
+    run(b"GET /api/x HTTP/" + version + b"\r\nHost: w\r\n\r\n", check, hooks)
+
+
 def test_hop_by_hop_headers_and_upgrade_are_not_forwarded() -> None:
     """curl --http2 on http:// asks to upgrade to h2c: the request is served as HTTP/1.1."""
     seen: list[bytes] = []
