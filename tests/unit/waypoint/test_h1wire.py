@@ -312,3 +312,82 @@ def test_written_heads_and_chunks_read_back_with_h11() -> None:
     assert isinstance(request, h11.Request) and request.target == b"/x?a=1"
     assert isinstance(data, h11.Data) and data.data == b"hello"
     assert isinstance(end, h11.EndOfMessage) and end.headers.raw_items() == [(b"x-t", b"1")]
+
+
+@st.composite
+def response(draw: st.DrawFn) -> tuple[int, bytes, bytes]:
+    """(status, head, body as framed): 1xx have none; the close ends a body with no framing."""
+    status = draw(st.sampled_from([100, 103, 200, 204, 301, 304, 404, 500]))
+    lines = [f"HTTP/1.1 {status} {draw(st.sampled_from(['OK', 'Whatever', '']))}".rstrip()]
+    lines += [f"{draw(token)}: {draw(value)}" for _ in range(draw(st.integers(0, 3)))]
+    data = b""
+    if status >= 200:
+        framing = draw(st.sampled_from(["length", "chunked", "close"]))
+        data = draw(st.binary(max_size=40))
+        if framing == "length":
+            lines.append(f"Content-Length: {len(data)}")
+        elif framing == "chunked":
+            lines.append("Transfer-Encoding: chunked")
+            data = (b"%x\r\n%s\r\n" % (len(data), data) if data else b"") + b"0\r\n\r\n"
+    return status, "\r\n".join([*lines, "", ""]).encode("latin-1"), data
+
+
+def h11_responses(raw: bytes, method: str) -> list[tuple[int, list[tuple[str, str]], bytes]]:
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method=method, target="/", headers=[("host", "w")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(raw)
+    conn.receive_data(b"")
+    found, body = [], b""
+    while True:
+        event = conn.next_event()
+        if isinstance(event, h11.InformationalResponse | h11.Response):
+            status = event.status_code
+            headers = [
+                (n.decode().lower(), v.decode("latin-1")) for n, v in event.headers.raw_items()
+            ]
+            if isinstance(event, h11.InformationalResponse):
+                found.append((status, headers, b""))
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            found.append((status, headers, body))
+            return found
+        else:
+            pytest.fail(f"h11 read {event!r}")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(response(), min_size=1, max_size=3),
+    st.sampled_from(["GET", "HEAD"]),
+    st.lists(st.integers(0, 10_000), max_size=6),
+)
+def test_responses_read_as_h11_reads_them_in_any_chunking(
+    responses: list[tuple[int, bytes, bytes]], method: str, cuts: list[int]
+) -> None:
+    """The upstream side: 1xx before the final response, length, chunks or the close ending the
+    body, HEAD, 204 and 304 without one; h11 as the client that sent `method`."""
+    final = next((i for i, (status, _, _) in enumerate(responses) if status >= 200), None)
+    assume(final is not None)
+    assert final is not None
+    status, head_bytes, body_bytes = responses[final]
+    bodiless = method == "HEAD" or status in (204, 304)  # a server sends no body then
+    raw = b"".join(h for _, h, _ in responses[:final]) + head_bytes
+    raw += b"" if bodiless else body_bytes
+    reader = h1wire.ResponseReader(LIMIT)
+    reader.expect(method)
+    mine, body, head = [], b"", None
+    for data in [*split(raw, cuts), b""]:
+        reader.feed(data)
+        while (event := reader.next_event()) is not None:
+            if isinstance(event, Head):
+                head, body = event, b""
+            elif isinstance(event, bytes):
+                body += event
+            elif isinstance(event, End):
+                assert head is not None
+                mine.append((head.status, head.headers, body))
+        if mine and mine[-1][0] >= 200:
+            break
+    assert mine == h11_responses(raw, method)
