@@ -5,13 +5,15 @@ Paths (PERF.md "Topology"): a client pod on node1 and a server pod on node2 —
   stunnel: the same direct pods, through an stunnel4 mTLS pair (TLS 1.3, ECDSA P-256) running in
            the same pods' netns (so it crosses the same veths and underlay);
   mesh:    pods in an enrolled namespace: eBPF → ztunnel → HBONE/mTLS → ztunnel.
-Rows: single-stream throughput (iperf3), 1 KiB round trips (p50/p90/p99), new connections per
-second (one loop; four parallel loops, also per proxy core-second), proxy CPU during the stream,
-RSS per open connection; and L7: HTTP/1.1 requests per proxy core-second (wrk, 32 connections)
-through haproxy (no policy; client pod → haproxy → nginx) and through the waypoint (an L7 policy
-evaluated on every request; client → ztunnel → waypoint → ztunnel → nginx), with wrk's latency
-percentiles. Each row runs `reps` times; the
-report gives medians and the min-max spread, and ratios computed within this one run.
+Rows: single-stream throughput (iperf3; also through our raw mTLS relay pair, in the pods and
+where the ztunnels run), 1 KiB round trips (p50/p90/p99, unpinned and pinned to one CPU), new
+connections per second (one loop; four parallel loops, also per proxy core-second), proxy CPU
+during the stream, RSS per open connection; the eBPF redirect alone; HBONE framing and a pool
+dial's handshake in process; and L7: HTTP/1.1 requests per proxy core-second (wrk, 32
+connections) through haproxy (no policy; client pod → haproxy → nginx) and through the waypoint
+(an L7 policy evaluated on every request; client → ztunnel → waypoint → ztunnel → nginx), with
+wrk's latency percentiles. Each row runs `reps` times; the report gives medians and the min-max
+spread, and ratios computed within this one run.
 """
 
 from __future__ import annotations
