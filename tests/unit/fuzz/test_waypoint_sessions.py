@@ -11,6 +11,7 @@ import hyperframe.frame as hf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.unit.waypoint import test_http1
 from tests.unit.waypoint.test_http1 import Hooks, pipe_pair
 from ztunnel.waypoint.exchange import Flow
 from ztunnel.waypoint.http1 import Http1Session
@@ -107,3 +108,30 @@ def test_http2_session_survives_any_frames(frames: list[hf.Frame]) -> None:
 @given(st.binary(max_size=200))
 def test_http2_session_survives_random_bytes_after_the_preface(data: bytes) -> None:
     run_session(Http2Session, [PREFACE, data])
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.sampled_from(
+            [test_http1.GET, b"POST /api/x HTTP/1.1\r\nHost: w\r\nContent-Length: 3\r\n\r\nabc"]
+        ),
+        max_size=2,
+    ),
+    st.binary(max_size=60),
+    st.integers(0, 200),
+)
+def test_http1_answers_are_well_formed_whatever_is_spliced_into_requests(
+    valid: list[bytes], noise: bytes, at: int
+) -> None:
+    """Valid requests with random bytes spliced in: the session ends (`run` returns) and every
+    complete answer is well formed, with a status the session gives."""
+    raw = b"".join(valid)
+    at %= len(raw) + 1
+    raw = raw[:at] + noise + raw[at:]
+
+    def check(out: bytes, hooks: test_http1.Hooks) -> None:
+        assert out == b"" or out.startswith(b"HTTP/1.1 ")
+        assert all(status in (200, 400, 403, 431, 501, 505) for status in test_http1.statuses(out))
+
+    test_http1.run(raw, check)

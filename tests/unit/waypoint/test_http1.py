@@ -10,8 +10,6 @@ from typing import Any
 
 import h11
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from ztunnel.state.policy import Decision
 from ztunnel.waypoint import http1
@@ -367,28 +365,3 @@ def test_a_connection_without_progress_is_closed(monkeypatch: pytest.MonkeyPatch
         assert proxy_end.aborted
 
     asyncio.run(main())
-
-
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.lists(
-        st.sampled_from([GET, b"POST /api/x HTTP/1.1\r\nHost: w\r\nContent-Length: 3\r\n\r\nabc"]),
-        max_size=2,
-    ),
-    st.binary(max_size=60),
-    st.integers(0, 200),
-)
-def test_any_bytes_end_in_a_response_or_a_close_never_an_exception(
-    valid: list[bytes], noise: bytes, at: int
-) -> None:
-    """RELIABILITY H-12 for the HTTP/1.1 session: valid requests with random bytes spliced in
-    end the session cleanly (`run` returns) and every complete response is well formed."""
-    raw = b"".join(valid)
-    at %= len(raw) + 1
-    raw = raw[:at] + noise + raw[at:]
-
-    def check(out: bytes, hooks: Hooks) -> None:
-        assert out == b"" or out.startswith(b"HTTP/1.1 ")
-        assert all(status in (200, 400, 403, 431, 501, 505) for status in statuses(out))
-
-    run(raw, check)
