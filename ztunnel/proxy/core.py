@@ -69,6 +69,7 @@ class _HboneListener:
     ctx: ssl.SSLContext
     identity: SpiffeId
     serial: int
+    trust: int  # the trust bundle's hash
 
 
 @dataclass

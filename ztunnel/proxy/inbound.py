@@ -38,7 +38,11 @@ class InboundProxy(ProxyCore):
         to `<pod IP>:15008`. The certificate is therefore chosen by original destination, as
         ztunnel does, with no SNI; TLS starts with the first byte; and a pod without a
         certificate has no listener, so its inbound HBONE is dropped by the datapath (counted as
-        DROP_NO_LISTENER): fail closed. Rotation reloads the context in place."""
+        DROP_NO_LISTENER): fail closed. Rotation reloads the certificate in place. A new trust
+        bundle (root rotation, RELIABILITY F-8) needs a new context, since a context's store
+        only grows: a listener with it is bound beside the old one (SO_REUSEPORT, so no
+        connection is refused), which then stops accepting; from then on a removed root's
+        leaves are refused, and tickets of the old context (its keys) no longer resume."""
         snap = self.snapshot()
         wanted: dict[str, tuple[SpiffeId, Any]] = {}
         if snap is not None:
@@ -49,14 +53,17 @@ class InboundProxy(ProxyCore):
             self.hbone.pop(ip).server.close()
         for ip, (identity, cert) in wanted.items():
             listener = self.hbone.get(ip)
-            if listener is not None and listener.identity == identity:
+            trust = hash(tuple(cert.bundle_pem))
+            if listener is not None and (listener.identity, listener.trust) == (identity, trust):
                 if listener.serial != cert.serial:
                     tls.load_identity(listener.ctx, cert.chain_pem, cert.key_pem)
                     listener.serial = cert.serial
                 continue
-            if listener is not None:
-                listener.server.close()
+            if listener is not None and listener.identity != identity:
+                listener.server.close()  # another pod's IP now: never answer with its identity
             self.hbone[ip] = await self._listen_hbone(ip, identity, cert)
+            if listener is not None and listener.identity == identity:
+                listener.server.close()  # a new trust bundle: the old listener goes after
 
     async def _listen_hbone(self, ip: str, identity: SpiffeId, cert: Any) -> _HboneListener:
         ctx = tls.server_context(
@@ -74,7 +81,7 @@ class InboundProxy(ProxyCore):
             ssl=ctx,
             ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
         )
-        return _HboneListener(server, ctx, identity, cert.serial)
+        return _HboneListener(server, ctx, identity, cert.serial, hash(tuple(cert.bundle_pem)))
 
     def _hbone_protocol(self, original_dst: str) -> HboneConnection:
         def verify_client(transport: asyncio.Transport) -> SpiffeId:

@@ -91,6 +91,7 @@ class WaypointProxy:
         self.port = 0
         self._ctx: ssl.SSLContext | None = None
         self._serial = 0
+        self._trust = 0  # the listener's trust bundle (hash)
         self._client_ctx: tuple[tuple[int, int], ssl.SSLContext] | None = None
         self._conns: set[HboneConnection] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -98,11 +99,15 @@ class WaypointProxy:
     # --- listener --------------------------------------------------------------------------------
 
     async def sync(self) -> None:
-        """Listen once the certificate exists; reload it in place when it rotates."""
+        """Listen once the certificate exists; reload it in place when it rotates. A new trust
+        bundle (RELIABILITY F-8) gets a new context on a new listener beside the old one
+        (reuse_port), as ztunnel's HBONE listeners do: a removed root's leaves are then refused."""
         cert = self.certs.current(self.identity)
         if cert is None:
             return
-        if self._ctx is None:
+        trust = hash(tuple(cert.bundle_pem))
+        if self._ctx is None or trust != self._trust:
+            old = self.server
             self._ctx = tls.server_context(
                 cert.chain_pem,
                 cert.key_pem,
@@ -114,12 +119,14 @@ class WaypointProxy:
             self.server = await asyncio.get_running_loop().create_server(
                 self._accept,
                 self.settings.listen_ip,
-                self.settings.hbone_port,
+                self.port or self.settings.hbone_port,
                 ssl=self._ctx,
                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
                 reuse_port=True,
             )
-            self.port = self.server.sockets[0].getsockname()[1]
+            if old is not None:
+                old.close()
+            self.port, self._trust = self.server.sockets[0].getsockname()[1], trust
             log.info("waypoint %s listening on :%d", self.identity, self.port)
         elif cert.serial != self._serial:
             tls.load_identity(self._ctx, cert.chain_pem, cert.key_pem)

@@ -4,13 +4,20 @@ ztunnel(node2) → pod, with policy, metrics, pooling, half-close and fail-close
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from controller.ca import authority
 from tests.unit.ztunnel.harness import (
     ECHO_PORT,
     Mesh,
     mesh,
+    workloads_identity,
 )
 from ztunnel.proxy.relay import Tunnel
 from ztunnel.proxy.splice import Held, Splice
@@ -111,6 +118,50 @@ def test_a_new_hbone_connection_to_the_same_peer_resumes_its_tls_session(
             connection_security_policy="mutual_tls",
         )
         assert opened == 2
+
+    run(state_dir, body)
+
+
+def test_a_root_rotation_reaches_the_hbone_listener_without_an_outage(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RELIABILITY F-8 at node2's listener: a bundle that adds a new root serves on (overlap);
+    once the old root leaves the bundle, node1's client certificate, issued by it, is refused.
+    A context's trust store only grows, so each bundle gets a new listener (SO_REUSEPORT)."""
+
+    async def body(m: Mesh) -> None:
+        identity = workloads_identity(m, "node2", m.server_ip)
+        manager = m.managers["node2"]
+        issued = manager.current(identity)
+        assert issued is not None
+        new_root = authority.pem(authority.generate_root("cluster.local", datetime.now(UTC))[0])
+        bundle = [issued.bundle_pem]
+
+        def current(wanted: Any) -> Any:
+            cert = real(wanted)
+            if wanted != identity or cert is None:
+                return cert
+            return dataclasses.replace(cert, bundle_pem=bundle[0])
+
+        real = manager.current
+        monkeypatch.setattr(manager, "current", current)
+        before = m.proxies["node2"].hbone[m.server_ip]
+        m.proxies["node1"].pool.close()  # each step dials anew
+        bundle[0] = [*issued.bundle_pem, new_root]  # overlap: both roots
+        await m.proxies["node2"].sync_hbone_listeners()
+        after = m.proxies["node2"].hbone[m.server_ip]
+        assert after.ctx is not before.ctx and not before.server.is_serving()
+        assert await roundtrip(m, b"overlap") == b"OVERLAP|EOF"
+        m.proxies["node1"].pool.close()
+        bundle[0] = [new_root]  # the old root removed
+        await m.proxies["node2"].sync_hbone_listeners()
+        _, writer, code = await m.socks(m.server)
+        writer.close()
+        assert code != 0, "a leaf of the removed root was accepted"
+        # TLS 1.3: node2 refuses the client certificate after node1's side of the handshake,
+        # so node1 sees its tunnel closed unanswered (and its retries too).
+        refused = {"direction": "outbound", "reason": "hbone_status_0"}
+        assert m.metric("node1", "ambientmesh_ztunnel_rejections_total", **refused) == 1
 
     run(state_dir, body)
 

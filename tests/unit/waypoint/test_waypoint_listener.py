@@ -1,0 +1,88 @@
+"""The waypoint's HBONE listener across certificate rotation and root rotation (RELIABILITY
+F-8): a new certificate is loaded in place; a new trust bundle gets a new context, on a new
+listener on the same port, and the old one stops accepting."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ssl
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+from prometheus_client import CollectorRegistry
+
+from api.spiffe import SpiffeId
+from controller.ca import authority
+from tests import pki
+from ztunnel.identity import schedule
+from ztunnel.identity.manager import CertificateManager, WorkloadCertificate
+from ztunnel.metrics import ProxyMetrics
+from ztunnel.waypoint.metrics import RequestMetrics
+from ztunnel.waypoint.proxy import WaypointProxy, WaypointSettings
+
+WAYPOINT = SpiffeId("cluster.local", "demo", "waypoint")
+NOW = datetime.now(UTC)
+
+
+class Certs:
+    def __init__(self, cert: WorkloadCertificate) -> None:
+        self.cert = cert
+
+    def current(self, identity: SpiffeId) -> WorkloadCertificate | None:
+        return self.cert if identity == WAYPOINT else None
+
+
+def certificate(root: Any, root_key: Any, serial_bump: int = 0) -> WorkloadCertificate:
+    leaf, key = pki.leaf(
+        root,
+        root_key,
+        uris=(f"spiffe://{WAYPOINT}",),
+        not_before=NOW - timedelta(minutes=1),
+        not_after=NOW + timedelta(hours=1),
+    )
+    return WorkloadCertificate(
+        identity=WAYPOINT,
+        chain_pem=[authority.pem(leaf)],
+        key_pem=authority.key_pem(key),
+        bundle_pem=[authority.pem(root)],
+        validity=schedule.Validity(leaf.not_valid_before_utc, leaf.not_valid_after_utc, NOW),
+        serial=leaf.serial_number + serial_bump,
+    )
+
+
+def roots_in(ctx: ssl.SSLContext) -> set[str]:
+    return {cert["subject"][0][0][1] for cert in ctx.get_ca_certs()}
+
+
+def test_a_new_trust_bundle_gets_a_new_listener_on_the_same_port() -> None:
+    old_root, old_key = pki.root(NOW, name="old root")
+    new_root, _ = pki.root(NOW, name="new root")
+    certs = Certs(certificate(old_root, old_key))
+
+    async def main() -> None:
+        proxy = WaypointProxy(
+            WaypointSettings(listen_ip="127.0.0.1", hbone_port=0),
+            lambda: None,
+            cast(CertificateManager, certs),
+            WAYPOINT,
+            metrics=RequestMetrics(CollectorRegistry()),
+            tcp_metrics=ProxyMetrics(CollectorRegistry()),
+        )
+        await proxy.sync()
+        first, port, ctx = proxy.server, proxy.port, proxy._ctx
+        assert first is not None and ctx is not None
+        certs.cert = certificate(old_root, old_key, serial_bump=1)  # rotation: same context
+        await proxy.sync()
+        assert (proxy.server, proxy._ctx) == (first, ctx)
+        overlap = [*certs.cert.bundle_pem, authority.pem(new_root)]
+        certs.cert = dataclasses.replace(certs.cert, bundle_pem=overlap)
+        await proxy.sync()
+        assert proxy.server is not first and proxy.port == port and not first.is_serving()
+        assert proxy._ctx is not None and roots_in(proxy._ctx) == {"old root", "new root"}
+        certs.cert = dataclasses.replace(certs.cert, bundle_pem=[authority.pem(new_root)])
+        await proxy.sync()
+        assert roots_in(proxy._ctx) == {"new root"}, "the removed root must not be trusted"
+        await proxy.close(0.1)
+
+    asyncio.run(main())
