@@ -68,6 +68,21 @@ def leaf(
     return cert, key
 
 
+def live_leaf(
+    issuer: x509.Certificate, issuer_key: ec.EllipticCurvePrivateKey, uri: str
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A leaf valid for the next hour by the real clock: OpenSSL checks validity against it,
+    not against NOW, in real handshakes."""
+    now = datetime.now(UTC)
+    return leaf(
+        issuer,
+        issuer_key,
+        uris=(uri,),
+        not_before=now - timedelta(minutes=1),
+        not_after=now + timedelta(hours=1),
+    )
+
+
 def _sign(
     key: ec.EllipticCurvePrivateKey,
     subject: x509.Name,

@@ -4,17 +4,11 @@ loopback: bytes both ways, the client's half-close reaches the server, a dead ta
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import uvloop
 
 from samples import splicerelay
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.unit.ztunnel.harness import free_port
 
 
 async def connect_when_up(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -24,13 +24,7 @@ NOW = datetime.now(UTC)  # OpenSSL checks validity against the real clock
 
 
 def identity(name: str, root: Any, root_key: Any) -> tuple[list[str], bytes]:
-    cert, key = pki.leaf(
-        root,
-        root_key,
-        uris=(f"spiffe://cluster.local/ns/mesh/sa/{name}",),
-        not_before=NOW - timedelta(minutes=1),
-        not_after=NOW + timedelta(hours=1),
-    )
+    cert, key = pki.live_leaf(root, root_key, f"spiffe://cluster.local/ns/mesh/sa/{name}")
     return [authority.pem(cert)], authority.key_pem(key)
 
 

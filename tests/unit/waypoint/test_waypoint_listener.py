@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ssl
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
@@ -34,13 +34,7 @@ class Certs:
 
 
 def certificate(root: Any, root_key: Any, serial_bump: int = 0) -> WorkloadCertificate:
-    leaf, key = pki.leaf(
-        root,
-        root_key,
-        uris=(f"spiffe://{WAYPOINT}",),
-        not_before=NOW - timedelta(minutes=1),
-        not_after=NOW + timedelta(hours=1),
-    )
+    leaf, key = pki.live_leaf(root, root_key, f"spiffe://{WAYPOINT}")
     return WorkloadCertificate(
         identity=WAYPOINT,
         chain_pem=[authority.pem(leaf)],

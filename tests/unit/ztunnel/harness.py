@@ -181,7 +181,7 @@ async def mesh(cluster: str = "c", ttl_s: int = 3600) -> AsyncIterator[Mesh]:
     await m.echo.start(m.server_ip)
     await m.echo.start(m.plain_ip)
     bundle = [(store.ca_dir / "root-cert.pem").read_text()]
-    hbone_port = _free_port()  # every pod's own HBONE listener binds <pod ip>:hbone_port
+    hbone_port = free_port()  # every pod's own HBONE listener binds <pod ip>:hbone_port
     for node in ("node2", "node1"):  # node2 first: node1 dials node2's HBONE port
         ca = CaClient(
             "127.0.0.1",
@@ -198,7 +198,7 @@ async def mesh(cluster: str = "c", ttl_s: int = 3600) -> AsyncIterator[Mesh]:
             outbound_port=0,
             inbound_plain_port=0,
             hbone_port=hbone_port,
-            socks_port=_free_port() if node == "node1" else 0,
+            socks_port=free_port() if node == "node1" else 0,
             transparent=False,
             hbone_target_port=hbone_port,
         )
@@ -245,7 +245,7 @@ def workloads_identity(m: Mesh, node: str, ip: str) -> Any:
     return w.identity
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

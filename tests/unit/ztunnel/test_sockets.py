@@ -5,18 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import socket
 
 import pytest
 import uvloop
 
+from tests.unit.ztunnel.harness import free_port
 from ztunnel.proxy import sockets
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_dial_connects_and_the_peer_sees_it() -> None:
