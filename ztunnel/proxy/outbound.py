@@ -58,10 +58,9 @@ class OutboundProxy(ProxyCore):
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
                 while target is None:
-                    while not gate.buffer:
-                        if gate.lost:
-                            return
-                        await asyncio.sleep(0.005)
+                    await gate.arrival()
+                    if gate.lost:
+                        return
                     data = bytes(gate.buffer)
                     gate.buffer.clear()
                     out, target = parser.feed(data)

@@ -66,12 +66,28 @@ class Gate(asyncio.Protocol):
     def __init__(self) -> None:
         self.buffer = bytearray()
         self.lost = False
+        self._waiter: asyncio.Future[None] | None = None
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
+        self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self._wake()
+
+    async def arrival(self) -> None:
+        """Returns once there are bytes to read or the connection is gone."""
+        while not self.buffer and not self.lost:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def open(self, transport: asyncio.Transport, protocol: asyncio.Protocol) -> None:
         transport.set_protocol(protocol)
