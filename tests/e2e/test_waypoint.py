@@ -1,5 +1,6 @@
 """The waypoint in a running 2-node cluster (issue: waypoint): HTTP/1.1 and HTTP/2 requests
-authorized per request with an L7 policy bound to a Service, the destination ztunnel refusing
+authorized per request with an L7 policy bound to a Service, WebSocket authorized at its
+handshake and then relayed, the destination ztunnel refusing
 whatever did not come through the waypoint, smuggling refused before the backend, TCP carried
 with L4 rules only, and Istio's request metrics."""
 
@@ -76,6 +77,25 @@ SMUGGLE = (
     "          b'Transfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\n'\n"
     "          b'GET /api/smuggled HTTP/1.1\\r\\nHost: server\\r\\n\\r\\n')\n"
     "print(s.recv(4096).decode().splitlines()[0])\n"
+)
+
+# A WebSocket handshake, a "frame" sent in the same write (a client need not wait for the 101
+# with its bytes in flight), more bytes after the 101, a half-close, and what comes back.
+WEBSOCKET = (
+    "import socket, sys\n"
+    "s = socket.create_connection((sys.argv[1], 8080), timeout=3)\n"
+    "s.sendall(b'GET ' + sys.argv[2].encode() + b' HTTP/1.1\\r\\nHost: server\\r\\n'\n"
+    "          b'Connection: Upgrade\\r\\nUpgrade: websocket\\r\\n'\n"
+    "          b'Sec-WebSocket-Version: 13\\r\\n'\n"
+    "          b'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\n\\r\\n<early>')\n"
+    "got = b''\n"
+    "while b'\\r\\n\\r\\n' not in got and (data := s.recv(4096)):\n"
+    "    got += data\n"
+    "s.sendall(b'<late>')\n"
+    "s.shutdown(socket.SHUT_WR)\n"
+    "while data := s.recv(4096):\n"
+    "    got += data\n"
+    "print(repr(got))\n"
 )
 
 
@@ -194,6 +214,21 @@ def test_request_smuggling_gets_400_and_never_reaches_the_backend(cluster: str) 
     assert re.match(r"HTTP/1.1 400", done.stdout), done.stdout + done.stderr
     log = ambientctl(cluster, "logs", "demo/server").stdout
     assert "/api/smuggled" not in log and "POST /api/x" not in log
+
+
+def test_a_websocket_is_authorized_at_its_handshake_then_relayed_both_ways(cluster: str) -> None:
+    def websocket(path: str) -> str:
+        args = ["exec", "demo/client", "--", "python3", "-c", WEBSOCKET, vip(cluster, "server")]
+        done = ambientctl(cluster, *args, path, check=False)
+        return done.stdout + done.stderr
+
+    opened = websocket("/api/ws")
+    assert opened.startswith("b'HTTP/1.1 101 Switching Protocols"), opened
+    assert "sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in opened
+    assert opened.rstrip().endswith("\\r\\n\\r\\n<early><late>'"), opened
+    denied = websocket("/ws")
+    assert denied.startswith("b'HTTP/1.1 403 Forbidden") and "RBAC: access denied" in denied
+    assert "connection: close" in denied
 
 
 def test_http2_prior_knowledge_is_authorized_per_stream(cluster: str) -> None:

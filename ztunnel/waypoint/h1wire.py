@@ -10,7 +10,10 @@ does not, this module adds, so the waypoint accepts no more than it did:
   arrive, before httptools has buffered more than one read beyond the limit;
 - only HTTP/1.0 and 1.1 (505), and header values without surrounding whitespace;
 - a HEAD response ends at its head (httptools cannot tell llhttp that it has no body), so the
-  reader is spent afterwards (`spent`): any byte after it would be a protocol error anyway.
+  reader is spent afterwards (`spent`): any byte after it would be a protocol error anyway;
+- a WebSocket handshake (RFC 6455 §4) ends HTTP/1.1 on its connection: after the request's
+  head, and after a 101 answer to it, the reader is spent and keeps what followed in `tail`.
+  Other Upgrade requests (h2c) are read as plain ones and the exchange stays HTTP/1.1.
 llhttp's strict mode refuses bare LF, obs-fold (400: RFC 9112 §5.2 allows refusing it), both
 Content-Length and Transfer-Encoding, differing or repeated Content-Length, bad chunk framing,
 control characters in values and unknown methods.
@@ -51,6 +54,7 @@ class Head:
     chunked: bool = False
     until_close: bool = False  # a response body that ends when the connection does
     upgrade: bool = False  # a request llhttp parsed as CONNECT or Upgrade (no body follows)
+    websocket: bool = False  # a request to switch to WebSocket (GET, HTTP/1.1, Upgrade)
 
 
 @dataclass(slots=True)
@@ -73,6 +77,7 @@ class _Reader:
     def __init__(self, max_head: int) -> None:
         self.max_head = max_head
         self.spent = False
+        self.tail = b""  # what followed a protocol switch: the new protocol's first bytes
         self._events: deque[Event] = deque()
         self._in_head = False
         self._in_body = False
@@ -131,6 +136,12 @@ class _Reader:
 
     def _upgraded(self, data: bytes, offset: int) -> None:
         raise ProtocolError("unexpected protocol switch")
+
+    def _switched(self, data: bytes, offset: int) -> None:
+        """HTTP/1.1 ends here: llhttp will parse no more, the rest is the new protocol's."""
+        self._in_body = False
+        self.spent = True
+        self.tail = data[offset:]
 
     def _eof(self) -> None:
         if self._in_body and self._head is not None and self._head.until_close:
@@ -214,13 +225,21 @@ class RequestReader(_Reader):
         head.target = self._url.decode("latin-1")
         head.upgrade = parser.should_upgrade()
         if head.upgrade and (head.chunked or head.length):
-            # llhttp takes what follows an Upgrade head for the new protocol, not its body;
-            # we forward the request without Upgrade, so a body would be parsed as a request.
+            # llhttp takes what follows an Upgrade head for the new protocol, not its body.
             self._error = ProtocolError("Upgrade request with a body")
             raise self._error
+        head.websocket = (
+            head.upgrade
+            and head.method == "GET"
+            and head.version == "1.1"
+            and "websocket" in upgrade_tokens(head.headers)
+        )
 
     def _upgraded(self, data: bytes, offset: int) -> None:
-        # The waypoint strips Upgrade (hop by hop), so the exchange stays HTTP/1.1: llhttp was
+        if self._head is not None and self._head.websocket:
+            self._switched(data, offset)
+            return
+        # Any other Upgrade is stripped (hop by hop), so the exchange stays HTTP/1.1: llhttp was
         # resumed by httptools, and what follows the head is the next request.
         self._in_body = False
         if offset < len(data):
@@ -234,9 +253,16 @@ class ResponseReader(_Reader):
         super().__init__(max_head)
         self.parser = httptools.HttpResponseParser(self)
         self._head_request = False
+        self._switch_asked = False
 
-    def expect(self, method: str) -> None:
+    def expect(self, method: str, *, websocket: bool = False) -> None:
         self._head_request = method == "HEAD"
+        self._switch_asked = websocket
+
+    def _upgraded(self, data: bytes, offset: int) -> None:
+        if not (self._switch_asked and self._head is not None and self._head.status == 101):
+            raise ProtocolError("unexpected protocol switch")
+        self._switched(data, offset)
 
     def _complete_head(self, head: Head) -> None:
         parser = self.parser
@@ -250,6 +276,16 @@ class ResponseReader(_Reader):
             self._events.append(End())
             self._in_body = False
             raise _BodySkipped
+
+
+def upgrade_tokens(headers: list[tuple[str, str]]) -> set[str]:
+    """The protocols `Upgrade` names, lower-case, without versions (RFC 9110 §7.8)."""
+    return {
+        token.strip().split("/")[0].lower()
+        for name, value in headers
+        if name == "upgrade"
+        for token in value.split(",")
+    }
 
 
 # --- writing -------------------------------------------------------------------------------------

@@ -5,9 +5,13 @@ Per request: check the headers (`exchange.check_headers`: 400), authorize (`Hook
 403 `RBAC: access denied`, the connection stays usable), then forward over an upstream
 connection opened on the first allowed request and kept while both sides keep it alive. The
 request body and the response flow at the same time, each bounded by the pipes' windows.
-Hop-by-hop headers are dropped (Upgrade too: the exchange stays HTTP/1.1), and each side is
-framed anew as h11 framed it: a body of unknown length goes chunked to an HTTP/1.1 client and
-close-delimited to an HTTP/1.0 one, whose connection then closes (no 1.0 keep-alive).
+Hop-by-hop headers are dropped, and each side is framed anew as h11 framed it: a body of
+unknown length goes chunked to an HTTP/1.1 client and close-delimited to an HTTP/1.0 one, whose
+connection then closes (no 1.0 keep-alive).
+WebSocket, as Istio's waypoint (Envoy's `upgrade_configs: websocket`): the handshake request is
+authorized like any other and forwarded with its Upgrade; on the server's 101 the connection
+becomes a byte relay both ways, with half-close, until both ends finish; any other answer ends
+the connection after it. Other Upgrades (h2c) are dropped: the exchange stays HTTP/1.1.
 Limits: request line + headers 16 KiB (431, W-3); 300 s without progress either way (Envoy's
 stream idle timeout) closes the connection; any protocol error from the client is answered with
 its status (400, 431, 501, 505) and the connection closed.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from http import HTTPStatus
+from typing import NoReturn
 
 from ztunnel.waypoint import h1wire
 from ztunnel.waypoint.exchange import (
@@ -33,13 +38,14 @@ from ztunnel.waypoint.exchange import (
     protocol_of,
 )
 from ztunnel.waypoint.h1wire import CLOSED, End, Head, ProtocolError
-from ztunnel.waypoint.pipe import IdleTimer, Pipe, PipeReset
+from ztunnel.waypoint.pipe import IdleTimer, Pipe, PipeReset, relay
 
 log = logging.getLogger("waypoint.http1")
 
 MAX_HEADER_BYTES = 16 * 1024  # h11's default, which this session used first; Envoy's is 60 KiB
 IDLE_TIMEOUT_S = 300.0
 MAX_DENIED_BODY = 64 * 1024  # a denied request's body is read and dropped up to this, else close
+SWITCH = [("connection", "upgrade"), ("upgrade", "websocket")]
 
 
 class _Closed(Exception):
@@ -113,9 +119,14 @@ class Http1Session:
 
     def _keep_alive(self) -> bool:
         """Whether the client's connection may carry another request (h11's rule: HTTP/1.1
-        without `Connection: close`)."""
+        without `Connection: close`); never after a WebSocket handshake, answered or not."""
         request = self.request
-        return request is not None and request.keep_alive and request.version == "1.1"
+        return (
+            request is not None
+            and request.keep_alive
+            and request.version == "1.1"
+            and not request.websocket
+        )
 
     async def _one(self) -> bool:
         """Serve one request; False when the connection ends."""
@@ -188,8 +199,10 @@ class Http1Session:
         forward = forwardable(head.headers)
         if head.chunked:
             forward.append(("transfer-encoding", "chunked"))
+        if head.websocket:
+            forward += SWITCH
         out = h1wire.request_head(head.method, head.target, forward)
-        up.responses.expect(head.method)
+        up.responses.expect(head.method, websocket=head.websocket)
         first = self.requests.next_event()
         sending: asyncio.Future[None] | None = None
         if isinstance(first, End):  # no body (most requests): one write, no task
@@ -204,30 +217,52 @@ class Http1Session:
         try:
             reusable = await self._response(up, record)
         except (_Closed, PipeReset, ProtocolError) as exc:
-            failed = (
-                sending.exception()
-                if sending and sending.done() and not sending.cancelled()
-                else None
-            )
-            if failed is not None:
-                raise failed from None  # the client's error broke the exchange
-            if sending is not None:
-                sending.cancel()
-            self._drop_upstream()
-            if self.answered:
-                raise _Closed("upstream failed mid-response") from None
-            log.info("upstream for %s:%d failed: %s", self.flow.dst_ip, self.flow.dst_port, exc)
-            record.status = 502
-            record.response_bytes = await self._respond(502, b"upstream reset", close=True)
-            raise _Closed("upstream failed") from None
+            await self._failed(exc, sending, record)
         if sending is not None:
             if not sending.done():
                 sending.cancel()  # answered before the body ended (e.g. 413): body not read
                 raise _Closed("response complete before the request")
             await sending  # its errors are the client's
+        if record.status == 101:
+            await self._tunnel(up, record)
+            return False
         if not reusable:
             self._drop_upstream()
         return self._keep_alive() and self._down_framing != "close"
+
+    async def _failed(
+        self, exc: Exception, sending: asyncio.Future[None] | None, record: Exchange
+    ) -> NoReturn:
+        """The exchange broke while its response was awaited or relayed."""
+        failed = (
+            sending.exception() if sending and sending.done() and not sending.cancelled() else None
+        )
+        if failed is not None:
+            raise failed from None  # the client's error broke the exchange
+        if sending is not None:
+            sending.cancel()
+        self._drop_upstream()
+        if self.answered:
+            raise _Closed("upstream failed mid-response") from None
+        log.info("upstream for %s:%d failed: %s", self.flow.dst_ip, self.flow.dst_port, exc)
+        record.status = 502
+        record.response_bytes = await self._respond(502, b"upstream reset", close=True)
+        raise _Closed("upstream failed") from None
+
+    async def _tunnel(self, up: _Upstream, record: Exchange) -> None:
+        """After a 101: the WebSocket's bytes both ways, as they are (Envoy too proxies them
+        as TCP), until both sides end; the upstream connection goes with it."""
+        try:
+            if self.requests.tail:
+                await up.pipe.write(self.requests.tail)
+            if up.responses.tail:
+                await self.down.write(up.responses.tail)
+            sent, received = await relay(self.down, up.pipe, progress=self.idle.touch)
+        except (PipeReset, OSError) as exc:
+            raise _Closed(f"WebSocket ended: {exc!r}") from None
+        self.up = None  # both ends finished: nothing left to abort
+        record.request_bytes += len(self.requests.tail) + sent
+        record.response_bytes += len(up.responses.tail) + received
 
     async def _request_body(
         self, up: Pipe, chunked: bool, record: Exchange, first: h1wire.Event | None
@@ -271,7 +306,14 @@ class Http1Session:
                 self.idle.touch()
             elif isinstance(event, Head):
                 if event.status == 101:
-                    raise _Closed("upstream switched protocols unasked")
+                    if not up.responses.spent:  # the reader switches after WebSocket requests
+                        raise _Closed("upstream switched protocols unasked")
+                    record.status = 101
+                    self.answered = True
+                    headers = forwardable(event.headers) + SWITCH
+                    out += h1wire.response_head(101, event.reason, headers)
+                    await self._send_down(out, record)
+                    return False
                 if event.status >= 200:
                     record.status = event.status
                     reusable = event.keep_alive and not event.until_close

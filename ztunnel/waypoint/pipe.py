@@ -171,14 +171,16 @@ class IdleTimer:
         self._handle.cancel()
 
 
-async def relay(a: Pipe, b: Pipe) -> tuple[int, int]:
+async def relay(a: Pipe, b: Pipe, progress: Callable[[], None] | None = None) -> tuple[int, int]:
     """Copy both ways until both ends finished (half-close carried across); a reset on either
-    side aborts both. Returns the bytes a→b and b→a."""
+    side aborts both. `progress` is called on every read. Returns the bytes a→b and b→a."""
     counts = [0, 0]
 
     async def copy(src: Pipe, dst: Pipe, i: int) -> None:
         while data := await src.read():
             counts[i] += len(data)
+            if progress is not None:
+                progress()
             await dst.write(data)
         dst.end()
 

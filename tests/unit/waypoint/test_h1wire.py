@@ -257,6 +257,66 @@ def test_an_upgrade_request_is_read_as_a_plain_one_and_the_next_request_follows(
     assert [m[1] for m in messages] == ["/a", "/b"]
 
 
+WEBSOCKET = (
+    b"GET /chat HTTP/1.1\r\nHost: w\r\nConnection: Upgrade\r\nUpgrade: WebSocket/13, x\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+)
+
+
+def test_a_websocket_handshake_ends_http_and_keeps_what_follows() -> None:
+    reader = h1wire.RequestReader(LIMIT)
+    reader.feed(WEBSOCKET + b"\x81\x02hi GET / HTTP/1.1\r\n\r\n")
+    head = reader.next_event()
+    assert isinstance(head, Head) and head.websocket
+    assert isinstance(reader.next_event(), End) and reader.next_event() is None
+    assert reader.spent and reader.tail == b"\x81\x02hi GET / HTTP/1.1\r\n\r\n"
+    reader.feed(b"more")
+    with pytest.raises(ProtocolError):
+        reader.next_event()
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b"GET", b"OPTIONS"),
+        (
+            b"HTTP/1.1\r\nHost: w\r\nConnection: Upgrade",
+            b"HTTP/1.0\r\nHost: w\r\nConnection: Upgrade, keep-alive",
+        ),
+        (b"WebSocket/13, x", b"h2c"),
+    ],
+)
+def test_other_upgrades_are_not_websocket_and_http_goes_on(old: bytes, new: bytes) -> None:
+    reader = h1wire.RequestReader(LIMIT)
+    reader.feed(WEBSOCKET.replace(old, new, 1) + b"GET /b HTTP/1.1\r\nHost: w\r\n\r\n")
+    events: list[Any] = [reader.next_event() for _ in range(4)]
+    assert [type(e) for e in events] == [Head, End, Head, End]
+    assert not events[0].websocket and events[2].target == "/b" and not reader.spent
+
+
+SWITCHED = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+
+
+def test_a_101_after_a_websocket_request_ends_http_and_keeps_what_follows() -> None:
+    reader = h1wire.ResponseReader(LIMIT)
+    reader.expect("GET", websocket=True)
+    reader.feed(SWITCHED + b"\x81\x02hi")
+    head = reader.next_event()
+    assert isinstance(head, Head) and head.status == 101
+    assert isinstance(reader.next_event(), End) and reader.next_event() is None
+    assert reader.spent and reader.tail == b"\x81\x02hi"
+
+
+def test_a_101_nobody_asked_for_is_a_protocol_error() -> None:
+    reader = h1wire.ResponseReader(LIMIT)
+    reader.expect("GET")
+    reader.feed(SWITCHED + b"\x81\x02hi")
+    assert isinstance(reader.next_event(), Head) and isinstance(reader.next_event(), End)
+    with pytest.raises(ProtocolError):
+        reader.next_event()
+    assert not reader.spent and reader.tail == b""
+
+
 def response_events(raw: bytes, method: str = "GET") -> list[Any]:
     reader = h1wire.ResponseReader(LIMIT)
     reader.expect(method)

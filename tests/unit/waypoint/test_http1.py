@@ -320,7 +320,7 @@ def test_an_informational_response_reaches_http11_clients_only(
     run(b"GET /api/x HTTP/" + version + b"\r\nHost: w\r\n\r\n", check, hooks)
 
 
-def test_hop_by_hop_headers_and_upgrade_are_not_forwarded() -> None:
+def test_hop_by_hop_headers_and_an_h2c_upgrade_are_not_forwarded() -> None:
     """curl --http2 on http:// asks to upgrade to h2c: the request is served as HTTP/1.1."""
     seen: list[bytes] = []
     hooks = Hooks()
@@ -338,6 +338,105 @@ def test_hop_by_hop_headers_and_upgrade_are_not_forwarded() -> None:
         assert seen == [b"GET /api/x HTTP/1.1\r\nhost: w\r\nx-a: 1\r\n\r\n"]
 
     run(raw, check, hooks)
+
+
+WS_HANDSHAKE = (
+    b"GET /api/chat HTTP/1.1\r\nHost: w\r\nConnection: keep-alive, Upgrade\r\n"
+    b"Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n"
+)
+WS_ACCEPT = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+)
+
+
+def websocket_backend(answer: bytes, seen: list[bytes]) -> Callable[[], Any]:
+    """An upstream that reads a head, answers `answer` and a greeting in one write, then echoes
+    what follows upper-cased until the client's end, and ends too."""
+
+    async def serve(pipe: MemoryPipe) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await pipe.read()
+        head, _, rest = data.partition(b"\r\n\r\n")
+        seen.append(head)
+        await pipe.write(answer + b"hi!")
+        while rest or (rest := await pipe.read()):
+            await pipe.write(rest.upper())
+            rest = b""
+        pipe.end()
+
+    async def upstream() -> MemoryPipe:
+        ours, theirs = pipe_pair()
+        asyncio.get_running_loop().create_task(serve(theirs))
+        return ours
+
+    return upstream
+
+
+def test_a_websocket_handshake_becomes_a_byte_relay_both_ways() -> None:
+    """Istio's waypoint proxies WebSocket: the handshake is authorized and forwarded with its
+    Upgrade, and after the 101 bytes flow as they are, including those that came with the
+    handshake (the client's `early`, the server's greeting), until both sides end."""
+    seen: list[bytes] = []
+    hooks = Hooks()
+    hooks.upstream = websocket_backend(WS_ACCEPT, seen)  # type: ignore[method-assign]
+
+    def check(out: bytes, hooks: Hooks) -> None:
+        head, _, rest = out.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+        assert b"connection: upgrade" in head and b"upgrade: websocket" in head
+        assert b"sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head
+        assert rest == b"hi!EARLY GET /API/X HTTP/1.1\r\n\r\n"  # not parsed as a request
+        assert b"\r\nupgrade: websocket" in seen[0] and b"connection: upgrade" in seen[0]
+        assert b"keep-alive" not in seen[0]
+        [record] = hooks.records
+        assert (record.status, record.response_bytes) == (101, len(out))
+
+    run(WS_HANDSHAKE + b"early GET /api/x HTTP/1.1\r\n\r\n", check, hooks)
+
+
+def test_a_denied_websocket_handshake_gets_403_and_the_connection_closes() -> None:
+    def check(out: bytes, hooks: Hooks) -> None:
+        assert statuses(out) == [403]
+        assert b"connection: close" in out and out.endswith(b"RBAC: access denied")
+        assert hooks.dials == 0
+
+    run(WS_HANDSHAKE.replace(b"/api/chat", b"/admin") + GET, check)
+
+
+def test_a_websocket_handshake_the_server_refuses_is_relayed_and_the_connection_closes() -> None:
+    """Not 101: the answer goes to the client, and what follows the handshake is never read
+    as HTTP (it may be WebSocket frames the client sent early)."""
+    seen: list[bytes] = []
+    hooks = Hooks()
+    refusal = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\n\r\nno!"
+    hooks.upstream = websocket_backend(refusal[:-3], seen)  # type: ignore[method-assign]
+
+    def check(out: bytes, hooks: Hooks) -> None:
+        assert statuses(out) == [400]
+        assert b"connection: close" in out and out.endswith(b"\r\n\r\nhi!")
+        assert len(seen) == 1 and hooks.records[0].status == 400
+
+    run(WS_HANDSHAKE + GET, check, hooks)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+    ],
+)
+def test_a_switch_the_request_did_not_ask_for_gets_502(raw: bytes) -> None:
+    hooks = Hooks()
+    hooks.upstream = raw_backend(raw + b"frames", [])  # type: ignore[method-assign]
+
+    def check(out: bytes, hooks: Hooks) -> None:
+        assert statuses(out) == [502]
+
+    run(GET, check, hooks)
 
 
 def test_a_head_response_is_not_followed_by_a_body_and_the_next_request_dials_anew() -> None:
