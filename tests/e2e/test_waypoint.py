@@ -7,11 +7,12 @@ with L4 rules only, and Istio's request metrics."""
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Iterator
 
 import pytest
 
-from tests.support import ambientctl, demo_cluster, get_json, wait_for
+from tests.support import AMBIENTCTL, ambientctl, demo_cluster, get_json, wait_for
 
 EXTRA = """
 apiVersion: v1
@@ -97,6 +98,32 @@ WEBSOCKET = (
     "    got += data\n"
     "print(repr(got))\n"
 )
+
+# A WebSocket that stays open: `open` once switched, then how it ended.
+WEBSOCKET_HELD = (
+    "import socket, sys\n"
+    "s = socket.create_connection((sys.argv[1], 8080), timeout=30)\n"
+    "s.sendall(b'GET /api/ws HTTP/1.1\\r\\nHost: server\\r\\nConnection: Upgrade\\r\\n'\n"
+    "          b'Upgrade: websocket\\r\\n'\n"
+    "          b'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\n\\r\\n')\n"
+    "print('open' if s.recv(4096).startswith(b'HTTP/1.1 101') else 'refused', flush=True)\n"
+    "try:\n"
+    "    print('cut' if not s.recv(4096) else 'data')\n"
+    "except OSError as exc:\n"
+    "    print('cut', exc)\n"
+)
+DENY_CLIENT = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-client, namespace: demo}
+spec:
+  targetRefs:
+  - {kind: Service, group: "", name: server}
+  - {kind: Service, group: "", name: echo}
+  action: DENY
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/demo/sa/client"]}}]
+"""
 
 
 @pytest.fixture(scope="module")
@@ -266,3 +293,47 @@ def test_tcp_through_the_waypoint_has_l4_rules_only(cluster: str) -> None:
         destination_service="echo.demo.svc.cluster.local",
     )
     assert opened >= 1
+
+
+def test_open_tcp_and_websockets_are_cut_when_policy_changes_to_deny_them(cluster: str) -> None:
+    """RELIABILITY F-10 at the waypoint: what outlives the request that authorized it (a TCP
+    relay, a WebSocket) is judged again on a policy change, and closed once denied. Runs last:
+    it denies the client."""
+
+    def exec_in_client(*command: str) -> subprocess.Popen[str]:
+        args = [AMBIENTCTL, "exec", "demo/client", "--cluster", cluster, "--", *command]
+        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def opened() -> float:
+        return metric(
+            cluster,
+            "demo/waypoint",
+            "istio_tcp_connections_opened_total",
+            destination_service="echo.demo.svc.cluster.local",
+        )
+
+    before = opened()
+    tcp = exec_in_client(
+        "python3", "-m", "samples.tcpecho", "stream", vip(cluster, "echo"), "7000", "20"
+    )
+    websocket = exec_in_client("python3", "-c", WEBSOCKET_HELD, vip(cluster, "server"))
+    try:
+        assert websocket.stdout is not None and websocket.stdout.readline().strip() == "open"
+        wait_for(lambda: opened() > before, 10, "the TCP relay through the waypoint")
+        ambientctl(cluster, "apply", "-f", "-", stdin=DENY_CLIENT)
+        out, _ = websocket.communicate(timeout=15)
+        assert out.startswith("cut"), out
+        out, _ = tcp.communicate(timeout=15)
+        assert out.startswith("FAIL") and tcp.returncode == 1, out
+        log = ambientctl(cluster, "logs", "demo/waypoint").stdout
+        assert "WebSocket" in log and "closed: policy changed: denied_by_policy" in log
+        assert re.search(r"TCP \S+->\S+:7000 closed: policy changed", log), log[-2000:]
+        assert curl(
+            cluster, "demo/client", f"http://{vip(cluster, 'server')}:8080/api/x"
+        ).startswith("403")
+    finally:
+        for process in (tcp, websocket):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        ambientctl(cluster, "delete", "authorizationpolicy", "deny-client", "-n", "demo")

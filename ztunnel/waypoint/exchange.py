@@ -12,7 +12,8 @@ path that does not normalize (`authz.normalize_path`).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -68,6 +69,13 @@ class Hooks(Protocol):
         ...
 
     def record(self, exchange: Exchange) -> None: ...
+
+    def hold(
+        self, request: Request, abort: Callable[[str], None]
+    ) -> AbstractContextManager[Decision]:
+        """For a flow that outlives its request (a WebSocket): registered while the `with`
+        lasts, `abort(reason)` if policy changes to deny it; yields its judgement now."""
+        ...
 
 
 class Refused(ValueError):

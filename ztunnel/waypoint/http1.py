@@ -10,8 +10,9 @@ unknown length goes chunked to an HTTP/1.1 client and close-delimited to an HTTP
 connection then closes (no 1.0 keep-alive).
 WebSocket, as Istio's waypoint (Envoy's `upgrade_configs: websocket`): the handshake request is
 authorized like any other and forwarded with its Upgrade; on the server's 101 the connection
-becomes a byte relay both ways, with half-close, until both ends finish; any other answer ends
-the connection after it. Other Upgrades (h2c) are dropped: the exchange stays HTTP/1.1.
+becomes a byte relay both ways, with half-close, until both ends finish or policy changes to deny
+it (RELIABILITY F-10); any other answer ends the connection after it. Other Upgrades (h2c) are
+dropped: the exchange stays HTTP/1.1.
 Limits: request line + headers 16 KiB (431, W-3); 300 s without progress either way (Envoy's
 stream idle timeout) closes the connection; any protocol error from the client is answered with
 its status (400, 431, 501, 505) and the connection closed.
@@ -25,6 +26,7 @@ from http import HTTPStatus
 from typing import NoReturn
 
 from ztunnel.waypoint import h1wire
+from ztunnel.waypoint.authz import Request
 from ztunnel.waypoint.exchange import (
     DENIED_BODY,
     DENIED_STATUS,
@@ -66,6 +68,7 @@ class Http1Session:
         self.requests = h1wire.RequestReader(MAX_HEADER_BYTES)
         self.up: _Upstream | None = None
         self.request: Head | None = None  # the one being served
+        self.authorized: Request | None = None  # what policy judged of it
         self.answered = False  # part of its response went out
         self._down_framing = "length"  # of the response being relayed: length|chunked|close|none
 
@@ -141,6 +144,7 @@ class Http1Session:
         if not host:  # policy and the upstream need it, also from HTTP/1.0 clients
             raise Refused("missing Host header")
         request = policy_request(self.flow, event.method, event.target, host, headers)
+        self.authorized = request
         self.flow.requests += 1
         record = Exchange(request.method, protocol_of(headers))
         decision = self.hooks.authorize(request)
@@ -157,9 +161,11 @@ class Http1Session:
             record.response_bytes = await self._respond(DENIED_STATUS, DENIED_BODY, close=not keep)
             self.hooks.record(record)
             return keep and self._keep_alive()
-        keep = await self._forward(event, record)
-        self.hooks.record(record)
-        return keep
+        try:
+            return await self._forward(event, record)
+        finally:
+            if record.status:  # also a 502, or a WebSocket that was cut
+                self.hooks.record(record)
 
     async def _drop_body(self) -> bool:
         """Read a denied request's body to its end (small ones only); False: close instead."""
@@ -251,15 +257,27 @@ class Http1Session:
 
     async def _tunnel(self, up: _Upstream, record: Exchange) -> None:
         """After a 101: the WebSocket's bytes both ways, as they are (Envoy too proxies them
-        as TCP), until both sides end; the upstream connection goes with it."""
-        try:
-            if self.requests.tail:
-                await up.pipe.write(self.requests.tail)
-            if up.responses.tail:
-                await self.down.write(up.responses.tail)
-            sent, received = await relay(self.down, up.pipe, progress=self.idle.touch)
-        except (PipeReset, OSError) as exc:
-            raise _Closed(f"WebSocket ended: {exc!r}") from None
+        as TCP), until both sides end or policy changes to deny it (F-10); the upstream
+        connection goes with it."""
+        assert self.authorized is not None
+        closing: list[str] = []
+
+        def abort(reason: str) -> None:
+            closing.append(reason)
+            self.down.abort()
+            up.pipe.abort()
+
+        with self.hooks.hold(self.authorized, abort) as verdict:
+            if not verdict.allowed:  # policy changed while the handshake was under way
+                raise _Closed(f"policy changed: {verdict.reason}")
+            try:
+                if self.requests.tail:
+                    await up.pipe.write(self.requests.tail)
+                if up.responses.tail:
+                    await self.down.write(up.responses.tail)
+                sent, received = await relay(self.down, up.pipe, progress=self.idle.touch)
+            except (PipeReset, OSError) as exc:
+                raise _Closed(closing[0] if closing else f"WebSocket ended: {exc!r}") from None
         self.up = None  # both ends finished: nothing left to abort
         record.request_bytes += len(self.requests.tail) + sent
         record.response_bytes += len(up.responses.tail) + received

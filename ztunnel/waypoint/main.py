@@ -90,6 +90,8 @@ class Waypoint:
         self.state = waypoint_state.build(
             resources, s.namespace, s.gateway, self.trust_domain, version
         )
+        if self.proxy is not None and (closed := self.proxy.recheck_policies()):
+            log.info("closed %d connections that policy now denies", closed)
 
     def _start_clients(self) -> None:
         if self.manager is not None or not self.boot.ready():

@@ -18,6 +18,7 @@ import re
 import ssl
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ from ztunnel.waypoint.authz import Request
 from ztunnel.waypoint.exchange import Exchange, Flow
 from ztunnel.waypoint.http1 import Http1Session
 from ztunnel.waypoint.http2 import Http2Session
+from ztunnel.waypoint.lasting import Lasting, rejudge
 from ztunnel.waypoint.metrics import RequestMetrics
 from ztunnel.waypoint.pipe import HboneStream, Pipe, PipeReset, SocketPipe, relay
 from ztunnel.waypoint.state import Target, WaypointState
@@ -87,6 +89,7 @@ class WaypointProxy:
         self.settings, self.state, self.certs, self.identity = settings, state, certs, identity
         self.metrics, self.tcp_metrics = metrics, tcp_metrics
         self.pool = Pool(self._dial)
+        self.lasting = Lasting(state)
         self.server: asyncio.Server | None = None
         self.port = 0
         self._ctx: ssl.SSLContext | None = None
@@ -220,13 +223,32 @@ class WaypointProxy:
     async def _tcp(
         self, stream: HboneStream, flow: Flow, target: Target, hooks: _Hooks, first: bytes
     ) -> None:
-        state = self.state()
         connection = Connection(flow.src_ip, flow.src_principal, target.ip, target.target_port)
-        verdict = decide.authorize_tcp(state, target, connection) if state else None
-        if verdict is None or not verdict.allowed:
-            self.tcp_metrics.reject("waypoint", verdict.reason if verdict else "no_config")
-            stream.abort()
-            return
+        closing: list[str] = []
+
+        def abort(reason: str) -> None:
+            closing.append(reason)
+            stream.abort()  # the relay's read fails, and it aborts the upstream too
+
+        judge = rejudge(target, lambda state, now: decide.authorize_tcp(state, now, connection))
+        what = f"TCP {flow.src_ip}->{target.ip}:{target.port}"
+        with self.lasting.hold(judge, abort, what) as verdict:
+            if not verdict.allowed:
+                self.tcp_metrics.reject("waypoint", verdict.reason)
+                stream.abort()
+                return
+            await self._tcp_relay(stream, flow, target, hooks, first, closing=closing)
+
+    async def _tcp_relay(
+        self,
+        stream: HboneStream,
+        flow: Flow,
+        target: Target,
+        hooks: _Hooks,
+        first: bytes,
+        *,
+        closing: list[str],
+    ) -> None:
         try:
             up = await hooks.upstream()
         except (OSError, PipeReset, TimeoutError) as exc:
@@ -243,7 +265,7 @@ class WaypointProxy:
             counts = await relay(stream, up)
             sent = (sent[0] + counts[0], counts[1])
         except (PipeReset, OSError) as exc:
-            error = str(exc)
+            error = closing[0] if closing else str(exc)
         self.tcp_metrics.close(
             labels,
             "waypoint",
@@ -253,6 +275,10 @@ class WaypointProxy:
             error=error,
             detail=f"{flow.src_ip}->{target.ip}:{target.port}",
         )
+
+    def recheck_policies(self) -> int:
+        """F-10: TCP relays and WebSockets that policy now denies are closed (`lasting`)."""
+        return self.lasting.recheck()
 
     # --- tunnels out -----------------------------------------------------------------------------
 
@@ -344,6 +370,13 @@ class _Hooks:
     async def upstream(self) -> Pipe:
         pipe, self.destination = await self.proxy.open_upstream(self.flow, self.target)
         return pipe
+
+    def hold(
+        self, request: Request, abort: Callable[[str], None]
+    ) -> AbstractContextManager[Decision]:
+        judge = rejudge(self.target, lambda state, now: decide.authorize_http(state, now, request))
+        what = f"WebSocket {self.flow.src_ip}->{self.target.ip}:{self.target.port}"
+        return self.proxy.lasting.hold(judge, abort, what)
 
     def labels(self, protocol: str) -> ConnLabels:
         """Istio's labels for this tunnel's traffic (the same for each of its requests until

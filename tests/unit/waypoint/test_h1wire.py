@@ -29,6 +29,10 @@ value = st.text(
 ).map(lambda v: v.strip(" \t"))
 target = st.text("abcdefghijklmnopqrstuvwxyz0123456789/%?=&;:@!$'()*+,~-._", max_size=30)
 plain = [n for n in ("x-a", "accept", "user-agent", "x-b")]
+# Names whose meaning the generator sets itself: a random `HOST` made a second Host header,
+# which both parsers rightly refuse (a failing example Hypothesis found).
+FRAMING = {"host", "content-length", "transfer-encoding", "connection", "upgrade"}
+header_name = token.filter(lambda name: name.lower() not in FRAMING)
 
 
 @st.composite
@@ -36,7 +40,7 @@ def request(draw: st.DrawFn) -> bytes:
     method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"]))
     version = draw(st.sampled_from(["1.1", "1.1", "1.0"]))
     lines = [f"{method} /{draw(target)} HTTP/{version}", f"Host: {draw(token)}"]
-    lines += [f"{draw(token)}: {draw(value)}" for _ in range(draw(st.integers(0, 4)))]
+    lines += [f"{draw(header_name)}: {draw(value)}" for _ in range(draw(st.integers(0, 4)))]
     if draw(st.booleans()):
         lines.append(f"Connection: {draw(st.sampled_from(['close', 'keep-alive']))}")
     framing = draw(st.sampled_from(["none", "length", "chunked"]))
@@ -52,7 +56,7 @@ def request(draw: st.DrawFn) -> bytes:
             body += b"%x%s\r\n%s\r\n" % (len(data), ext.encode(), data)
         body += b"0\r\n"
         for _ in range(draw(st.integers(0, 2))):
-            body += f"{draw(token)}: {draw(value)}\r\n".encode("latin-1")
+            body += f"{draw(header_name)}: {draw(value)}\r\n".encode("latin-1")
         body += b"\r\n"
     return "\r\n".join([*lines, "", ""]).encode("latin-1") + body
 

@@ -5,6 +5,7 @@ denial."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -88,6 +89,7 @@ class Hooks:
         self.records: list[Exchange] = []
         self.dials = 0
         self.tasks: list[asyncio.Task[None]] = []
+        self.held: list[Callable[[str], None]] = []  # WebSockets' aborts (F-10)
 
     def authorize(self, request: Request) -> Decision:
         allowed = request.path.startswith("/api/") and request.method in ("GET", "POST", "HEAD")
@@ -101,6 +103,12 @@ class Hooks:
 
     def record(self, exchange: Exchange) -> None:
         self.records.append(exchange)
+
+    def hold(
+        self, request: Request, abort: Callable[[str], None]
+    ) -> contextlib.AbstractContextManager[Decision]:
+        self.held.append(abort)
+        return contextlib.nullcontext(self.authorize(request))
 
 
 def run(
@@ -397,6 +405,31 @@ def test_a_websocket_handshake_becomes_a_byte_relay_both_ways() -> None:
     run(WS_HANDSHAKE + b"early GET /api/x HTTP/1.1\r\n\r\n", check, hooks)
 
 
+def test_a_websocket_is_cut_when_policy_changes_to_deny_it() -> None:
+    """F-10: the session holds its WebSocket with the proxy, which aborts it on a denying
+    change; both sides are reset and the exchange is recorded."""
+
+    async def main() -> None:
+        hooks = Hooks()
+        hooks.upstream = websocket_backend(WS_ACCEPT, [])  # type: ignore[method-assign]
+        client, proxy_end = pipe_pair()
+        session = Http1Session(proxy_end, Flow("10.0.0.1", "td/ns/a/sa/b", "10.96.0.5", 80), hooks)
+        task = asyncio.create_task(session.run(b""))
+        await client.write(WS_HANDSHAKE)
+        got = b""
+        while not got.endswith(b"hi!"):
+            got += await client.read()
+        await client.write(b"ping")
+        assert await client.read() == b"PING"
+        [abort] = hooks.held
+        abort("policy changed: denied_by_policy")
+        assert await client.read() == b"", "reset, as the HBONE stream would be"
+        await asyncio.wait_for(task, 5)
+        assert [r.status for r in hooks.records] == [101]
+
+    asyncio.run(main())
+
+
 def test_a_denied_websocket_handshake_gets_403_and_the_connection_closes() -> None:
     def check(out: bytes, hooks: Hooks) -> None:
         assert statuses(out) == [403]
@@ -429,12 +462,14 @@ def test_a_websocket_handshake_the_server_refuses_is_relayed_and_the_connection_
         b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
     ],
 )
-def test_a_switch_the_request_did_not_ask_for_gets_502(raw: bytes) -> None:
+def test_a_switch_the_request_did_not_ask_for_gets_502_and_is_counted(raw: bytes) -> None:
+    """The 502 is recorded too (a regression: an exchange that ended in 502 was in no metric)."""
     hooks = Hooks()
     hooks.upstream = raw_backend(raw + b"frames", [])  # type: ignore[method-assign]
 
     def check(out: bytes, hooks: Hooks) -> None:
         assert statuses(out) == [502]
+        assert [r.status for r in hooks.records] == [502]
 
     run(GET, check, hooks)
 
