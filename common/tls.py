@@ -10,6 +10,9 @@ session is offered only while everything that handshake relied on still holds: o
 and trust bundle (a context, with its sessions, belongs to one of each), the peer's certificate
 (until a minute before its not_after; the SPIFFE checks run on every connection, resumed or
 not), and the server's ticket lifetime. A dial that fails forgets the peer's session.
+OpenSSL makes a context's ticket keys with the context and never rotates them, and Python has
+no call to: a listener that issues tickets replaces its context every `TICKET_KEY_LIFETIME_S`
+(its tickets then no longer resume: the next dial is a full handshake).
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+
+# rustls's Ticketer switches to a new key every 6 h (accepting the previous one for 6 h more);
+# OpenSSL's tickets say 2 h (its default session timeout), which its server enforces too.
+TICKET_KEY_LIFETIME_S = 6 * 3600.0
 
 
 @contextlib.contextmanager

@@ -70,6 +70,7 @@ class _HboneListener:
     identity: SpiffeId
     serial: int
     trust: int  # the trust bundle's hash
+    born: float  # loop time of the context (its ticket keys): replaced when too old
 
 
 @dataclass

@@ -42,7 +42,8 @@ class InboundProxy(ProxyCore):
         bundle (root rotation, RELIABILITY F-8) needs a new context, since a context's store
         only grows: a listener with it is bound beside the old one (SO_REUSEPORT, so no
         connection is refused), which then stops accepting; from then on a removed root's
-        leaves are refused, and tickets of the old context (its keys) no longer resume."""
+        leaves are refused, and tickets of the old context (its keys) no longer resume. The
+        same replaces a context whose ticket keys are `tls.TICKET_KEY_LIFETIME_S` old."""
         snap = self.snapshot()
         wanted: dict[str, tuple[SpiffeId, Any]] = {}
         if snap is not None:
@@ -51,10 +52,15 @@ class InboundProxy(ProxyCore):
                     wanted[ip] = (w.identity, cert)
         for ip in [ip for ip in self.hbone if ip not in wanted]:
             self.hbone.pop(ip).server.close()
+        now = asyncio.get_running_loop().time()
         for ip, (identity, cert) in wanted.items():
             listener = self.hbone.get(ip)
             trust = hash(tuple(cert.bundle_pem))
-            if listener is not None and (listener.identity, listener.trust) == (identity, trust):
+            if (
+                listener is not None
+                and (listener.identity, listener.trust) == (identity, trust)
+                and now - listener.born < tls.TICKET_KEY_LIFETIME_S
+            ):
                 if listener.serial != cert.serial:
                     tls.load_identity(listener.ctx, cert.chain_pem, cert.key_pem)
                     listener.serial = cert.serial
@@ -63,7 +69,7 @@ class InboundProxy(ProxyCore):
                 listener.server.close()  # another pod's IP now: never answer with its identity
             self.hbone[ip] = await self._listen_hbone(ip, identity, cert)
             if listener is not None and listener.identity == identity:
-                listener.server.close()  # a new trust bundle: the old listener goes after
+                listener.server.close()  # a new bundle or ticket keys: the old one goes after
 
     async def _listen_hbone(self, ip: str, identity: SpiffeId, cert: Any) -> _HboneListener:
         ctx = tls.server_context(
@@ -81,7 +87,8 @@ class InboundProxy(ProxyCore):
             ssl=ctx,
             ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
         )
-        return _HboneListener(server, ctx, identity, cert.serial, hash(tuple(cert.bundle_pem)))
+        trust, born = hash(tuple(cert.bundle_pem)), asyncio.get_running_loop().time()
+        return _HboneListener(server, ctx, identity, cert.serial, trust, born)
 
     def _hbone_protocol(self, original_dst: str) -> HboneConnection:
         def verify_client(transport: asyncio.Transport) -> SpiffeId:

@@ -95,6 +95,7 @@ class WaypointProxy:
         self._ctx: ssl.SSLContext | None = None
         self._serial = 0
         self._trust = 0  # the listener's trust bundle (hash)
+        self._born = 0.0  # loop time of its context (its ticket keys)
         self._client_ctx: tuple[tuple[int, int], ssl.SSLContext] | None = None
         self._conns: set[HboneConnection] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -104,12 +105,17 @@ class WaypointProxy:
     async def sync(self) -> None:
         """Listen once the certificate exists; reload it in place when it rotates. A new trust
         bundle (RELIABILITY F-8) gets a new context on a new listener beside the old one
-        (reuse_port), as ztunnel's HBONE listeners do: a removed root's leaves are then refused."""
+        (reuse_port), as ztunnel's HBONE listeners do: a removed root's leaves are then refused.
+        So do ticket keys `tls.TICKET_KEY_LIFETIME_S` old."""
         cert = self.certs.current(self.identity)
         if cert is None:
             return
-        trust = hash(tuple(cert.bundle_pem))
-        if self._ctx is None or trust != self._trust:
+        trust, now = hash(tuple(cert.bundle_pem)), asyncio.get_running_loop().time()
+        if (
+            self._ctx is None
+            or trust != self._trust
+            or now - self._born >= tls.TICKET_KEY_LIFETIME_S
+        ):
             old = self.server
             self._ctx = tls.server_context(
                 cert.chain_pem,
@@ -130,6 +136,7 @@ class WaypointProxy:
             if old is not None:
                 old.close()
             self.port, self._trust = self.server.sockets[0].getsockname()[1], trust
+            self._born = now
             log.info("waypoint %s listening on :%d", self.identity, self.port)
         elif cert.serial != self._serial:
             tls.load_identity(self._ctx, cert.chain_pem, cert.key_pem)

@@ -1,6 +1,6 @@
 """The waypoint's HBONE listener across certificate rotation and root rotation (RELIABILITY
-F-8): a new certificate is loaded in place; a new trust bundle gets a new context, on a new
-listener on the same port, and the old one stops accepting."""
+F-8): a new certificate is loaded in place; a new trust bundle, or ticket keys grown old, get a
+new context, on a new listener on the same port, and the old one stops accepting."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import ssl
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from api.spiffe import SpiffeId
+from common import tls
 from controller.ca import authority
 from tests import pki
 from ztunnel.identity import schedule
@@ -49,20 +51,24 @@ def roots_in(ctx: ssl.SSLContext) -> set[str]:
     return {cert["subject"][0][0][1] for cert in ctx.get_ca_certs()}
 
 
+def waypoint(certs: Certs) -> WaypointProxy:
+    return WaypointProxy(
+        WaypointSettings(listen_ip="127.0.0.1", hbone_port=0),
+        lambda: None,
+        cast(CertificateManager, certs),
+        WAYPOINT,
+        metrics=RequestMetrics(CollectorRegistry()),
+        tcp_metrics=ProxyMetrics(CollectorRegistry()),
+    )
+
+
 def test_a_new_trust_bundle_gets_a_new_listener_on_the_same_port() -> None:
     old_root, old_key = pki.root(NOW, name="old root")
     new_root, _ = pki.root(NOW, name="new root")
     certs = Certs(certificate(old_root, old_key))
 
     async def main() -> None:
-        proxy = WaypointProxy(
-            WaypointSettings(listen_ip="127.0.0.1", hbone_port=0),
-            lambda: None,
-            cast(CertificateManager, certs),
-            WAYPOINT,
-            metrics=RequestMetrics(CollectorRegistry()),
-            tcp_metrics=ProxyMetrics(CollectorRegistry()),
-        )
+        proxy = waypoint(certs)
         await proxy.sync()
         first, port, ctx = proxy.server, proxy.port, proxy._ctx
         assert first is not None and ctx is not None
@@ -77,6 +83,27 @@ def test_a_new_trust_bundle_gets_a_new_listener_on_the_same_port() -> None:
         certs.cert = dataclasses.replace(certs.cert, bundle_pem=[authority.pem(new_root)])
         await proxy.sync()
         assert roots_in(proxy._ctx) == {"new root"}, "the removed root must not be trusted"
+        await proxy.close(0.1)
+
+    asyncio.run(main())
+
+
+def test_old_ticket_keys_get_a_new_context_on_the_same_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root, root_key = pki.root(NOW)
+    certs = Certs(certificate(root, root_key))
+
+    async def main() -> None:
+        proxy = waypoint(certs)
+        await proxy.sync()
+        first, port, ctx = proxy.server, proxy.port, proxy._ctx
+        assert first is not None
+        await proxy.sync()
+        assert (proxy.server, proxy._ctx) == (first, ctx), "young keys: kept"
+        monkeypatch.setattr(tls, "TICKET_KEY_LIFETIME_S", 0.0)
+        await proxy.sync()
+        assert proxy._ctx is not ctx and proxy.port == port and not first.is_serving()
         await proxy.close(0.1)
 
     asyncio.run(main())

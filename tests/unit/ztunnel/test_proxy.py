@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from common import tls
 from controller.ca import authority
 from tests.unit.ztunnel.harness import (
     ECHO_PORT,
@@ -118,6 +119,34 @@ def test_a_new_hbone_connection_to_the_same_peer_resumes_its_tls_session(
             connection_security_policy="mutual_tls",
         )
         assert opened == 2
+
+    run(state_dir, body)
+
+
+def test_old_ticket_keys_are_replaced_and_their_tickets_no_longer_resume(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenSSL never rotates a context's ticket keys: node2's listener gets a new context once
+    they are TICKET_KEY_LIFETIME_S old, node1's ticket from the old keys then fails to resume
+    (a full handshake), and the new keys' tickets resume again."""
+
+    async def body(m: Mesh) -> None:
+        def dials(resumed: str) -> float:
+            return m.metric("node1", "ambientmesh_ztunnel_hbone_dials_total", resumed=resumed)
+
+        assert await roundtrip(m, b"one") == b"ONE|EOF"
+        before = m.proxies["node2"].hbone[m.server_ip]
+        monkeypatch.setattr(tls, "TICKET_KEY_LIFETIME_S", 0.0)
+        await m.proxies["node2"].sync_hbone_listeners()
+        monkeypatch.setattr(tls, "TICKET_KEY_LIFETIME_S", 3600.0)
+        after = m.proxies["node2"].hbone[m.server_ip]
+        assert after.ctx is not before.ctx and not before.server.is_serving()
+        m.proxies["node1"].pool.close()
+        assert await roundtrip(m, b"two") == b"TWO|EOF"
+        assert (dials("false"), dials("true")) == (2, 0), "a ticket of the old keys resumed"
+        m.proxies["node1"].pool.close()
+        assert await roundtrip(m, b"three") == b"THREE|EOF"
+        assert (dials("false"), dials("true")) == (2, 1)
 
     run(state_dir, body)
 
