@@ -7,6 +7,8 @@ A resource is a JSON object with a `type` and a `key` unique within the type:
                 istio-waypoint and the ready pods that serve it)
   policy        namespace/name, spec (an AuthorizationPolicy spec; the proxy builds matchers)
   peerauth      namespace/name, spec (a PeerAuthentication spec)
+  crl           "ca", pem (the CA's CRL, Istio's `ca-crl.pem`; every proxy gets it and checks
+                its signature itself)
 
 A proxy validates every resource of an update before applying any (RELIABILITY F-12): one bad
 resource NACKs the whole update and the previous good state stays. Limits bound what a hostile
@@ -22,12 +24,14 @@ from typing import Any
 from api import names
 
 Resource = dict[str, Any]
-TYPES = ("workload", "service", "waypoint", "policy", "peerauth")
+TYPES = ("workload", "service", "waypoint", "policy", "peerauth", "crl")
 PROTOCOLS = ("", "http", "http2", "tcp")  # a service port's application protocol ("" unknown)
 MAX_RESOURCES = 200_000  # 10 000 pods + services + policies, with 10x room
 MAX_LABELS = 64
 MAX_ENDPOINTS = 10_000
 MAX_STRING = 253  # a DNS subdomain, the longest name Kubernetes allows
+MAX_CRL = 1024 * 1024  # ~30 000 revoked serials
+CRL_KEY = "crl/ca"
 
 
 class ConfigError(ValueError):
@@ -115,12 +119,19 @@ def _spec(res: Mapping[str, Any]) -> None:
         raise ConfigError("spec: want an object")
 
 
+def _crl(res: Mapping[str, Any]) -> None:
+    pem = res.get("pem")
+    if not isinstance(pem, str) or len(pem) > MAX_CRL or "-----BEGIN X509 CRL-----" not in pem:
+        raise ConfigError(f"pem: want a PEM CRL of at most {MAX_CRL} bytes")
+
+
 _CHECKS = {
     "workload": _workload,
     "service": _service,
     "waypoint": _waypoint,
     "policy": _spec,
     "peerauth": _spec,
+    "crl": _crl,
 }
 
 

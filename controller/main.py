@@ -27,6 +27,7 @@ from api.spiffe import controller_identity
 from common import http1, tls
 from common.signals import run_until_signalled
 from controller.ca import authority
+from controller.ca.crl import CRL_FILE, CrlMetrics, CrlSource
 from controller.ca.nodeauth import Authenticator, LocalTokens
 from controller.ca.refusal import Refusal
 from controller.ca.service import CaMetrics, CaService
@@ -103,14 +104,17 @@ class Controller:
             if settings.ca_dir is None or settings.source is None:
                 raise authority.CaMaterialError("Kubernetes mode needs --ca-dir and a source")
             facts, self.material = settings.kubernetes, authority.load_plugged(settings.ca_dir)
+            ca_dir = settings.ca_dir
         else:
             facts, self.material = _local_mode(settings)
+            ca_dir = settings.ca_dir or ClusterStore(settings.cluster).ca_dir
         self.trust_domain = facts.trust_domain
         self.tokens = facts.authenticator
         self.source = settings.source or LocalSource(ClusterStore(settings.cluster))
         self.cache = Cache(self.source.kinds)
         self.registry = CollectorRegistry()
         self.config = ConfigServer(self.cache, self._authenticate, ConfigMetrics(self.registry))
+        self.crl = CrlSource(ca_dir / CRL_FILE, self.material, CrlMetrics(self.registry))
         self.ca = CaService(
             self.material,
             facts.trust_domain,
@@ -184,6 +188,7 @@ class Controller:
         tasks = [
             asyncio.create_task(self.source.run(self.cache)),
             asyncio.create_task(self.config.run()),
+            asyncio.create_task(self.crl.run(self.config.set_crl)),
         ]
         metrics = await http1.serve(
             self.handle_metrics, self.settings.listen, self.settings.metrics_port

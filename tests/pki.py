@@ -145,3 +145,24 @@ def intermediate(
         not_after=now + timedelta(days=30),
     )
     return cert, key
+
+
+def crl(
+    issuer: x509.Certificate,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    serials: list[int],
+    now: datetime = NOW,
+    next_update: timedelta = timedelta(days=7),
+) -> str:
+    """A PEM CRL of `issuer` revoking `serials` (Istio's `ca-crl.pem`)."""
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.subject)
+        .last_update(now - timedelta(minutes=1))
+        .next_update(now + next_update)
+    )
+    for serial in serials:
+        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now)
+        builder = builder.add_revoked_certificate(entry.build())
+    signed = builder.sign(issuer_key, hashes.SHA256())
+    return signed.public_bytes(serialization.Encoding.PEM).decode()

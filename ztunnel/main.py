@@ -28,13 +28,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from api import ports
 from api.ambient import ROOT_NAMESPACE
-from api.meshconfig import Resource, policy_namespaces
+from api.meshconfig import CRL_KEY, Resource, policy_namespaces
 from common import http1
 from common.signals import run_until_signalled
 from localcluster import naming
 from localcluster.store import FileStore, StoreWatcher
 from ztunnel.config.bootstrap import Bootstrap, add_kubernetes_flags, check_kubernetes_flags
 from ztunnel.config.client import ClientMetrics, ConfigClient
+from ztunnel.identity import revocation
 from ztunnel.identity.manager import CertificateManager
 from ztunnel.metrics import ProxyMetrics
 from ztunnel.proxy.server import Proxy, ProxySettings
@@ -105,6 +106,7 @@ class Ztunnel:
             StoreWatcher(FileStore(settings.cluster, settings.config)) if settings.config else None
         )
         self.config: ConfigClient | None = None
+        self._crl: str | None = None  # the CA's CRL from the config (RELIABILITY I-9)
         self._config_task: asyncio.Task[None] | None = None
         self.manager: CertificateManager | None = None
         self.registry = CollectorRegistry()
@@ -149,6 +151,14 @@ class Ztunnel:
     def on_config(self, resources: dict[str, Resource], version: int) -> None:
         """A validated config version: the new snapshot, then re-judge open connections."""
         self._apply(workloads.build(resources, self.settings.node, self.trust_domain, version))
+        self._crl = resources[CRL_KEY]["pem"] if CRL_KEY in resources else None
+        self._follow_crl()
+
+    def _follow_crl(self) -> None:
+        if self.manager is not None:
+            revocation.follow(
+                self._crl, self.manager.ca_pems(), self.config_metrics.crl_refused.inc
+            )
 
     def on_rejected_config(self, update: dict[str, Any]) -> None:
         """F-11: the policies a rejected update carried are unknown, so inbound to the
@@ -171,6 +181,7 @@ class Ztunnel:
                 workloads.from_objects(self.watcher.current, self.settings.node, self.trust_domain)
             )
         self._start_clients()
+        self._follow_crl()  # new issuers; a CRL past its nextUpdate
         if self.manager is None or self.snapshot is None:
             return
         local = self.snapshot.local_workloads()

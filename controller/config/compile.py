@@ -195,7 +195,7 @@ def view(mesh: Mesh, proxy: Proxy) -> dict[str, Resource]:
         kind = res["type"]
         if kind == "workload" and res["node"] != proxy.node and key in mesh.remote:
             out[key] = mesh.remote[key]
-        elif kind in {"workload", "service", "waypoint"}:
+        elif kind in {"workload", "service", "waypoint", "crl"}:
             out[key] = res
         elif res["namespace"] in local_ns or res["namespace"] == ROOT_NAMESPACE:
             if kind == "policy" and (res["spec"].get("targetRefs") or res["spec"].get("targetRef")):

@@ -22,7 +22,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from api.meshconfig import Resource
+from api.meshconfig import CRL_KEY, Resource
 from common.stream import MessageChannel
 from controller.config.compile import Mesh, Proxy, compile_mesh, diff, view
 from sources.base import Cache
@@ -100,6 +100,8 @@ class ConfigServer:
         self.authenticate = authenticate
         self.metrics = metrics
         self.mesh: Mesh | None = None
+        self._compiled: Mesh | None = None  # from the cluster's objects
+        self._crl: Resource | None = None
         self.version = 0
         self.changed_at: dict[int, float] = {}
         self.proxies: dict[int, ProxyStatus] = {}
@@ -114,17 +116,31 @@ class ConfigServer:
         while True:
             objects = await self.cache.next_revision(revision)
             revision = objects.revision
-            mesh = await asyncio.to_thread(compile_mesh, objects)  # 10 000 pods: ~100 ms
-            if self.mesh is not None and mesh.resources == self.mesh.resources:
-                continue
-            self.mesh = mesh
-            self.version += 1
-            self.changed_at[self.version] = time.monotonic()
-            for old in [v for v in self.changed_at if v < self.version - 1000]:
-                del self.changed_at[old]
-            self.metrics.version.set(self.version)
-            async with self._new_version:
-                self._new_version.notify_all()
+            self._compiled = await asyncio.to_thread(compile_mesh, objects)  # 10 000 pods: ~100 ms
+            await self._publish()
+
+    async def set_crl(self, pem: str | None) -> None:
+        """The CA's CRL (None: none), streamed to every proxy with the rest of the mesh."""
+        self._crl = {"type": "crl", "key": "ca", "pem": pem} if pem is not None else None
+        await self._publish()
+
+    async def _publish(self) -> None:
+        if self._compiled is None:
+            return
+        resources = self._compiled.resources
+        if self._crl is not None:
+            resources = {**resources, CRL_KEY: self._crl}
+        mesh = Mesh(resources, self._compiled.remote)
+        if self.mesh is not None and mesh.resources == self.mesh.resources:
+            return
+        self.mesh = mesh
+        self.version += 1
+        self.changed_at[self.version] = time.monotonic()
+        for old in [v for v in self.changed_at if v < self.version - 1000]:
+            del self.changed_at[old]
+        self.metrics.version.set(self.version)
+        async with self._new_version:
+            self._new_version.notify_all()
 
     def status(self) -> dict[str, Any]:
         return {

@@ -56,6 +56,11 @@ class ClientMetrics:
             "When the held config was last confirmed by the controller (staleness)",
             registry=registry,
         )
+        self.crl_refused = Counter(
+            "ambientmesh_config_crl_refused",
+            "CRLs from the controller refused (not signed by a trusted CA, unreadable)",
+            registry=registry,
+        )
         self.updates = Counter(
             "ambientmesh_config_updates",
             "Updates received, by result (ack, nack)",

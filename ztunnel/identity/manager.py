@@ -179,6 +179,14 @@ class CertificateManager:
     def pending(self) -> list[str]:
         return sorted(str(i) for i in self._slots if self.current(i) is None)
 
+    def ca_pems(self) -> list[str]:
+        """The CA certificates held certificates rely on: bundle roots, chain intermediates."""
+        found: dict[str, None] = {}
+        for identity in self._slots:
+            if (cert := self.current(identity)) is not None:
+                found.update(dict.fromkeys([*cert.bundle_pem, *cert.chain_pem[1:]]))
+        return list(found)
+
     def dump(self) -> list[dict[str, Any]]:
         """For /config_dump: public parts only (never the key)."""
         out = []

@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from api.spiffe import SpiffeId, SpiffeIdError
+from ztunnel.identity import revocation
 
 # Clock skew tolerated on notBefore (ztunnel/rustls: none; Istio backdates leaves instead). Our CA
 # backdates by the same amount, so a peer whose clock runs behind still accepts fresh certs.
@@ -38,6 +39,8 @@ class Reason(enum.StrEnum):
     EXTENDED_KEY_USAGE = "extended_key_usage"
     EXPIRED = "expired"
     NOT_YET_VALID = "not_yet_valid"
+    REVOKED = "revoked"
+    REVOCATION_UNKNOWN = "revocation_unknown"
 
 
 class Purpose(enum.Enum):
@@ -124,10 +127,26 @@ def verify_peer(
     expected: Collection[SpiffeId] | None = None,
 ) -> SpiffeId:
     """All checks in order; returns the peer's identity or raises PeerRejected."""
+    return verify_certificate(
+        _load(der), trust_domain=trust_domain, purpose=purpose, now=now, expected=expected
+    )
+
+
+def _load(der: bytes) -> x509.Certificate:
     try:
-        cert = x509.load_der_x509_certificate(der)
+        return x509.load_der_x509_certificate(der)
     except ValueError as exc:
         raise PeerRejected(Reason.MALFORMED, str(exc)) from None
+
+
+def verify_certificate(
+    cert: x509.Certificate,
+    *,
+    trust_domain: str,
+    purpose: Purpose,
+    now: datetime,
+    expected: Collection[SpiffeId] | None = None,
+) -> SpiffeId:
     check_validity(cert, now)
     check_leaf_constraints(cert, purpose)
     identity = spiffe_id_of(cert)
@@ -139,21 +158,27 @@ def verify_peer(
 def verify_transport(
     transport: Any, trust_domain: str, purpose: Purpose, expected: SpiffeId | None
 ) -> SpiffeId:
-    """`verify_peer` on a TLS transport just after its handshake: ALPN must be h2 (I-8) and the
-    peer must have shown a certificate."""
+    """The checks on a TLS transport just after its handshake: ALPN must be h2 (I-8), the peer
+    must have shown a certificate, `verify_certificate`, and the CRL (I-9), which keeps the
+    connection in view to close it if a later CRL revokes its peer."""
     ssl_object = transport.get_extra_info("ssl_object")
     if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
         raise PeerRejected(Reason.MALFORMED, "ALPN must be h2")
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         raise PeerRejected(Reason.NO_URI_SAN, "no peer certificate")
-    return verify_peer(
-        der,
+    cert, now = _load(der), datetime.now(UTC)
+    identity = verify_certificate(
+        cert,
         trust_domain=trust_domain,
         purpose=purpose,
-        now=datetime.now(UTC),
+        now=now,
         expected={expected} if expected else None,
     )
+    if refusal := revocation.current.check(cert, now).refusal:
+        raise PeerRejected(Reason(refusal), f"serial {cert.serial_number:x} of {identity}")
+    revocation.current.watch(transport, cert)  # a CRL may come later
+    return identity
 
 
 def peer_not_after(ssl_object: Any) -> datetime:

@@ -26,13 +26,14 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from api import ports
-from api.meshconfig import Resource
+from api.meshconfig import CRL_KEY, Resource
 from api.spiffe import SpiffeId
 from common import http1
 from common.signals import run_until_signalled
 from localcluster import naming
 from ztunnel.config.bootstrap import Bootstrap, add_kubernetes_flags, check_kubernetes_flags
 from ztunnel.config.client import ClientMetrics
+from ztunnel.identity import revocation
 from ztunnel.identity.manager import CertificateManager
 from ztunnel.metrics import ProxyMetrics
 from ztunnel.waypoint import state as waypoint_state
@@ -84,14 +85,23 @@ class Waypoint:
         self.manager: CertificateManager | None = None
         self.proxy: WaypointProxy | None = None
         self._config_task: asyncio.Task[None] | None = None
+        self._crl: str | None = None  # the CA's CRL from the config (RELIABILITY I-9)
 
     def on_config(self, resources: dict[str, Resource], version: int) -> None:
         s = self.settings
         self.state = waypoint_state.build(
             resources, s.namespace, s.gateway, self.trust_domain, version
         )
+        self._crl = resources[CRL_KEY]["pem"] if CRL_KEY in resources else None
+        self._follow_crl()
         if self.proxy is not None and (closed := self.proxy.recheck_policies()):
             log.info("closed %d connections that policy now denies", closed)
+
+    def _follow_crl(self) -> None:
+        if self.manager is not None:
+            revocation.follow(
+                self._crl, self.manager.ca_pems(), self.config_metrics.crl_refused.inc
+            )
 
     def _start_clients(self) -> None:
         if self.manager is not None or not self.boot.ready():
@@ -136,6 +146,7 @@ class Waypoint:
         )
         while not stop.is_set():
             self._start_clients()
+            self._follow_crl()  # new issuers; a CRL past its nextUpdate
             if self.proxy is None and self.manager is not None and self.state is not None:
                 self.proxy = WaypointProxy(
                     self.settings.proxy,

@@ -16,11 +16,13 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from api.meshconfig import Resource
+from api.meshconfig import CRL_KEY, Resource
 from api.spiffe import controller_identity
+from controller.ca import authority, crl
 from controller.config.compile import Mesh, compile_mesh
 from controller.main import Controller, Settings
 from localcluster.store import ClusterInfo, ClusterStore
+from tests import pki
 from tests.unit.identity.test_ca_service import running
 from ztunnel.config.client import ClientMetrics, ConfigClient
 
@@ -280,5 +282,35 @@ def test_a_herd_of_proxies_resyncs_after_an_outage_in_bounded_batches(
             assert peak[0] == 3, f"{peak[0]} snapshots in flight at once (slots: 3)"
             for p in proxies:
                 await p.stop()
+
+    asyncio.run(main())
+
+
+def test_the_cas_crl_reaches_the_proxies_and_a_bad_one_changes_nothing(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RELIABILITY I-9: `ca-crl.pem` beside the CA is streamed to every proxy; one the CA did
+    not sign is refused with a count and the last good one stays; removing it withdraws it."""
+    del state_dir
+    monkeypatch.setattr(crl, "POLL_S", 0.02)
+    store = setup_store()
+
+    async def main() -> None:
+        async with controller() as c:
+            proxy = Proxy(c.ports["ca"], store, TOKENS["node1"])
+            await until(lambda: proxy.names() == {"a", "b"})
+            assert CRL_KEY not in proxy.state
+            ca = c.material
+            good = pki.crl(ca.signing_cert, ca.signing_key, [1234])
+            path = store.ca_dir / crl.CRL_FILE
+            path.write_text(good)
+            await until(lambda: proxy.state.get(CRL_KEY, {}).get("pem") == good)
+            forged = pki.crl(ca.signing_cert, authority.new_key(), [])
+            path.write_text(forged + "\n")
+            await until(lambda: c.crl.metrics.errors._value.get() == 1)
+            assert proxy.state[CRL_KEY]["pem"] == good
+            path.unlink()
+            await until(lambda: CRL_KEY not in proxy.state)
+            await proxy.stop()
 
     asyncio.run(main())

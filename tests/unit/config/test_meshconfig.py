@@ -73,6 +73,8 @@ def update(upserts: list[Any], removes: list[Any] | None = None, **kw: Any) -> d
         (service(endpoints=[1]), "endpoints"),
         (service(endpoints=["u"] * 10_001), "endpoints"),
         ({"type": "policy", "key": "d/p", "name": "p", "namespace": "d", "spec": []}, "spec"),
+        ({"type": "crl", "key": "ca", "pem": "not a CRL"}, "want a PEM CRL"),
+        ({"type": "crl", "key": "ca", "pem": "-----BEGIN X509 CRL-----" * 50_000}, "PEM CRL"),
     ],
 )
 def test_invalid_resources_are_refused_with_a_reason(resource: Any, problem: str) -> None:

@@ -4,6 +4,7 @@ ztunnel(node2) → pod, with policy, metrics, pooling, half-close and fail-close
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -11,15 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from common import tls
 from controller.ca import authority
+from tests import pki
 from tests.unit.ztunnel.harness import (
     ECHO_PORT,
     Mesh,
     mesh,
     workloads_identity,
 )
+from ztunnel.identity import revocation
 from ztunnel.proxy.relay import Tunnel
 from ztunnel.proxy.splice import Held, Splice
 
@@ -147,6 +151,41 @@ def test_old_ticket_keys_are_replaced_and_their_tickets_no_longer_resume(
         m.proxies["node1"].pool.close()
         assert await roundtrip(m, b"three") == b"THREE|EOF"
         assert (dials("false"), dials("true")) == (2, 1)
+
+    run(state_dir, body)
+
+
+def test_a_crl_cuts_open_tunnels_to_a_revoked_peer_and_refuses_new_ones(
+    state_dir: Path,
+) -> None:
+    """RELIABILITY I-9 through both ztunnels: the CA's CRL revoking the server's certificate
+    closes the tunnel already open to it and refuses the next (`peer_revoked` at node1);
+    withdrawn, traffic flows again."""
+
+    async def body(m: Mesh) -> None:
+        held = m.managers["node2"].current(workloads_identity(m, "node2", m.server_ip))
+        assert held is not None
+        serial = x509.load_pem_x509_certificate(held.chain_pem[0].encode()).serial_number
+        ca = m.controller.material
+        revoking = pki.crl(ca.signing_cert, ca.signing_key, [serial], now=datetime.now(UTC))
+        reader, writer, code = await m.socks(m.server)
+        assert code == 0
+        writer.write(b"open")
+        assert await reader.readexactly(4) == b"OPEN"
+        try:
+            revocation.follow(revoking, m.managers["node1"].ca_pems(), lambda: None)
+            with contextlib.suppress(ConnectionResetError):  # reset or closed: cut either way
+                assert await asyncio.wait_for(reader.read(), 5) == b"", "the tunnel went on"
+            writer.close()
+            _, writer, code = await m.socks(m.server)
+            writer.close()
+            assert code != 0
+            refused = {"direction": "outbound", "reason": "peer_revoked"}
+            assert m.metric("node1", "ambientmesh_ztunnel_rejections_total", **refused) >= 1
+            revocation.follow(None, [], lambda: None)
+            assert await roundtrip(m, b"again") == b"AGAIN|EOF"
+        finally:
+            revocation.follow(None, [], lambda: None)
 
     run(state_dir, body)
 
