@@ -9,13 +9,17 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
+from controller.ca import authority
 from localcluster import naming, pods, system, teardown
 from localcluster.cluster import Cluster
 from localcluster.netns import http_get_in
+from tests import pki
 from tests.support import (
     ambientctl,
     exec_background,
@@ -255,6 +259,44 @@ def test_deny_policy_makes_a_pod_unreachable_and_is_counted(mesh: dict[str, str]
     finally:
         _delete(cluster, deny)
     wait_for(lambda: curl(cluster, "mesh/client", mesh["server"]) == "200", 5, "allowed again")
+
+
+def test_a_crl_cuts_a_revoked_pods_connections_and_refuses_new_ones(mesh: dict[str, str]) -> None:
+    """RELIABILITY I-9: the CA's `ca-crl.pem` revoking the `stream` pod's certificate reaches
+    the ztunnels through the controller; the open connection to it is cut, the next one is
+    refused and counted; other pods are untouched; withdrawn, it serves again."""
+    cluster = mesh["cluster"]
+    store = Cluster(cluster).store
+    held = json.loads(ambientctl(cluster, "certs", "mesh/stream", "-o", "json").stdout)
+    serial = x509.load_pem_x509_certificate(held["certChainPem"][0].encode()).serial_number
+    ca = authority.load_plugged(store.ca_dir)
+
+    def stream(seconds: str) -> subprocess.Popen[str]:
+        command = ["python3", "-m", "samples.tcpecho", "stream", mesh["stream"], "9000"]
+        return exec_background(cluster, "mesh/client", *command, seconds, "5")
+
+    running = stream("20")
+    time.sleep(1.5)
+    path = store.ca_dir / "ca-crl.pem"
+    path.write_text(pki.crl(ca.signing_cert, ca.signing_key, [serial], now=datetime.now(UTC)))
+    try:
+        out, _ = running.communicate(timeout=30)
+        assert running.returncode == 1 and out.startswith("FAIL"), out
+        again = stream("1")
+        out, _ = again.communicate(timeout=30)
+        assert again.returncode == 1, out
+        refused = 'ambientmesh_ztunnel_rejections_total{direction="outbound",reason="peer_revoked"}'
+        assert refused in metrics(cluster, "node1")
+        assert curl(cluster, "mesh/client", mesh["server"]) == "200"
+    finally:
+        path.unlink()
+
+    def serves() -> bool:
+        probe = stream("0.5")
+        probe.communicate(timeout=30)
+        return probe.returncode == 0
+
+    wait_for(serves, 15, "served again once the CRL is withdrawn")
 
 
 def _component(cluster: str, name: str) -> system.Component:

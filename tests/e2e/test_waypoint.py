@@ -7,12 +7,11 @@ with L4 rules only, and Istio's request metrics."""
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Iterator
 
 import pytest
 
-from tests.support import AMBIENTCTL, ambientctl, demo_cluster, get_json, wait_for
+from tests.support import ambientctl, demo_cluster, exec_background, get_json, wait_for
 
 EXTRA = """
 apiVersion: v1
@@ -300,10 +299,6 @@ def test_open_tcp_and_websockets_are_cut_when_policy_changes_to_deny_them(cluste
     relay, a WebSocket) is judged again on a policy change, and closed once denied. Runs last:
     it denies the client."""
 
-    def exec_in_client(*command: str) -> subprocess.Popen[str]:
-        args = [AMBIENTCTL, "exec", "demo/client", "--cluster", cluster, "--", *command]
-        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
     def opened() -> float:
         return metric(
             cluster,
@@ -313,10 +308,20 @@ def test_open_tcp_and_websockets_are_cut_when_policy_changes_to_deny_them(cluste
         )
 
     before = opened()
-    tcp = exec_in_client(
-        "python3", "-m", "samples.tcpecho", "stream", vip(cluster, "echo"), "7000", "20"
+    tcp = exec_background(
+        cluster,
+        "demo/client",
+        "python3",
+        "-m",
+        "samples.tcpecho",
+        "stream",
+        vip(cluster, "echo"),
+        "7000",
+        "20",
     )
-    websocket = exec_in_client("python3", "-c", WEBSOCKET_HELD, vip(cluster, "server"))
+    websocket = exec_background(
+        cluster, "demo/client", "python3", "-c", WEBSOCKET_HELD, vip(cluster, "server")
+    )
     try:
         assert websocket.stdout is not None and websocket.stdout.readline().strip() == "open"
         wait_for(lambda: opened() > before, 10, "the TCP relay through the waypoint")
