@@ -129,7 +129,11 @@ current = Revocations()
 
 def follow(pem: str | None, ca_pems: Iterable[str], refused: Callable[[], None]) -> None:
     """Configure `current` with the config's CRL and the CA certificates this proxy trusts;
-    called on every config version and periodically (issuers change, a CRL goes stale)."""
+    called on every config version and periodically (issuers change, a CRL goes stale).
+    Before this proxy holds a certificate it has no CA to judge a CRL by, and no connection."""
+    ca_pems = list(ca_pems)
+    if pem is not None and not ca_pems:
+        return
     try:
         closed = current.configure(pem, ca_pems, datetime.now(UTC))
     except CrlError as exc:
