@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ambientctl import benchverb, kubeverbs, verbs, waypointverbs
+from ambientctl import benchverb, certverbs, kubeverbs, verbs, waypointverbs
 from api.errors import ManifestError, ObjectError
 from localcluster import naming
 from localcluster.cluster import ClusterError
@@ -105,9 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("exec", verbs.exec_, "run a command inside a pod's network namespace")
     p.add_argument("pod", metavar="NS/POD -- CMD ...")
 
-    p = verb("certs", verbs.certs, "certificates the node's ztunnel holds for a pod")
-    p.add_argument("pod", metavar="NS/POD")
-    p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    certverbs.add_arguments(verb)
 
     _runtime_verbs(verb)
     kubeverbs.add_arguments(sub)

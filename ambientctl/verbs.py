@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -14,7 +13,7 @@ from ambientctl import output
 from api import load_manifest
 from api.errors import ManifestError, ObjectError
 from api.objects import KINDS, Obj, ObjectRef
-from api.spiffe import SpiffeId, check_trust_domain
+from api.spiffe import check_trust_domain
 from localcluster import naming, system, teardown
 from localcluster.admission import parse_label_changes
 from localcluster.cluster import Cluster, ClusterError, refs_of
@@ -375,60 +374,6 @@ def parse_duration(text: str) -> int:
     if value <= 0:
         raise ClusterError(f"duration {text!r} must be positive")
     return value
-
-
-def _held_certificate(cluster: Cluster, node: str, identity: str, namespace: str) -> dict[str, Any]:
-    try:
-        status, body = system.admin_get(cluster.name, node, "/config_dump")
-    except OSError as exc:
-        raise ClusterError(f"ztunnel on {node} is not answering: {exc}") from None
-    if status != 200:
-        raise ClusterError(f"ztunnel on {node} answered {status} on /config_dump")
-    held: dict[str, Any] | None = {c["identity"]: c for c in json.loads(body)["certificates"]}.get(
-        identity
-    )
-    if held is None:
-        raise ClusterError(
-            f"ztunnel on {node} holds no certificate for {identity} (is the pod enrolled? "
-            f"ambientctl label namespace {namespace} istio.io/dataplane-mode=ambient)"
-        )
-    return held
-
-
-def certs(args: argparse.Namespace) -> int:
-    """The certificates the pod's node's ztunnel holds for the pod's identity."""
-    namespace, name = _pod_arg(args.pod)
-    cluster = _cluster(args)
-    pod = cluster.find("Pod", namespace, name)
-    node = pod["spec"]["nodeName"]
-    identity = str(
-        SpiffeId(cluster.store.info().trust_domain, namespace, pod["spec"]["serviceAccountName"])
-    )
-    held = _held_certificate(cluster, node, identity, namespace)
-    chain = [output.describe_cert(p) for p in held["certChain"]]
-    roots = [output.describe_cert(p) for p in held["trustBundle"]]
-    if args.output in ("json", "yaml"):
-        report = {
-            "pod": f"{namespace}/{name}",
-            "node": node,
-            "identity": identity,
-            "state": held["state"],
-            "lastError": held["lastError"],
-            "chain": chain,
-            "roots": roots,
-            "certChainPem": held["certChain"],
-            "trustBundlePem": held["trustBundle"],
-        }
-        print(output.dump(report, args.output))
-        return 0
-    error = f" (last error: {held['lastError']})" if held["lastError"] else ""
-    print(f"{identity}  held by the ztunnel of {node}: {held['state']}{error}")
-    typed = [("Leaf", c) for c in chain[:1]]
-    typed += [("Intermediate", c) for c in chain[1:] if c not in roots]
-    typed += [("Root", c) for c in roots]
-    rows = [[kind, c["serial"], c["notBefore"], c["notAfter"], c["name"]] for kind, c in typed]
-    print(output.table(["TYPE", "SERIAL", "NOT BEFORE", "NOT AFTER", "NAME"], rows))
-    return 0
 
 
 def metrics(args: argparse.Namespace) -> int:

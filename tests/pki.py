@@ -155,14 +155,4 @@ def crl(
     next_update: timedelta = timedelta(days=7),
 ) -> str:
     """A PEM CRL of `issuer` revoking `serials` (Istio's `ca-crl.pem`)."""
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(issuer.subject)
-        .last_update(now - timedelta(minutes=1))
-        .next_update(now + next_update)
-    )
-    for serial in serials:
-        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now)
-        builder = builder.add_revoked_certificate(entry.build())
-    signed = builder.sign(issuer_key, hashes.SHA256())
-    return signed.public_bytes(serialization.Encoding.PEM).decode()
+    return authority.sign_crl(issuer, issuer_key, serials, now, next_update)

@@ -146,6 +146,27 @@ def sign_leaf(
     )
 
 
+def sign_crl(
+    issuer: x509.Certificate,
+    key: ec.EllipticCurvePrivateKey,
+    serials: list[int],
+    now: datetime,
+    valid: timedelta,
+) -> str:
+    """A PEM CRL of `issuer` revoking `serials` until `now + valid` (its nextUpdate)."""
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.subject)
+        .last_update(now - BACKDATE)
+        .next_update(now + valid)
+    )
+    for serial in serials:
+        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now)
+        builder = builder.add_revoked_certificate(entry.build())
+    signed = builder.sign(key, hashes.SHA256())
+    return signed.public_bytes(serialization.Encoding.PEM).decode()
+
+
 def load_certs(path: Path) -> list[x509.Certificate]:
     """Every certificate in a PEM file (concatenated roots are fine); an empty file is an error."""
     try:

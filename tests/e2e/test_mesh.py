@@ -9,7 +9,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from controller.ca import authority
 from localcluster import naming, pods, system, teardown
 from localcluster.cluster import Cluster
 from localcluster.netns import http_get_in
-from tests import pki
 from tests.support import (
     ambientctl,
     exec_background,
@@ -262,14 +260,13 @@ def test_deny_policy_makes_a_pod_unreachable_and_is_counted(mesh: dict[str, str]
 
 
 def test_a_crl_cuts_a_revoked_pods_connections_and_refuses_new_ones(mesh: dict[str, str]) -> None:
-    """RELIABILITY I-9: the CA's `ca-crl.pem` revoking the `stream` pod's certificate reaches
-    the ztunnels through the controller; the open connection to it is cut, the next one is
-    refused and counted; other pods are untouched; withdrawn, it serves again."""
+    """RELIABILITY I-9: `ambientctl revoke` puts the `stream` pod's certificate on the CA's
+    `ca-crl.pem`, which reaches the ztunnels through the controller; the open connection to it
+    is cut, the next one is refused and counted; other pods are untouched; withdrawn, it serves
+    again."""
     cluster = mesh["cluster"]
-    store = Cluster(cluster).store
     held = json.loads(ambientctl(cluster, "certs", "mesh/stream", "-o", "json").stdout)
     serial = x509.load_pem_x509_certificate(held["certChainPem"][0].encode()).serial_number
-    ca = authority.load_plugged(store.ca_dir)
 
     def stream(seconds: str) -> subprocess.Popen[str]:
         command = ["python3", "-m", "samples.tcpecho", "stream", mesh["stream"], "9000"]
@@ -277,8 +274,11 @@ def test_a_crl_cuts_a_revoked_pods_connections_and_refuses_new_ones(mesh: dict[s
 
     running = stream("20")
     time.sleep(1.5)
-    path = store.ca_dir / "ca-crl.pem"
-    path.write_text(pki.crl(ca.signing_cert, ca.signing_key, [serial], now=datetime.now(UTC)))
+    done = ambientctl(cluster, "revoke", "mesh/stream")
+    assert f"(serial {serial:x}): 1 on" in done.stdout
+    crl = Cluster(cluster).store.ca_dir / "ca-crl.pem"
+    ca = authority.load_plugged(crl.parent)
+    assert x509.load_pem_x509_crl(crl.read_bytes()).is_signature_valid(ca.signing_key.public_key())
     try:
         out, _ = running.communicate(timeout=30)
         assert running.returncode == 1 and out.startswith("FAIL"), out
@@ -289,7 +289,8 @@ def test_a_crl_cuts_a_revoked_pods_connections_and_refuses_new_ones(mesh: dict[s
         assert refused in metrics(cluster, "node1")
         assert curl(cluster, "mesh/client", mesh["server"]) == "200"
     finally:
-        path.unlink()
+        ambientctl(cluster, "revoke", "--withdraw")
+    assert not crl.exists()
 
     def serves() -> bool:
         probe = stream("0.5")
