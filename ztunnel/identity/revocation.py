@@ -46,7 +46,7 @@ class Revocations:
     def __init__(self) -> None:
         self._pem: str | None = None  # the CRL configured (None: revocation off)
         self._crl: Crl | None = None  # the last one that verified
-        self._issuers: tuple[x509.Certificate, ...] = ()
+        self._issuer_pems: tuple[str, ...] = ()
         self._watched: dict[int, _Watched] = {}
         self._sweep_at = 1024
 
@@ -54,10 +54,11 @@ class Revocations:
         """A new CRL (or None: revocation off) and/or the CA certificates that may sign it.
         A CRL that does not verify leaves the last good one in force (CrlError raised after).
         Returns how many open connections were closed."""
-        issuers = tuple(_certificates(issuers_pem))
-        if pem == self._pem and issuers == self._issuers:
+        pems = tuple(issuers_pem)
+        if pem == self._pem and pems == self._issuer_pems:  # every housekeeping pass: no parse
             return self.recheck(now)
-        self._pem, self._issuers = pem, issuers
+        self._pem, self._issuer_pems = pem, pems
+        issuers = tuple(_certificates(pems))
         error: CrlError | None = None
         if pem is None:
             self._crl = None
