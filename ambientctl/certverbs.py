@@ -13,6 +13,7 @@ from typing import Any
 from cryptography import x509
 
 from ambientctl import output
+from ambientctl.verbs import pod_arg
 from api.spiffe import SpiffeId
 from common.crl import CrlError, parse
 from controller.ca import authority
@@ -23,8 +24,7 @@ from localcluster.cluster import Cluster, ClusterError
 
 def _pod(args: argparse.Namespace) -> tuple[Cluster, str, str, str, str]:
     """The cluster, and the pod's namespace, name, node and SPIFFE identity."""
-    namespace, _, name = args.pod.rpartition("/")
-    namespace = namespace or "default"
+    namespace, name = pod_arg(args.pod)
     cluster = Cluster(args.cluster)
     pod = cluster.find("Pod", namespace, name)
     trust_domain = cluster.store.info().trust_domain

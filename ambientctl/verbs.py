@@ -69,7 +69,7 @@ def _read_sources(sources: list[str]) -> list[Obj]:
     return objects
 
 
-def _pod_arg(arg: str) -> tuple[str, str]:
+def pod_arg(arg: str) -> tuple[str, str]:
     namespace, _, name = arg.rpartition("/")
     return namespace or "default", name
 
@@ -310,7 +310,7 @@ def exec_(args: argparse.Namespace) -> int:
     command = args.command
     if not command:
         raise ClusterError("exec needs a command: ambientctl exec NS/POD -- CMD ...")
-    namespace, name = _pod_arg(args.pod)
+    namespace, name = pod_arg(args.pod)
     cluster = _cluster(args)
     cluster.find("Pod", namespace, name)
     netns_path = naming.NETNS_DIR / naming.pod_netns(args.cluster, namespace, name)
@@ -344,7 +344,7 @@ def _log_path(cluster: Cluster, namespace: str, name: str, container: str | None
 
 
 def logs(args: argparse.Namespace) -> int:
-    namespace, name = _pod_arg(args.pod)
+    namespace, name = pod_arg(args.pod)
     path = _log_path(_cluster(args), namespace, name, args.container)
     if not path.exists():
         return 0  # not started yet: nothing logged
@@ -380,7 +380,7 @@ def metrics(args: argparse.Namespace) -> int:
     """Prometheus metrics of a component (controller, node-agent-<node>, ztunnel-<node>)."""
     cluster = _cluster(args)
     if "/" in args.component:  # a pod serving Istio's 15020 (a waypoint)
-        namespace, name = _pod_arg(args.component)
+        namespace, name = pod_arg(args.component)
         netns = naming.pod_netns(cluster.name, namespace, name)
         found: system.Component | None = system.Component(args.component, "", netns, [])
     else:
