@@ -21,6 +21,7 @@ from ztunnel.metrics import ConnLabels, ProxyMetrics
 from ztunnel.proxy.pool import Pool, PoolKey
 from ztunnel.proxy.relay import Tunnel
 from ztunnel.proxy.splice import Held, Splice
+from ztunnel.proxy.tlslistener import TlsListener
 from ztunnel.state.workloads import Snapshot, Workload
 
 log = logging.getLogger("ztunnel.proxy")
@@ -28,8 +29,8 @@ log = logging.getLogger("ztunnel.proxy")
 HANDSHAKE_TIMEOUT_S = 5.0  # asyncio's default is 60 s (RELIABILITY C-1)
 CONNECT_TIMEOUT_S = 5.0
 RESPONSE_TIMEOUT_S = 10.0
-# Global cap on proxied connections, below half of a 65536 fd limit (Envoy's guidance; each
-# proxied connection holds two fds).
+# Global cap on connections: proxied ones (two fds each) and inbound HBONE ones, below half of a
+# 65536 fd limit (Envoy's guidance); lower when the process has fewer fds (common.fdlimit).
 MAX_CONNECTIONS = 16_000
 
 
@@ -65,7 +66,7 @@ class _Accepted:
 class _HboneListener:
     """15008 of one local pod: TLS from the first byte with that pod's certificate."""
 
-    server: asyncio.Server
+    server: TlsListener
     ctx: ssl.SSLContext
     identity: SpiffeId
     serial: int
@@ -124,6 +125,7 @@ class ProxyCore:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ctx_cache: dict[tuple[str, int, int], ssl.SSLContext] = {}
         self.hbone: dict[str, _HboneListener] = {}
+        self.hbone_in = 0  # inbound HBONE connections, handshaking or open
         self.draining = False
         certs.on_expired.append(self.pool.drop_identity)
 
@@ -132,12 +134,27 @@ class ProxyCore:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _full(self) -> bool:
+        used = len(self.active) + len(self._tasks) + self.hbone_in
+        return used >= self.settings.max_connections
+
     def _over_capacity(self, held: Held, direction: str) -> bool:
-        if len(self.active) + len(self._tasks) < self.settings.max_connections:
+        if not self._full():
             return False
         self.metrics.reject(direction, "overloaded")
         held.refuse()
         return True
+
+    # The HBONE listeners' gatekeeper (tlslistener.Gatekeeper): refused before TLS when full.
+    def admit(self) -> bool:
+        if self._full():
+            self.metrics.reject("inbound", "overloaded")
+            return False
+        self.hbone_in += 1
+        return True
+
+    def release(self) -> None:
+        self.hbone_in -= 1
 
     def _track(self, key: int, record: _Active) -> None:
         self.active[key] = record

@@ -27,6 +27,7 @@ from ztunnel.proxy.core import (
 )
 from ztunnel.proxy.relay import Tunnel
 from ztunnel.proxy.splice import Held
+from ztunnel.proxy.tlslistener import TlsListener
 from ztunnel.state.workloads import Snapshot
 
 log = logging.getLogger("ztunnel.proxy")
@@ -67,11 +68,11 @@ class InboundProxy(ProxyCore):
                 continue
             if listener is not None and listener.identity != identity:
                 listener.server.close()  # another pod's IP now: never answer with its identity
-            self.hbone[ip] = await self._listen_hbone(ip, identity, cert)
+            self.hbone[ip] = self._listen_hbone(ip, identity, cert)
             if listener is not None and listener.identity == identity:
                 listener.server.close()  # a new bundle or ticket keys: the old one goes after
 
-    async def _listen_hbone(self, ip: str, identity: SpiffeId, cert: Any) -> _HboneListener:
+    def _listen_hbone(self, ip: str, identity: SpiffeId, cert: Any) -> _HboneListener:
         ctx = tls.server_context(
             cert.chain_pem,
             cert.key_pem,
@@ -81,11 +82,12 @@ class InboundProxy(ProxyCore):
             tickets=True,  # pool dials resume (common.tls)
         )
         sock = sockets.listener(ip, self.settings.hbone_port, transparent=self.settings.transparent)
-        server = await asyncio.get_running_loop().create_server(
+        server = TlsListener(
+            sock,
+            ctx,
             lambda: self._hbone_protocol(ip),
-            sock=sock,
-            ssl=ctx,
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
+            self,
+            handshake_timeout_s=HANDSHAKE_TIMEOUT_S,
         )
         trust, born = hash(tuple(cert.bundle_pem)), asyncio.get_running_loop().time()
         return _HboneListener(server, ctx, identity, cert.serial, trust, born)
@@ -117,6 +119,10 @@ class InboundProxy(ProxyCore):
             # RFC 9113 §8.7: REFUSED_STREAM = not processed, safe to retry elsewhere; the client
             # retires this connection and opens one to the instance that replaces us.
             conn.reset(request.stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        if self._full():
+            self.metrics.reject("inbound", "overloaded")
+            conn.respond(request.stream_id, 503, end=True)
             return
         target_ip, target_port = p.parse_authority(request.authority)
         src_ip = conn.peer_addr[0]

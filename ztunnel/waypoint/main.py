@@ -17,7 +17,7 @@ import contextlib
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from api import ports
 from api.meshconfig import CRL_KEY, Resource
 from api.spiffe import SpiffeId
-from common import http1
+from common import fdlimit, http1
 from common.signals import run_until_signalled
 from localcluster import naming
 from ztunnel.config.bootstrap import Bootstrap, add_kubernetes_flags, check_kubernetes_flags
@@ -210,7 +210,10 @@ async def amain(settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return uvloop.run(amain(parse_args(sys.argv[1:] if argv is None else argv)))
+    settings = parse_args(sys.argv[1:] if argv is None else argv)
+    cap = fdlimit.cap_for_this_process(settings.proxy.max_tunnels)  # RELIABILITY L-1
+    settings = replace(settings, proxy=replace(settings.proxy, max_tunnels=cap))
+    return uvloop.run(amain(settings))
 
 
 if __name__ == "__main__":

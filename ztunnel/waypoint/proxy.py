@@ -32,6 +32,7 @@ from ztunnel.identity.manager import CertificateManager
 from ztunnel.metrics import ConnLabels, ProxyMetrics
 from ztunnel.proxy import pool, sockets
 from ztunnel.proxy.pool import Pool, PoolKey
+from ztunnel.proxy.tlslistener import TlsListener
 from ztunnel.state.policy import Connection, Decision
 from ztunnel.waypoint import state as decide
 from ztunnel.waypoint.authz import Request
@@ -49,7 +50,7 @@ HANDSHAKE_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 5.0
 RESPONSE_TIMEOUT_S = 10.0
 DETECT_TIMEOUT_S = 1.0  # Istio's sidecar sniffing waited 100 ms-5 s over the years
-MAX_TUNNELS = 16_000  # as ztunnel: below half of a 65536 fd limit
+MAX_TUNNELS = 16_000  # as ztunnel: below half of a 65536 fd limit (lower with fewer fds)
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _REQUEST_LINE = re.compile(rb"^[A-Z]{3,16} \S")
 _METHOD_SO_FAR = re.compile(rb"[A-Z]{1,16} ?")
@@ -90,7 +91,7 @@ class WaypointProxy:
         self.metrics, self.tcp_metrics = metrics, tcp_metrics
         self.pool = Pool(self._dial)
         self.lasting = Lasting(state)
-        self.server: asyncio.Server | None = None
+        self.server: TlsListener | None = None
         self.port = 0
         self._ctx: ssl.SSLContext | None = None
         self._serial = 0
@@ -98,6 +99,7 @@ class WaypointProxy:
         self._born = 0.0  # loop time of its context (its ticket keys)
         self._client_ctx: tuple[tuple[int, int], ssl.SSLContext] | None = None
         self._conns: set[HboneConnection] = set()
+        self._held = 0  # connections admitted by the listener and not yet over
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- listener --------------------------------------------------------------------------------
@@ -125,13 +127,11 @@ class WaypointProxy:
                 alpn=["h2"],
                 tickets=True,  # the ztunnels' pool dials resume (common.tls)
             )
-            self.server = await asyncio.get_running_loop().create_server(
-                self._accept,
-                self.settings.listen_ip,
-                self.port or self.settings.hbone_port,
-                ssl=self._ctx,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S,
-                reuse_port=True,
+            sock = sockets.listener(
+                self.settings.listen_ip, self.port or self.settings.hbone_port, transparent=False
+            )
+            self.server = TlsListener(
+                sock, self._ctx, self._accept, self, handshake_timeout_s=HANDSHAKE_TIMEOUT_S
             )
             if old is not None:
                 old.close()
@@ -152,6 +152,18 @@ class WaypointProxy:
         self._conns.add(conn)
         conn.closed.add_done_callback(lambda _: self._conns.discard(conn))
         return conn
+
+    # The listener's gatekeeper (tlslistener.Gatekeeper): a connection past the cap is refused
+    # before TLS. Connections (handshaking or open) count with tunnels.
+    def admit(self) -> bool:
+        if self._held + len(self._tasks) >= self.settings.max_tunnels:
+            self.tcp_metrics.reject("waypoint", "overloaded")
+            return False
+        self._held += 1
+        return True
+
+    def release(self) -> None:
+        self._held -= 1
 
     def _verify_client(self, transport: asyncio.Transport) -> SpiffeId:
         """Any mesh identity may reach a waypoint (policy decides); only mTLS peers exist here,
@@ -174,7 +186,7 @@ class WaypointProxy:
         state = self.state()
         ip, port = p.parse_authority(request.authority)
         target = decide.resolve(state, ip, port) if state else "no_config"
-        if len(self._tasks) >= self.settings.max_tunnels:
+        if self._held + len(self._tasks) > self.settings.max_tunnels:  # this one is held
             target = "overloaded"
         if isinstance(target, str):
             self.tcp_metrics.reject("waypoint", target)

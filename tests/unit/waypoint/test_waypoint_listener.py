@@ -1,6 +1,7 @@
 """The waypoint's HBONE listener across certificate rotation and root rotation (RELIABILITY
 F-8): a new certificate is loaded in place; a new trust bundle, or ticket keys grown old, get a
-new context, on a new listener on the same port, and the old one stops accepting."""
+new context, on a new listener on the same port, and the old one stops accepting. Its cap on
+connections (L-1)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from api.spiffe import SpiffeId
 from common import tls
 from controller.ca import authority
 from tests import pki
+from tests.unit.ztunnel.harness import refused_before_tls
 from ztunnel.identity import schedule
 from ztunnel.identity.manager import CertificateManager, WorkloadCertificate
 from ztunnel.metrics import ProxyMetrics
@@ -104,6 +106,40 @@ def test_old_ticket_keys_get_a_new_context_on_the_same_port(
         monkeypatch.setattr(tls, "TICKET_KEY_LIFETIME_S", 0.0)
         await proxy.sync()
         assert proxy._ctx is not ctx and proxy.port == port and not first.is_serving()
+        await proxy.close(0.1)
+
+    asyncio.run(main())
+
+
+def test_past_its_cap_the_waypoint_refuses_before_tls_and_failed_handshakes_are_forgotten() -> None:
+    """L-1: connections count against the waypoint's cap from accept; past it a connection is
+    reset before any TLS byte. A failed handshake's connection is forgotten (it used to stay
+    in the set of connections told to go away at shutdown, for ever)."""
+    root, root_key = pki.root(NOW)
+    certs = Certs(certificate(root, root_key))
+
+    async def main() -> None:
+        proxy = waypoint(certs)
+        proxy.settings = dataclasses.replace(proxy.settings, max_tunnels=1)
+        await proxy.sync()
+        address = ("127.0.0.1", proxy.port)
+        for _ in range(3):
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                await asyncio.open_connection(
+                    *address, ssl=tls.client_context([]), server_hostname=""
+                )
+        for _ in range(100):
+            if not proxy._conns and not proxy._held:
+                break
+            await asyncio.sleep(0.01)
+        assert not proxy._conns and not proxy._held
+        _, held = await asyncio.open_connection(*address)  # handshaking: holds the only slot
+        for _ in range(100):
+            if proxy._held:
+                break
+            await asyncio.sleep(0.01)
+        assert await refused_before_tls(address) == b"RST"
+        held.close()
         await proxy.close(0.1)
 
     asyncio.run(main())

@@ -162,6 +162,22 @@ class Mesh:
         return reader, writer, reply[1]
 
 
+async def refused_before_tls(address: tuple[str, int]) -> bytes:
+    """What a client sending the first bytes of a ClientHello gets back: b"RST" when reset
+    (at connect or after), b"" at a clean close; a ServerHello would be bytes."""
+    try:
+        reader, writer = await asyncio.open_connection(*address)
+    except ConnectionResetError:
+        return b"RST"
+    try:
+        writer.write(b"\x16\x03\x01\x00\x05hello")
+        return await asyncio.wait_for(reader.read(100), 5)
+    except ConnectionResetError:
+        return b"RST"
+    finally:
+        writer.close()
+
+
 @contextlib.asynccontextmanager
 async def mesh(cluster: str = "c", ttl_s: int = 3600) -> AsyncIterator[Mesh]:
     store = ClusterStore(cluster)

@@ -21,6 +21,7 @@ from tests.unit.ztunnel.harness import (
     ECHO_PORT,
     Mesh,
     mesh,
+    refused_before_tls,
     workloads_identity,
 )
 from ztunnel.identity import revocation
@@ -418,3 +419,50 @@ def test_a_connection_ends_when_the_certificate_it_was_authenticated_with_expire
             assert await roundtrip(m, b"fresh") == b"FRESH|EOF"  # a new connection works
 
     asyncio.run(main())
+
+
+def test_an_overloaded_ztunnel_refuses_hbone_before_tls_and_new_streams_with_503(
+    state_dir: Path,
+) -> None:
+    """L-1: inbound HBONE connections count against the global cap with proxied ones. Full, a
+    new connection is reset before any TLS byte and a new stream gets 503; a handshake that
+    fails gives its slot back; room again, traffic flows again."""
+
+    async def body(m: Mesh) -> None:
+        node2 = m.proxies["node2"]
+        assert await roundtrip(m, b"one") == b"ONE|EOF"
+        assert node2.hbone_in == 1  # node1's pooled connection
+        listener = node2.hbone[m.server_ip].server.sockets[0].getsockname()
+
+        # A handshake that fails (no client certificate) holds a slot only while it runs.
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection(
+                *listener, ssl=tls.client_context([]), server_hostname=""
+            )
+            writer.close()
+        for _ in range(100):
+            if node2.hbone_in == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert node2.hbone_in == 1
+
+        roomy = node2.settings
+        node2.settings = dataclasses.replace(roomy, max_connections=1)
+        _, writer, code = await m.socks(m.server)
+        writer.close()
+        assert code != 0  # the stream got 503
+        assert await refused_before_tls(listener) == b"RST"
+        assert (
+            m.metric(
+                "node2",
+                "ambientmesh_ztunnel_rejections_total",
+                direction="inbound",
+                reason="overloaded",
+            )
+            == 2
+        )
+
+        node2.settings = roomy
+        assert await roundtrip(m, b"two") == b"TWO|EOF"
+
+    run(state_dir, body)
