@@ -87,12 +87,15 @@ class TlsListener:
                 conn, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
+            except ConnectionAbortedError:
+                continue  # the client gave up while queued
             except OSError as exc:
                 if exc.errno in _RESOURCE_ERRORS:
                     log.warning("accept paused for %.1fs: %s", FD_PAUSE_S, exc)
                     self._pause()
-                    return
-                raise
+                else:  # not raised into the loop: the listener carries on
+                    log.warning("accept failed: %s", exc)
+                return
             if not self.gate.admit():
                 _reset(conn)
                 continue

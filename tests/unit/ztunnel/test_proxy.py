@@ -426,7 +426,7 @@ def test_an_overloaded_ztunnel_refuses_hbone_before_tls_and_new_streams_with_503
 ) -> None:
     """L-1: inbound HBONE connections count against the global cap with proxied ones. Full, a
     new connection is reset before any TLS byte and a new stream gets 503; a handshake that
-    fails gives its slot back; room again, traffic flows again."""
+    fails, or a peer refused after it, gives its slot back; room again, traffic flows again."""
 
     async def body(m: Mesh) -> None:
         node2 = m.proxies["node2"]
@@ -440,11 +440,34 @@ def test_an_overloaded_ztunnel_refuses_hbone_before_tls_and_new_streams_with_503
                 *listener, ssl=tls.client_context([]), server_hostname=""
             )
             writer.close()
+        # So does one whose peer fails the checks after TLS (no ALPN h2: rejected as it is made).
+        ca = m.controller.material
+        leaf, key = pki.live_leaf(
+            ca.signing_cert, ca.signing_key, "spiffe://cluster.local/ns/mesh/sa/client"
+        )
+        no_alpn = tls.client_context(
+            m.managers["node1"].ca_pems(),
+            chain_pem=[authority.pem(leaf), authority.pem(ca.signing_cert)],
+            key_pem=authority.key_pem(key),
+        )
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection(*listener, ssl=no_alpn, server_hostname="")
+            await asyncio.sleep(0.1)
+            writer.close()
         for _ in range(100):
             if node2.hbone_in == 1:
                 break
             await asyncio.sleep(0.01)
         assert node2.hbone_in == 1
+        assert (
+            m.metric(
+                "node2",
+                "ambientmesh_ztunnel_rejections_total",
+                direction="inbound",
+                reason="peer_malformed_certificate",
+            )
+            == 1
+        )
 
         roomy = node2.settings
         node2.settings = dataclasses.replace(roomy, max_connections=1)
