@@ -24,6 +24,7 @@ from controller.main import Controller, Settings
 from localcluster.store import ClusterInfo, ClusterStore
 from tests import pki
 from tests.unit.identity.test_ca_service import running
+from tests.waiting import until
 from ztunnel.config.client import ClientMetrics, ConfigClient
 
 TOKENS = {"node1": "token-node-1", "node2": "token-node-2"}
@@ -98,13 +99,6 @@ async def controller(port: int = 0) -> AsyncIterator[Controller]:
     settings = Settings("c", listen="127.0.0.1", ca_port=port, metrics_port=0)
     async with running(Controller(settings)) as c:
         yield c
-
-
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 def test_snapshot_then_deltas_and_status(state_dir: Path) -> None:

@@ -69,6 +69,20 @@ def client_with(
     )
 
 
+def many_names_leaf(
+    issuer: x509.Certificate, issuer_key: ec.EllipticCurvePrivateKey
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A leaf with 200 URI SANs (> 8 KiB), valid now."""
+    uris = tuple(f"spiffe://cluster.local/ns/mesh/sa/a{i:04d}" for i in range(200))
+    return pki.leaf(
+        issuer,
+        issuer_key,
+        uris=uris,
+        not_before=NOW - timedelta(minutes=1),
+        not_after=NOW + timedelta(hours=1),
+    )
+
+
 def handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> tuple[ssl.SSLObject, float]:
     """The server's end after the handshake, and the CPU the server spent in it."""
     c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
@@ -144,14 +158,7 @@ def test_a_leaf_with_an_8_kib_san_list_from_our_own_ca_is_refused_after_tls(
 ) -> None:
     """A misissued leaf: TLS accepts it (our root signed it); the SPIFFE checks do not, at once."""
     root, root_key, server, bundle = mesh
-    uris = tuple(f"spiffe://cluster.local/ns/mesh/sa/a{i:04d}" for i in range(200))
-    leaf, key = pki.leaf(
-        root,
-        root_key,
-        uris=uris,
-        not_before=NOW - timedelta(minutes=1),
-        not_after=NOW + timedelta(hours=1),
-    )
+    leaf, key = many_names_leaf(root, root_key)
     assert len(pki.der(leaf)) > 8 * 1024
     s, spent = handshake(client_with([leaf], key, bundle), server)
     assert spent < BUDGET_S
@@ -178,14 +185,7 @@ def test_a_huge_name_constraint_set_against_a_huge_san_list_stays_within_the_bud
     constrained, constrained_key = ca_cert(
         root, root_key, "constrained", x509.NameConstraints(subtrees, None)
     )
-    uris = tuple(f"spiffe://cluster.local/ns/mesh/sa/a{i:04d}" for i in range(200))
-    leaf, key = pki.leaf(
-        constrained,
-        constrained_key,
-        uris=uris,
-        not_before=NOW - timedelta(minutes=1),
-        not_after=NOW + timedelta(hours=1),
-    )
+    leaf, key = many_names_leaf(constrained, constrained_key)
     start = time.thread_time()
     with pytest.raises(ssl.SSLError):
         handshake(client_with([leaf, constrained], key, bundle), server)

@@ -18,6 +18,7 @@ from sources import kube, select
 from sources.base import Cache
 from sources.kube import KubeSource, SourceMetrics
 from tests.fakekube import TOKEN, FakeKube, serving
+from tests.waiting import until
 
 PODS = "/api/v1/pods"
 NAMESPACES = "/api/v1/namespaces"
@@ -35,13 +36,6 @@ def pod(name: str, node: str = "node1", ns: str = "default") -> dict[str, Any]:
 
 def namespace(name: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-
-
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
 
 
 def names(cache: Cache, kind: str = "Pod") -> set[str]:

@@ -19,6 +19,7 @@ from common import tls
 from controller.ca import authority
 from tests import pki
 from tests.unit.ztunnel.harness import refused_before_tls
+from tests.waiting import until
 from ztunnel.identity import schedule
 from ztunnel.identity.manager import CertificateManager, WorkloadCertificate
 from ztunnel.metrics import ProxyMetrics
@@ -128,16 +129,10 @@ def test_past_its_cap_the_waypoint_refuses_before_tls_and_failed_handshakes_are_
                 await asyncio.open_connection(
                     *address, ssl=tls.client_context([]), server_hostname=""
                 )
-        for _ in range(100):
-            if not proxy._conns and not proxy._held:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: not proxy._conns and not proxy._held)
         assert not proxy._conns and not proxy._held
         _, held = await asyncio.open_connection(*address)  # handshaking: holds the only slot
-        for _ in range(100):
-            if proxy._held:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: proxy._held == 1)
         assert await refused_before_tls(address) == b"RST"
         held.close()
         await proxy.close(0.1)

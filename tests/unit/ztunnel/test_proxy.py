@@ -24,6 +24,7 @@ from tests.unit.ztunnel.harness import (
     refused_before_tls,
     workloads_identity,
 )
+from tests.waiting import until
 from ztunnel.identity import revocation
 from ztunnel.proxy.relay import Tunnel
 from ztunnel.proxy.splice import Held, Splice
@@ -454,10 +455,7 @@ def test_an_overloaded_ztunnel_refuses_hbone_before_tls_and_new_streams_with_503
             _, writer = await asyncio.open_connection(*listener, ssl=no_alpn, server_hostname="")
             await asyncio.sleep(0.1)
             writer.close()
-        for _ in range(100):
-            if node2.hbone_in == 1:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: node2.hbone_in == 1)
         assert node2.hbone_in == 1
         assert (
             m.metric(

@@ -25,6 +25,7 @@ from common import fdlimit, tls
 from controller.ca import authority
 from tests import pki
 from tests.unit.ztunnel.harness import refused_before_tls
+from tests.waiting import until
 from ztunnel.proxy import tlslistener
 from ztunnel.proxy.tlslistener import TlsListener
 
@@ -116,14 +117,6 @@ def run(
 async def dial_tls(ctx: ssl.SSLContext, address: tuple[str, int]) -> asyncio.StreamWriter:
     _, writer = await asyncio.open_connection(*address, ssl=ctx, server_hostname="")
     return writer
-
-
-async def until(check: Callable[[], bool]) -> None:
-    for _ in range(200):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition never held")
 
 
 def test_past_the_cap_a_connection_is_reset_before_any_tls_and_a_slot_comes_back(
