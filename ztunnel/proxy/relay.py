@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from ztunnel.hbone.connection import HboneConnection
+from ztunnel.proxy import sockets
 
 log = logging.getLogger("ztunnel.relay")
 
@@ -147,7 +148,7 @@ class Tunnel(asyncio.Protocol):
             return
         self.stats.error = self.stats.error or f"stream reset ({error_code})"
         if self.tcp is not None:
-            self.tcp.abort()
+            sockets.reset(self.tcp)
         self._finish()
 
     def on_writable(self) -> None:
@@ -202,5 +203,5 @@ class Tunnel(asyncio.Protocol):
         if self.conn is not None:
             self.conn.reset(self.stream_id)
         if self.tcp is not None:
-            self.tcp.abort()
+            sockets.reset(self.tcp)
         self._finish()

@@ -3,18 +3,22 @@
 Listeners are IP_TRANSPARENT (the eBPF `zt_in` program assigns connections for any address to
 them; `getsockname()` is then the original destination) and SO_REUSEPORT (a new ztunnel binds
 beside the old one during a restart, so no connection is refused). Inbound dials bind to the
-original client's IP with IP_TRANSPARENT so the pod sees its real peer.
+original client's IP with IP_TRANSPARENT so the pod sees its real peer. `reset` makes a close an
+RST, so a reset on one side of a relay is a reset on the other (C-4), not a clean end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import socket
+import struct
 
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 BACKLOG = 4096
+LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
 def listener(host: str, port: int, *, transparent: bool) -> socket.socket:
@@ -32,6 +36,16 @@ def listener(host: str, port: int, *, transparent: bool) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def reset(transport: asyncio.BaseTransport) -> None:
+    """Close with an RST (SO_LINGER 0) rather than a FIN: `abort()` alone only discards the
+    buffers, and the peer would read a reset as a clean end of data, a truncation it cannot see."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and not transport.is_closing():
+        with contextlib.suppress(OSError):  # already gone: nothing left to reset
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ZERO)
+    transport.abort()
 
 
 async def dial(

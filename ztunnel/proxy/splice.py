@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from typing import cast
 
+from ztunnel.proxy import sockets
+
 
 class Held(asyncio.Protocol):
     """An accepted connection, not reading, until `handoff` gives it its real protocol.
@@ -56,7 +58,7 @@ class Held(asyncio.Protocol):
     def refuse(self) -> None:
         """RST, so the client sees a refused connection at once (fail closed)."""
         if self.transport is not None:
-            self.transport.abort()
+            sockets.reset(self.transport)
 
 
 class Gate(asyncio.Protocol):
@@ -169,7 +171,7 @@ class Splice:
             self.error = f"{'client' if index == 0 else 'server'}: {exc}"
         other = self.transports[1 - index]
         if other is not None and not self.eofs[index]:
-            other.abort()  # a reset on one side is a reset on the other
+            sockets.reset(other)  # a reset on one side is a reset on the other
         self.close()
 
     def close(self) -> None:
@@ -186,5 +188,5 @@ class Splice:
         self.error = reason
         for transport in self.transports:
             if transport is not None:
-                transport.abort()
+                sockets.reset(transport)
         self.close()

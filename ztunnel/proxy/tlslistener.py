@@ -17,9 +17,10 @@ import errno
 import logging
 import socket
 import ssl
-import struct
 from collections.abc import Callable
 from typing import Protocol, cast
+
+from ztunnel.proxy import sockets
 
 log = logging.getLogger("ztunnel.proxy")
 
@@ -141,6 +142,6 @@ def _over(protocol: Closing) -> None:
 def _reset(conn: socket.socket) -> None:
     """Close with RST: the client learns at once, and no TIME_WAIT is left here."""
     try:
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, sockets.LINGER_ZERO)
     finally:
         conn.close()

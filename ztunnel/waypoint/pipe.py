@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ztunnel.hbone.connection import HboneConnection
+from ztunnel.proxy import sockets
 
 
 class PipeReset(ConnectionError):
@@ -143,7 +144,7 @@ class SocketPipe:
             self.writer.write_eof()
 
     def abort(self) -> None:
-        self.writer.transport.abort()
+        sockets.reset(self.writer.transport)
 
 
 class IdleTimer:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +30,21 @@ from tests.waiting import until
 from ztunnel.identity import revocation
 from ztunnel.proxy.relay import Tunnel
 from ztunnel.proxy.splice import Held, Splice
+
+# The destination's labels for a client → server connection.
+DST_LABELS = {
+    "reporter": "destination",
+    "source_workload": "client",
+    "source_workload_namespace": "mesh",
+    "source_principal": "spiffe://cluster.local/ns/mesh/sa/client",
+    "destination_workload": "server",
+    "destination_workload_namespace": "mesh",
+    "destination_principal": "spiffe://cluster.local/ns/mesh/sa/server",
+    "destination_service": "unknown",
+    "request_protocol": "tcp",
+    "response_flags": "-",
+    "connection_security_policy": "mutual_tls",
+}
 
 
 def run(state_dir: Path, body: Callable[[Mesh], Awaitable[None]]) -> None:
@@ -63,19 +80,7 @@ def test_metrics_count_the_connection_with_principals(state_dir: Path) -> None:
     async def body(m: Mesh) -> None:
         await roundtrip(m, b"hello")
         await asyncio.sleep(0.05)
-        labels = {
-            "reporter": "destination",
-            "source_workload": "client",
-            "source_workload_namespace": "mesh",
-            "source_principal": "spiffe://cluster.local/ns/mesh/sa/client",
-            "destination_workload": "server",
-            "destination_workload_namespace": "mesh",
-            "destination_principal": "spiffe://cluster.local/ns/mesh/sa/server",
-            "destination_service": "unknown",
-            "request_protocol": "tcp",
-            "response_flags": "-",
-            "connection_security_policy": "mutual_tls",
-        }
+        labels = DST_LABELS
         assert m.metric("node2", "istio_tcp_connections_opened_total", **labels) == 1
         assert m.metric("node2", "istio_tcp_connections_closed_total", **labels) == 1
         assert m.metric("node2", "istio_tcp_received_bytes_total", **labels) == 5
@@ -176,8 +181,8 @@ def test_a_crl_cuts_open_tunnels_to_a_revoked_peer_and_refuses_new_ones(
         assert await reader.readexactly(4) == b"OPEN"
         try:
             revocation.follow(revoking, m.managers["node1"].ca_pems(), lambda: None)
-            with contextlib.suppress(ConnectionResetError):  # reset or closed: cut either way
-                assert await asyncio.wait_for(reader.read(), 5) == b"", "the tunnel went on"
+            with pytest.raises(ConnectionResetError):  # cut, not ended cleanly
+                await asyncio.wait_for(reader.read(), 5)
             writer.close()
             _, writer, code = await m.socks(m.server)
             writer.close()
@@ -284,8 +289,8 @@ def test_policy_change_closes_an_open_connection(state_dir: Path) -> None:
                 "spec": {"action": "DENY", "rules": [{}]},
             }
         )
-        rest = await asyncio.wait_for(reader.read(), 5)
-        assert rest == b""  # closed (reset) without the echo's |EOF
+        with pytest.raises(ConnectionResetError):  # reset: never the echo's clean |EOF
+            await asyncio.wait_for(reader.read(), 5)
         writer.close()
 
     run(state_dir, body)
@@ -295,6 +300,68 @@ def test_non_mesh_destination_is_passed_through_in_plaintext(state_dir: Path) ->
     async def body(m: Mesh) -> None:
         assert await roundtrip(m, b"plain", (m.plain_ip, ECHO_PORT)) == b"PLAIN|EOF"
         assert m.proxies["node1"].pool.dials == 0
+
+    run(state_dir, body)
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+@pytest.mark.parametrize("where", ["mesh", "passthrough"])
+def test_a_reset_on_one_side_is_a_reset_on_the_other_not_a_clean_end(
+    state_dir: Path, where: str
+) -> None:
+    """C-4 regression: a relay ended the other side with `abort()`, which only discards buffers,
+    so an RST from the server reached the client as a clean EOF: a truncated reply looked
+    complete. Both ways, through HBONE and through passthrough, the RST must come out as one."""
+
+    async def body(m: Mesh) -> None:
+        seen: asyncio.Queue[str] = asyncio.Queue()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if await reader.read(100) == b"reset me":
+                writer.write(b"partial")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                _reset(writer)
+                return
+            try:
+                seen.put_nowait("eof" if await reader.read(100) == b"" else "data")
+            except ConnectionResetError:
+                seen.put_nowait("reset")
+
+        ip = m.server_ip if where == "mesh" else m.plain_ip
+        server = await asyncio.start_server(handle, ip, 9100)
+        reader, writer, code = await m.socks((ip, 9100))
+        assert code == 0
+        writer.write(b"reset me")
+        assert await reader.read(100) == b"partial"
+        with pytest.raises(ConnectionResetError):
+            await reader.read(100)  # was b"": a clean end
+        writer.close()
+
+        reader, writer, code = await m.socks((ip, 9100))
+        writer.write(b"hello")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        _reset(writer)
+        assert await asyncio.wait_for(seen.get(), 5) == "reset"  # was "eof"
+
+        # Both connections are freed on both proxies and counted as closed, not as rejected.
+        await until(lambda: not m.proxies["node1"].active and not m.proxies["node2"].active)
+        if where == "mesh":
+            assert m.metric("node2", "istio_tcp_connections_closed_total", **DST_LABELS) == 2
+        assert not any(
+            s.name.startswith("ambientmesh_ztunnel_rejections")
+            for node in ("node1", "node2")
+            for f in m.registries[node].collect()
+            for s in f.samples
+            if s.value
+        )
+        server.close()
 
     run(state_dir, body)
 
@@ -414,8 +481,8 @@ def test_a_connection_ends_when_the_certificate_it_was_authenticated_with_expire
             assert code == 0
             writer.write(b"early")
             assert await reader.readexactly(5) == b"EARLY"
-            rest = await asyncio.wait_for(reader.read(), 10)  # expiry comes within ~6 s
-            assert rest == b""
+            with pytest.raises(ConnectionResetError):  # cut: expiry comes within ~6 s
+                await asyncio.wait_for(reader.read(), 10)
             writer.close()
             assert await roundtrip(m, b"fresh") == b"FRESH|EOF"  # a new connection works
 
