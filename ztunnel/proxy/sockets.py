@@ -38,7 +38,7 @@ def listener(host: str, port: int, *, transparent: bool) -> socket.socket:
     return sock
 
 
-def reset(transport: asyncio.BaseTransport) -> None:
+def reset(transport: asyncio.WriteTransport) -> None:
     """Close with an RST (SO_LINGER 0) rather than a FIN: `abort()` alone only discards the
     buffers, and the peer would read a reset as a clean end of data, a truncation it cannot see."""
     sock = transport.get_extra_info("socket")
