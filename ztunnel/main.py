@@ -38,6 +38,7 @@ from ztunnel.config.client import ClientMetrics, ConfigClient
 from ztunnel.identity import revocation
 from ztunnel.identity.manager import CertificateManager
 from ztunnel.metrics import ProxyMetrics
+from ztunnel.proxy import overload
 from ztunnel.proxy.server import Proxy, ProxySettings
 from ztunnel.state import workloads
 from ztunnel.state.workloads import Snapshot
@@ -72,6 +73,8 @@ class Settings:
     trust_domain: str | None = None
     """Kubernetes: from the command line. Local: the cluster's."""
     workload_cert_ttl_s: int | None = None
+    memory_limit_bytes: int = 0
+    """Weigh RSS against this for load shedding (L-6); 0: the container's cgroup limit, if any."""
 
 
 def workload_dump(snapshot: Snapshot | None) -> list[dict[str, Any]]:
@@ -122,6 +125,12 @@ class Ztunnel:
         self.snapshot: Snapshot | None = None
         self.proxy: Proxy | None = None
         self._last_status: dict[str, Any] = {}
+        self.memory = overload.sampler(settings.memory_limit_bytes)
+        limit = settings.memory_limit_bytes
+        log.info(
+            "memory shedding: %s",
+            f"RSS against {limit >> 20} MiB" if limit else "against the cgroup's limit, if any",
+        )
 
     def waiting_for(self) -> list[str]:
         pending = []
@@ -278,6 +287,7 @@ class Ztunnel:
                 log.info("proxy listening: %s", self.proxy.ports)
             if self.proxy is not None:
                 await self.proxy.sync_hbone_listeners()
+                self.proxy.on_memory(self.memory())
             self.write_status()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), POLL_S)
@@ -312,6 +322,12 @@ def parse_args(argv: list[str]) -> Settings:
         default=None,
         help="static config: a Kubernetes List YAML instead of the store",
     )
+    parser.add_argument(
+        "--memory-limit-mib",
+        type=int,
+        default=0,
+        help="shed load as RSS nears this (default: the container's cgroup memory limit)",
+    )
     add_kubernetes_flags(parser)
     parser.add_argument(
         "--no-transparent",
@@ -337,6 +353,7 @@ def parse_args(argv: list[str]) -> Settings:
         ca_bundle=args.ca_bundle,
         trust_domain=args.trust_domain,
         workload_cert_ttl_s=args.workload_cert_ttl,
+        memory_limit_bytes=args.memory_limit_mib << 20,
     )
 
 

@@ -88,6 +88,18 @@ class ProxyMetrics:
             ["direction"],
             registry=registry,
         )
+        self.memory_stage = Gauge(
+            "ambientmesh_ztunnel_memory_stage",
+            "Memory overload stage: 0 normal, 1 idle connections closed, 2 new work refused, "
+            "3 heaviest connections reset",
+            registry=registry,
+        )
+        self.shed = Counter(
+            "ambientmesh_ztunnel_memory_shed",
+            "What memory pressure made ztunnel do: idle HBONE connections closed, resets",
+            ["action"],
+            registry=registry,
+        )
 
     def _of(self, labels: ConnLabels) -> tuple[Any, Any, Any, Any]:
         children = self._children.get(labels)

@@ -18,6 +18,7 @@ from ztunnel.hbone.connection import HboneConnection
 from ztunnel.identity import verify
 from ztunnel.identity.manager import CertificateManager
 from ztunnel.metrics import ConnLabels, ProxyMetrics
+from ztunnel.proxy import overload
 from ztunnel.proxy.pool import Pool, PoolKey
 from ztunnel.proxy.relay import Tunnel
 from ztunnel.proxy.splice import Held, Splice
@@ -82,6 +83,7 @@ class _Active:
     labels: ConnLabels
     abort: Callable[[str], None]
     recheck: Callable[[Snapshot | None], str | None] | None = None
+    cost: Callable[[], int] = lambda: 0  # bytes it buffers, for shedding the heaviest (L-6)
 
 
 def _labels_for(
@@ -127,6 +129,7 @@ class ProxyCore:
         self.hbone: dict[str, _HboneListener] = {}
         self.hbone_in = 0  # inbound HBONE connections, handshaking or open
         self.draining = False
+        self.memory = overload.Stage.NORMAL
         certs.on_expired.append(self.pool.drop_identity)
 
     def _spawn(self, coro: Any) -> None:
@@ -134,27 +137,51 @@ class ProxyCore:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _full(self) -> bool:
+    def _refusal(self) -> str | None:
+        """Why new work is refused now, if it is: memory pressure or the connection cap."""
+        if self.memory >= overload.Stage.REFUSE_NEW:
+            return "memory_pressure"
         used = len(self.active) + len(self._tasks) + self.hbone_in
-        return used >= self.settings.max_connections
+        return "overloaded" if used >= self.settings.max_connections else None
 
     def _over_capacity(self, held: Held, direction: str) -> bool:
-        if not self._full():
+        if (reason := self._refusal()) is None:
             return False
-        self.metrics.reject(direction, "overloaded")
+        self.metrics.reject(direction, reason)
         held.refuse()
         return True
 
     # The HBONE listeners' gatekeeper (tlslistener.Gatekeeper): refused before TLS when full.
     def admit(self) -> bool:
-        if self._full():
-            self.metrics.reject("inbound", "overloaded")
+        if (reason := self._refusal()) is not None:
+            self.metrics.reject("inbound", reason)
             return False
         self.hbone_in += 1
         return True
 
     def release(self) -> None:
         self.hbone_in -= 1
+
+    def on_memory(self, usage: overload.Usage | None) -> None:
+        """A housekeeping tick's memory sample (L-6): enter the stage it calls for and shed."""
+        stage = overload.stage_of(usage)
+        if stage != self.memory:
+            log.warning(
+                "memory %s: %s",
+                f"{usage.fraction:.0%} of the limit" if usage else "unknown",
+                stage.name.lower() if stage else "back to normal",
+            )
+            self.memory = stage
+            self.metrics.memory_stage.set(stage)
+        if usage is None or stage < overload.Stage.CLOSE_IDLE:
+            return
+        self.metrics.shed.labels(action="close_idle").inc(self.pool.close_idle())
+        if stage < overload.Stage.RESET_HEAVIEST:
+            return
+        costs = ((key, record.cost()) for key, record in self.active.items())
+        for key in overload.heaviest(costs, overload.excess(usage)):
+            self.active[key].abort("memory pressure")
+            self.metrics.shed.labels(action="reset").inc()
 
     def _track(self, key: int, record: _Active) -> None:
         self.active[key] = record
@@ -179,6 +206,7 @@ class ProxyCore:
             )
 
         tunnel.on_close = closed
+        record.cost = tunnel.cost
         self._track(key, record)
 
     def _splice(
@@ -204,7 +232,7 @@ class ProxyCore:
             error=s.error,
             detail=detail,
         )
-        self._track(key_id, _Active(direction, labels, splice.abort, recheck))
+        self._track(key_id, _Active(direction, labels, splice.abort, recheck, splice.cost))
         held.handoff(splice.halves[0])
         self._spawn(self._connect_splice(splice, sock, held))
 

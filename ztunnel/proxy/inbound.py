@@ -120,8 +120,8 @@ class InboundProxy(ProxyCore):
             # retires this connection and opens one to the instance that replaces us.
             conn.reset(request.stream_id, ErrorCodes.REFUSED_STREAM)
             return
-        if self._full():
-            self.metrics.reject("inbound", "overloaded")
+        if (reason := self._refusal()) is not None:
+            self.metrics.reject("inbound", reason)
             conn.respond(request.stream_id, 503, end=True)
             return
         target_ip, target_port = p.parse_authority(request.authority)

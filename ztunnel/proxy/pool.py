@@ -85,6 +85,18 @@ class Pool:
             for conn in self._conns.pop(key):
                 conn.goaway(reason="certificate gone")
 
+    def close_idle(self) -> int:
+        """GOAWAY to every pooled connection without streams (memory pressure, L-6): the next
+        stream dials again. Returns how many were closed."""
+        closed = 0
+        for key, conns in list(self._conns.items()):
+            idle = [c for c in conns if not c.handlers]
+            for conn in idle:
+                conn.goaway(reason="memory pressure")
+            self._conns[key] = [c for c in conns if c.handlers]
+            closed += len(idle)
+        return closed
+
     def close(self) -> None:
         for conn in self.connections():
             conn.goaway(reason="shutting down")

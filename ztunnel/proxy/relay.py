@@ -158,6 +158,11 @@ class Tunnel(asyncio.Protocol):
         if self.tcp is not None:
             self.tcp.pause_reading()
 
+    def cost(self) -> int:
+        """Bytes this tunnel holds in memory: waiting for the stream's window or the socket."""
+        held = len(self._pending) + len(self._early) + len(self._fresh or b"")
+        return held + (self.tcp.get_write_buffer_size() if self.tcp is not None else 0)
+
     # --- internals ------------------------------------------------------------------------------
 
     def _pump(self) -> None:

@@ -174,6 +174,11 @@ class Splice:
             sockets.reset(other)  # a reset on one side is a reset on the other
         self.close()
 
+    def cost(self) -> int:
+        """Bytes held in memory: written to a side that has not taken them yet."""
+        early = len(self.early[0]) + len(self.early[1])
+        return early + sum(t.get_write_buffer_size() for t in self.transports if t is not None)
+
     def close(self) -> None:
         if self._done:
             return
