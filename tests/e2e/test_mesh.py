@@ -15,7 +15,7 @@ import pytest
 from cryptography import x509
 
 from controller.ca import authority
-from localcluster import naming, pods, system, teardown
+from localcluster import naming, pods, system, teardown, topology
 from localcluster.cluster import Cluster
 from localcluster.netns import http_get_in
 from tests.support import (
@@ -208,6 +208,47 @@ def test_client_source_port_15008_regression(mesh: dict[str, str]) -> None:
         mesh["server"],
     )
     assert done.stdout.split() == ["15009"]
+
+
+ZTUNNEL_PORTS = (15001, 15006, 15008, 15080, 15000, 15020, 15021)
+KNOCK = str(Path(__file__).with_name("knock.py"))
+
+
+def _knock(cluster: str, pod: str, ips: list[str]) -> dict[str, str]:
+    targets = [f"{ip}:{port}" for ip in ips for port in ZTUNNEL_PORTS]
+    done = ambientctl(cluster, "exec", pod, "--", "python3", KNOCK, *targets, timeout=120)
+    result: dict[str, str] = json.loads(done.stdout)
+    return result
+
+
+def test_capture_bypass_matrix(mesh: dict[str, str]) -> None:
+    """C-6, after ztunnel's `malicious_calls_inpod`: from a meshed and from an unmeshed pod,
+    every ztunnel port at ztunnel's own address and at meshed pods. Only metrics and readiness
+    answer (Prometheus and the kubelet need them); admin and the SOCKS5 entry are loopback only
+    (regression: the SOCKS5 entry listened on every address); a meshed pod's ports are
+    ztunnel's self-calls; plaintext on 15008 gets no answer."""
+    cluster = mesh["cluster"]
+    zt = topology.plan_node(1).ztunnel_ip  # node1's: where client, local and old run
+    answering = {f"{zt}:15020", f"{zt}:15021"}
+    self_calls_before = _self_calls(cluster)
+    for pod in ("mesh/client", "plain/old"):
+        seen = _knock(cluster, pod, [zt, mesh["server"], mesh["local"]])
+        for target, outcome in seen.items():
+            if target in answering:
+                assert outcome.startswith("reply HTTP/1.1"), (pod, target, outcome)
+            else:
+                assert not outcome.startswith("reply"), (pod, target, outcome)
+        assert seen[f"{zt}:15000"] == seen[f"{zt}:15080"] == "refused", (pod, seen)
+    assert _self_calls(cluster) > self_calls_before  # refused at the destination as H-4
+
+
+def _self_calls(cluster: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for node in ("node1", "node2")
+        for line in metrics(cluster, node).splitlines()
+        if line.startswith("ambientmesh_ztunnel_rejections_total") and "self_call" in line
+    )
 
 
 def _apply(cluster: str, doc: Mapping[str, object]) -> None:

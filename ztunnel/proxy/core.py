@@ -43,7 +43,7 @@ class ProxySettings:
     inbound_plain_port: int = ports.ZTUNNEL_INBOUND_PLAINTEXT
     hbone_port: int = ports.HBONE
     socks_port: int = 0
-    """SOCKS5 test entry (ztunnel: 15080); 0 = off."""
+    """SOCKS5 test entry (ztunnel: 15080), on 127.0.0.1 of ztunnel's netns; 0 = off."""
     transparent: bool = True
     """IP_TRANSPARENT on listeners and inbound dials (needs CAP_NET_ADMIN)."""
     original_source: bool = True

@@ -25,14 +25,17 @@ class Proxy(OutboundProxy, InboundProxy):
     async def start(self) -> None:
         s = self.settings
         specs = [
-            ("outbound", s.outbound_port, self._on_outbound),
-            ("inbound_plain", s.inbound_plain_port, self._on_inbound_plain),
+            ("outbound", s.listen_ip, s.outbound_port, self._on_outbound),
+            ("inbound_plain", s.listen_ip, s.inbound_plain_port, self._on_inbound_plain),
         ]
         if s.socks_port:
-            specs.append(("socks5", s.socks_port, self._on_socks))
+            # Loopback only, as ztunnel's: from a pod it would be an entry that no capture put
+            # there (RELIABILITY C-6; a regression test pins it).
+            specs.append(("socks5", "127.0.0.1", s.socks_port, self._on_socks))
         loop = asyncio.get_running_loop()
-        for name, port, on_made in specs:
-            sock = sockets.listener(s.listen_ip, port, transparent=s.transparent)
+        for name, ip, port, on_made in specs:
+            transparent = s.transparent and name != "socks5"
+            sock = sockets.listener(ip, port, transparent=transparent)
             server = await loop.create_server(lambda cb=on_made: Held(cb), sock=sock)  # type: ignore[misc]
             self.servers.append(server)
             self.ports[name] = server.sockets[0].getsockname()[1]
