@@ -23,12 +23,13 @@ def test_a_slow_reader_holds_at_most_a_stream_window_in_each_ztunnel() -> None:
         async with mesh() as m:
             got: asyncio.Future[tuple[int, str]] = asyncio.get_running_loop().create_future()
 
-            async def slow(reader: asyncio.StreamReader, _: asyncio.StreamWriter) -> None:
+            async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
                 digest, n = hashlib.sha256(), 0
                 while data := await reader.read(64 * 1024):
                     digest.update(data)
                     n += len(data)
                     await asyncio.sleep(0.001)  # ~64 MB/s at most: the sender is faster
+                writer.close()
                 got.set_result((n, digest.hexdigest()))
 
             server = await asyncio.start_server(slow, m.server_ip, 9102)

@@ -200,6 +200,8 @@ def test_the_connection_buffering_the_most_is_reset_and_a_light_one_lives() -> N
         assert await light_reader.readexactly(9) == b"AND AGAIN"
         light.close()
         heavy.close()
+        for writer in stalled:
+            writer.close()
         server.close()
 
     run(body)

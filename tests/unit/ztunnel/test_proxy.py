@@ -332,6 +332,7 @@ def test_a_reset_on_one_side_is_a_reset_on_the_other_not_a_clean_end(
                 seen.put_nowait("eof" if await reader.read(100) == b"" else "data")
             except ConnectionResetError:
                 seen.put_nowait("reset")
+            writer.close()
 
         ip = m.server_ip if where == "mesh" else m.plain_ip
         server = await asyncio.start_server(handle, ip, 9100)
