@@ -134,7 +134,13 @@ class Agent:
         for ip, ifindex in self.datapath.enrolled_ips().items():
             # Pinned state from before a restart: replace the programs on those veths now, so
             # they run the code of this agent, without a gap.
-            self._attach_pod(ifindex)
+            try:
+                self._attach_pod(ifindex)
+            except OSError as exc:  # F-2: the pod went while no agent ran (its veth with it)
+                self.datapath.unenroll(ip)
+                self.metrics.errors.labels(reason="stale_pinned_pod").inc()
+                log.warning("pinned pod %s (ifindex %d) is gone: %s; released", ip, ifindex, exc)
+                continue
             self.captured[ip] = Captured("", ip, ifindex, "")
         log.info(
             "datapath ready on %s (%d pods from pinned state)",
@@ -212,7 +218,7 @@ class Agent:
         try:
             self._attach_pod(ifindex)  # programs first, then the map entry that activates them
             self.datapath.enroll(ip, ifindex)
-        except (OSError, RuntimeError) as exc:  # NetlinkError is an OSError; full map: E2BIG
+        except (OSError, RuntimeError) as exc:  # attach raises OSError; a full map: E2BIG
             self.metrics.errors.labels(reason="attach_failed").inc()
             log.error("pod %s (%s): %s", name, ip, exc)  # noqa: TRY400 - one line per pod
             return
@@ -263,7 +269,12 @@ class Agent:
                 Hook(None, c.ifindex, EGRESS, "pod_in"),
             )
             if any(attach.attached_name(h) != h.name for h in hooks):
-                self._attach_pod(c.ifindex)
+                try:
+                    self._attach_pod(c.ifindex)
+                except OSError as exc:  # its veth went with the pod: the next reconcile releases it
+                    self.metrics.errors.labels(reason="repair_failed").inc()
+                    log.warning("pod %s (%s): cannot repair: %s", c.name or ip, ip, exc)
+                    continue
                 self.metrics.drift.labels(kind="pod_filter").inc()
                 repairs += 1
             if ip not in in_map:

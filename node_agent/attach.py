@@ -64,6 +64,15 @@ def _ipr(netns: str | None) -> Iterator[IPRoute]:
 
 
 def attach(hook: Hook, fd: int) -> None:
+    """Attach (or atomically replace) our program on the hook. Raises OSError (pyroute2's
+    NetlinkError is not one), e.g. ENODEV when the veth is gone."""
+    try:
+        _attach(hook, fd)
+    except NetlinkError as exc:
+        raise OSError(exc.code, f"tc {hook.name} on ifindex {hook.ifindex}: {exc}") from exc
+
+
+def _attach(hook: Hook, fd: int) -> None:
     with _ipr(hook.netns) as ipr:
         try:
             ipr.tc("add", "clsact", hook.ifindex)

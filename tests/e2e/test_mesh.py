@@ -19,8 +19,10 @@ from localcluster import naming, pods, system, teardown, topology
 from localcluster.cluster import Cluster
 from localcluster.netns import http_get_in
 from tests.support import (
+    AMBIENTCTL,
     ambientctl,
     exec_background,
+    get_json,
     leftovers,
     namespace_manifest,
     pod_manifest,
@@ -398,6 +400,76 @@ def test_node_agent_sigkill_during_a_transfer_interrupts_nothing(mesh: dict[str,
         10,
         "agents back",
     )
+
+
+def _pod(cluster: str, name: str) -> dict[str, str]:
+    pod = get_json(cluster, "pods", "-n", "mesh")["items"]
+    found = next(p for p in pod if p["metadata"]["name"] == name)
+    return {"uid": found["metadata"]["uid"], "ip": found["status"]["podIP"]}
+
+
+def test_pods_deleted_and_added_while_the_agent_is_down_are_reconciled(
+    mesh: dict[str, str],
+) -> None:
+    """F-2: while node1's agent is down (frozen, then killed), a meshed pod is deleted and
+    another takes its IP (IPAM gives the lowest free). The restarted agent, starting from the
+    pinned map, releases the deleted pod and enrolls the new one, whose traffic is meshed.
+    Regression: the restarted agent crash-looped on the deleted pod's vanished veth (ENODEV
+    from tc; pyroute2's NetlinkError is not an OSError), so no new pod on the node started."""
+    cluster = mesh["cluster"]
+    store = Cluster(cluster).store
+    manifest = pod_manifest("gone", "mesh", ECHO, node="node1", service_account="gone")
+    ambientctl(cluster, "apply", "-f", "-", stdin=manifest)
+    gone = _pod(cluster, "gone")
+
+    def captured() -> set[str]:
+        return set(system.agent_status(store, "node1").get("captured", {}))
+
+    wait_for(lambda: gone["uid"] in captured(), 10, "gone enrolled")
+    pid = pods.container_pid(store.system_dir("node-agent-node1"), "node-agent-node1")
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        ambientctl(cluster, "delete", "pod", "gone", "-n", "mesh")
+        # `apply` starts an enrolled pod only once its agent captured it (fail closed, as
+        # Istio's CNI plugin): it waits for the restarted agent.
+        creating = subprocess.Popen(
+            [AMBIENTCTL, "apply", "-f", "-", "--cluster", cluster],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert creating.stdin is not None
+        creating.stdin.write(
+            pod_manifest("fresh", "mesh", ECHO, node="node1", service_account="fresh")
+        )
+        creating.stdin.close()
+        time.sleep(1.5)  # committed, addressed, waiting for capture
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    assert creating.wait(30) == 0, creating.stdout.read() if creating.stdout else ""
+    fresh = _pod(cluster, "fresh")
+    assert fresh["ip"] == gone["ip"]
+    try:
+        wait_for(
+            lambda: fresh["uid"] in captured() and gone["uid"] not in captured(),
+            15,
+            "the restarted agent's reconcile",
+        )
+        assert system.agent_status(store, "node1")["ready"]
+        wait_for(lambda: curl(cluster, "mesh/client", fresh["ip"]) == "200", 10, "fresh serving")
+        opened = [
+            line
+            for line in metrics(cluster, "node1").splitlines()
+            if line.startswith("istio_tcp_connections_opened_total")
+            and 'reporter="destination"' in line
+            and 'destination_workload="fresh"' in line
+            and 'connection_security_policy="mutual_tls"' in line
+        ]
+        assert opened, "the new pod's traffic went through ztunnel over mTLS"
+    finally:
+        ambientctl(cluster, "delete", "pod", "fresh", "-n", "mesh")
 
 
 def test_drift_is_detected_and_repaired(mesh: dict[str, str]) -> None:
