@@ -304,6 +304,39 @@ def test_non_mesh_destination_is_passed_through_in_plaintext(state_dir: Path) ->
     run(state_dir, body)
 
 
+@pytest.mark.parametrize("where", ["mesh", "passthrough"])
+def test_the_server_closing_first_leaves_the_client_direction_open(
+    state_dir: Path, where: str
+) -> None:
+    """C-3, the other way from `roundtrip`: the server answers and sends FIN at once, then
+    reads on; the client sees the end of the reply and can still send until its own EOF."""
+
+    async def body(m: Mesh) -> None:
+        received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readexactly(5)  # both tunnels are up: the FIN crosses them as END_STREAM
+            writer.write(b"bye")
+            writer.write_eof()
+            received.set_result(await reader.read())
+            writer.close()
+
+        ip = m.server_ip if where == "mesh" else m.plain_ip
+        server = await asyncio.start_server(handle, ip, 9103)
+        reader, writer, code = await m.socks((ip, 9103))
+        assert code == 0
+        writer.write(b"hello")
+        assert await asyncio.wait_for(reader.read(), 5) == b"bye"  # FIN arrived
+        await asyncio.sleep(0.05)
+        writer.write(b"after your FIN")
+        writer.write_eof()
+        assert await asyncio.wait_for(received, 5) == b"after your FIN"
+        writer.close()
+        server.close()
+
+    run(state_dir, body)
+
+
 def _reset(writer: asyncio.StreamWriter) -> None:
     sock = writer.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
