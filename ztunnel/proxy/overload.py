@@ -11,7 +11,7 @@ The stages are Envoy's overload actions, in its order, by memory used of the lim
 
 "Used" is what the OOM killer weighs: the container's memory cgroup working set (usage minus
 inactive file pages, kubelet's eviction signal) against its limit, cgroup v2 or v1. With no
-cgroup limit, an explicit limit (`--memory-limit`) is weighed against this process's RSS; with
+cgroup limit, an explicit limit (`--memory-limit-mib`) is weighed against this process's RSS; with
 neither, shedding is off. Everything here but the readers is pure.
 """
 
