@@ -162,6 +162,17 @@ class Mesh:
         return reader, writer, reply[1]
 
 
+async def roundtrip(m: Mesh, payload: bytes, target: tuple[str, int] | None = None) -> bytes:
+    """Through node1's SOCKS5 entry: send `payload`, half-close, read the whole answer."""
+    reader, writer, code = await m.socks(target or m.server)
+    assert code == 0
+    writer.write(payload)
+    writer.write_eof()  # half-close: the server answers after our EOF
+    data = await reader.read()
+    writer.close()
+    return data
+
+
 async def refused_before_tls(address: tuple[str, int]) -> bytes:
     """What a client sending the first bytes of a ClientHello gets back: b"RST" when reset
     (at connect or after), b"" at a clean close; a ServerHello would be bytes."""

@@ -24,6 +24,7 @@ from tests.unit.ztunnel.harness import (
     Mesh,
     mesh,
     refused_before_tls,
+    roundtrip,
     workloads_identity,
 )
 from tests.waiting import until
@@ -55,16 +56,6 @@ def run(state_dir: Path, body: Callable[[Mesh], Awaitable[None]]) -> None:
             await asyncio.wait_for(body(m), 30)
 
     asyncio.run(main())
-
-
-async def roundtrip(m: Mesh, payload: bytes, target: tuple[str, int] | None = None) -> bytes:
-    reader, writer, code = await m.socks(target or m.server)
-    assert code == 0
-    writer.write(payload)
-    writer.write_eof()  # half-close: the server answers after our EOF
-    data = await reader.read()
-    writer.close()
-    return data
 
 
 def test_bytes_cross_intact_both_ways_and_the_server_sees_the_client_ip(state_dir: Path) -> None:
