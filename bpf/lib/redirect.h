@@ -35,7 +35,10 @@ static __always_inline int from_pod(struct __sk_buff *skb)
 /**
  * to_pod() - tc egress of an enrolled pod's host veth: what comes for the pod goes to ztunnel,
  * unless ztunnel itself sends it (its dials to the pod and its answers) — except HBONE between
- * two pods of this node, which ztunnel sends to itself and must get back.
+ * two pods of this node, which ztunnel sends to itself and must get back: to a local pod's
+ * 15008, and answers *from* a local pod's 15008. An answer from port 15008 of any other
+ * address is ztunnel's outbound socket answering the pod (regression: those were sent back to
+ * ztunnel, so a meshed pod could not connect to a remote 15008).
  * bpf_redirect() to ztunnel's host veth needs the destination MAC of ztunnel's eth0.
  */
 static __always_inline int to_pod(struct __sk_buff *skb)
@@ -52,7 +55,7 @@ static __always_inline int to_pod(struct __sk_buff *skb)
 	if (!cfg || !cfg->zt_ifindex)
 		return count(V_DROP_NO_CONFIG, TC_ACT_SHOT);
 	if (skb->ingress_ifindex == cfg->zt_ifindex && f.dport != bpf_htons(HBONE_PORT) &&
-	    f.sport != bpf_htons(HBONE_PORT))
+	    !(f.sport == bpf_htons(HBONE_PORT) && enrolled.lookup(&f.saddr)))
 		return count(V_PASS_FROM_ZTUNNEL, TC_ACT_OK);
 	if (bpf_skb_store_bytes(skb, 0, cfg->zt_mac, 6, 0))
 		return count(V_DROP_NO_CONFIG, TC_ACT_SHOT);

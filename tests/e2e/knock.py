@@ -1,5 +1,6 @@
-"""Run inside a pod: for each ip:port, what a client gets — `refused`, `cut` (reset, closed or
-dropped: no answer) or `reply <status line>` — as a JSON object (RELIABILITY C-6)."""
+"""Run inside a pod: for each ip:port, what a client gets — `refused`, `timeout` (dropped: no
+answer at all), `reset`, `closed` (a clean end, no bytes) or `reply <status line>` — as a JSON
+object (RELIABILITY C-6)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,18 @@ import sys
 
 def knock(ip: str, port: int) -> str:
     try:
-        sock = socket.create_connection((ip, port), timeout=2)
-    except ConnectionRefusedError:
-        return "refused"
-    except OSError:
-        return "cut"  # reset during the handshake, or dropped (timeout)
-    with sock:
-        try:
+        with socket.create_connection((ip, port), timeout=2) as sock:
             sock.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
             data = sock.recv(200)
-        except OSError:
-            return "cut"
-    return "reply " + data.split(b"\r\n")[0].decode(errors="replace") if data else "cut"
+    except ConnectionRefusedError:
+        return "refused"
+    except ConnectionResetError:
+        return "reset"
+    except TimeoutError:
+        return "timeout"
+    except OSError as exc:
+        return f"error {exc.errno}"
+    return "reply " + data.split(b"\r\n")[0].decode(errors="replace") if data else "closed"
 
 
 if __name__ == "__main__":

@@ -228,7 +228,9 @@ def test_capture_bypass_matrix(mesh: dict[str, str]) -> None:
     every ztunnel port at ztunnel's own address and at meshed pods. Only metrics and readiness
     answer (Prometheus and the kubelet need them); admin and the SOCKS5 entry are loopback only
     (regression: the SOCKS5 entry listened on every address); a meshed pod's ports are
-    ztunnel's self-calls; plaintext on 15008 gets no answer."""
+    ztunnel's self-calls; plaintext to a peer's 15008 is refused, not left to time out
+    (regression: it timed out, see the test below). Plaintext to a pod of the client's own
+    node's 15008 is still dropped (ARCHITECTURE.md, ports)."""
     cluster = mesh["cluster"]
     zt = topology.plan_node(1).ztunnel_ip  # node1's: where client, local and old run
     answering = {f"{zt}:15020", f"{zt}:15021"}
@@ -241,7 +243,43 @@ def test_capture_bypass_matrix(mesh: dict[str, str]) -> None:
             else:
                 assert not outcome.startswith("reply"), (pod, target, outcome)
         assert seen[f"{zt}:15000"] == seen[f"{zt}:15080"] == "refused", (pod, seen)
+        assert seen[f"{zt}:15008"] == "refused", (pod, seen)
+        if pod == "mesh/client":
+            assert seen[f"{mesh['server']}:15008"] == "reset", seen
     assert _self_calls(cluster) > self_calls_before  # refused at the destination as H-4
+
+
+def test_meshed_pod_reaches_port_15008_outside_the_mesh_regression(mesh: dict[str, str]) -> None:
+    """ztunnel's outbound socket answers a meshed pod from the destination's address and port.
+    Answers from port 15008 were all taken for HBONE between two pods of one node and sent back
+    to ztunnel, so a meshed pod's connection to any 15008 hung (found by the C-6 matrix)."""
+    cluster = mesh["cluster"]
+    server = exec_background(
+        cluster, "plain/old2", "python3", "-m", "samples.tcpecho", "serve", "15008"
+    )
+    try:
+
+        def echoed() -> bool:
+            done = ambientctl(
+                cluster,
+                "exec",
+                "mesh/client",
+                "--",
+                "python3",
+                "-m",
+                "samples.tcpecho",
+                "stream",
+                mesh["old2"],
+                "15008",
+                "0.2",
+                check=False,
+            )
+            return done.stdout.startswith("OK")
+
+        wait_for(echoed, 10, "an echo from 15008 outside the mesh")
+    finally:
+        server.kill()
+        server.wait(5)
 
 
 def _self_calls(cluster: str) -> float:

@@ -13,6 +13,7 @@ from localcluster import naming, teardown
 from tests.bpf_testrun import IPPROTO_UDP, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, packet, run
 
 POD, PEER, OTHER, ZT = "10.244.1.3", "10.244.2.3", "10.244.1.9", "10.244.1.2"
+NEIGHBOUR = "10.244.1.4"  # another enrolled pod of the node
 ZT_IFINDEX = 4242
 
 
@@ -21,6 +22,7 @@ def datapath(cluster_name: str) -> Iterator[Datapath]:
     dp = compile_datapath(naming.bpf_pin_dir(cluster_name) / "node1")
     dp.configure(zt_ifindex=ZT_IFINDEX, zt_ip=ZT, zt_mac="02:00:00:00:00:0a", mark=0x5A0)
     dp.enroll(POD, 7)
+    dp.enroll(NEIGHBOUR, 8)
     try:
         yield dp
     finally:
@@ -49,19 +51,29 @@ def test_pod_out(
 
 
 @pytest.mark.parametrize(
-    ("sport", "dport", "ingress", "expected", "verdict"),
+    ("src", "sport", "dport", "ingress", "expected", "verdict"),
     [
-        (40000, 8080, 0, TC_ACT_REDIRECT, Verdict.REDIRECT_IN),  # from elsewhere → ztunnel
-        (40000, 8080, ZT_IFINDEX, TC_ACT_OK, Verdict.PASS_FROM_ZTUNNEL),  # ztunnel dials the pod
-        (40000, 15008, ZT_IFINDEX, TC_ACT_REDIRECT, Verdict.REDIRECT_IN),  # same-node HBONE
-        (15008, 40000, ZT_IFINDEX, TC_ACT_REDIRECT, Verdict.REDIRECT_IN),  # its answers
+        (PEER, 40000, 8080, 0, TC_ACT_REDIRECT, Verdict.REDIRECT_IN),  # from elsewhere → ztunnel
+        (PEER, 40000, 8080, ZT_IFINDEX, TC_ACT_OK, Verdict.PASS_FROM_ZTUNNEL),  # ztunnel dials
+        (NEIGHBOUR, 40000, 15008, ZT_IFINDEX, TC_ACT_REDIRECT, Verdict.REDIRECT_IN),  # HBONE in
+        (NEIGHBOUR, 15008, 40000, ZT_IFINDEX, TC_ACT_REDIRECT, Verdict.REDIRECT_IN),  # its answers
+        # ztunnel's outbound socket answering the pod for a remote 15008 (regression: sent
+        # back to ztunnel as if it were same-node HBONE, so the pod never connected)
+        (PEER, 15008, 40000, ZT_IFINDEX, TC_ACT_OK, Verdict.PASS_FROM_ZTUNNEL),
+        (ZT, 15008, 40000, ZT_IFINDEX, TC_ACT_OK, Verdict.PASS_FROM_ZTUNNEL),  # ... or its own
     ],
 )
 def test_pod_in(
-    datapath: Datapath, sport: int, dport: int, ingress: int, expected: int, verdict: Verdict
+    datapath: Datapath,
+    src: str,
+    sport: int,
+    dport: int,
+    ingress: int,
+    expected: int,
+    verdict: Verdict,
 ) -> None:
     before = counted(datapath, verdict)
-    data = packet(PEER, POD, sport, dport)
+    data = packet(src, POD, sport, dport)
     assert run(datapath.fds["pod_in"], data, ingress_ifindex=ingress) == expected
     assert counted(datapath, verdict) == before + 1
 
