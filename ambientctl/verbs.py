@@ -264,7 +264,7 @@ def status(args: argparse.Namespace) -> int:
                         p["node"],
                         p["serviceAccount"],
                         "yes" if p["enrolled"] else "no",
-                        "yes" if p["redirected"] else "no",
+                        _redirected(p),
                         p["netns"],
                     ]
                     for p in report["pods"]
@@ -285,6 +285,12 @@ def status(args: argparse.Namespace) -> int:
     )
     _print_config(report["config"])
     return 0
+
+
+def _redirected(pod: dict[str, Any]) -> str:
+    if pod["redirected"]:
+        return "yes"
+    return f"no ({pod['pending']})" if pod.get("pending") else "no"
 
 
 def _print_config(config: dict[str, Any]) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
+import os
 import re
 import socket
 from dataclasses import dataclass
@@ -56,8 +58,13 @@ class Datapath:
         return self.bpf[b"enrolled"]
 
     def enroll(self, ip: str, ifindex: int) -> None:
+        """Raises OSError with the kernel's errno: E2BIG when the map is full (MAX_PODS)."""
         table = self.enrolled
-        table[ip_key(ip)] = table.Leaf(ifindex, 0)
+        try:
+            table[ip_key(ip)] = table.Leaf(ifindex, 0)
+        except Exception as exc:  # BCC raises a bare Exception for any failed update
+            code = ctypes.get_errno() or errno.EIO  # libbcc is loaded with use_errno
+            raise OSError(code, f"enrolled map: {os.strerror(code)}") from exc
 
     def unenroll(self, ip: str) -> None:
         with contextlib.suppress(KeyError):

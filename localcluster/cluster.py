@@ -200,13 +200,15 @@ class Cluster:
             return
         uid, node = pod["metadata"]["uid"], pod["spec"]["nodeName"]
         deadline = time.monotonic() + CAPTURE_TIMEOUT_S
-        while uid not in system.agent_status(self.store, node).get("captured", {}):
+        while uid not in (status := system.agent_status(self.store, node)).get("captured", {}):
             if time.monotonic() > deadline:
                 ref = pods.pod_ref(self.name, pod)
+                why = status.get("pending", {}).get(pod["status"]["podIP"])
                 raise ClusterError(
                     f"pod {ref} is enrolled but the node agent of {node} did not capture it "
-                    f"within {CAPTURE_TIMEOUT_S:.0f}s; its containers were not started (fail "
-                    f"closed). See: ambientctl logs {system.SYSTEM_NAMESPACE}/node-agent-{node}"
+                    f"within {CAPTURE_TIMEOUT_S:.0f}s{f' ({why})' if why else ''}; its "
+                    f"containers were not started (fail closed). See: ambientctl logs "
+                    f"{system.SYSTEM_NAMESPACE}/node-agent-{node}"
                 )
             time.sleep(0.05)
 
@@ -233,11 +235,12 @@ class Cluster:
 
     def pod_rows(self, objects: ObjectSet) -> list[dict[str, Any]]:
         rows = []
-        captured: dict[str, dict[str, Any]] = {}
+        agents: dict[str, dict[str, Any]] = {}
         for pod in objects.list("Pod"):
             node = pod["spec"]["nodeName"]
-            if node not in captured:
-                captured[node] = system.agent_status(self.store, node).get("captured", {})
+            if node not in agents:
+                agents[node] = system.agent_status(self.store, node)
+            agent = agents[node]
             ref = pods.pod_ref(self.name, pod)
             ns_obj = objects.get(ObjectRef("Namespace", "", ref.namespace))
             seen = pods.observed(self.store, ref)
@@ -250,7 +253,9 @@ class Cluster:
                     "serviceAccount": pod["spec"]["serviceAccountName"],
                     "labels": pod["metadata"].get("labels") or {},
                     "enrolled": ambient.enrolled(pod, ns_obj),
-                    "redirected": pod["metadata"]["uid"] in captured[node],
+                    "redirected": pod["metadata"]["uid"] in agent.get("captured", {}),
+                    # why the agent could not redirect it yet (F-13: `map_full`, ...)
+                    "pending": agent.get("pending", {}).get(pod["status"]["podIP"], ""),
                     "status": pods.phase(seen, kernel.exists(ref.netns)),
                     "restarts": sum(c["restarts"] for c in seen["containers"].values()),
                     "netns": ref.netns,

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -90,6 +91,11 @@ class AgentMetrics:
         self.verdicts = Gauge(
             "ambientmesh_datapath_verdicts", "Datapath packets by verdict", ["verdict"], registry=r
         )
+        self.pending = Gauge(
+            "ambientmesh_node_agent_pending_pods",
+            "Enrolled pods of the node not redirected yet (retried every drift interval)",
+            registry=r,
+        )
 
 
 def desired_pods(objects: ObjectSet, node: str) -> dict[str, Mapping[str, Any]]:
@@ -112,9 +118,13 @@ class Agent:
         self.metrics = metrics or AgentMetrics()
         self.datapath: Datapath | None = None
         self.captured: dict[str, Captured] = {}
+        # Pods the last reconcile could not capture, with why: retried (`retry_due`), shown in
+        # the status and counted (F-13: a full map is surfaced, never silently dropped).
+        self.pending: dict[str, str] = {}
         self.ready = False
         self._lock_file: Any = None
         self._last_drift = 0.0
+        self._last_retry = 0.0
 
     # --- start --------------------------------------------------------------------------------
 
@@ -199,33 +209,42 @@ class Agent:
         holders = (
             discover.netns_holding_all(set(new)) if new and self.settings.reserve_pod_ports else {}
         )
+        self.pending.clear()
         for ip, pod in new.items():
-            self._capture(ip, pod, holders.get(ip))
+            problem = self._capture(ip, pod, holders.get(ip))
+            if problem:
+                self.pending[ip] = problem
         self.metrics.reconciles.inc()
         self.metrics.enrolled.set(len(self.captured))
+        self.metrics.pending.set(len(self.pending))
         self.metrics.duration.set(time.monotonic() - started)
         self.ready = True
 
-    def _capture(self, ip: str, pod: Mapping[str, Any], netns: str | None = None) -> None:
-        """`netns`: the pod's network namespace, when ztunnel's ports are to be reserved in it."""
+    def _capture(self, ip: str, pod: Mapping[str, Any], netns: str | None = None) -> str:
+        """Returns "" once captured, else the reason (counted and logged).
+        `netns`: the pod's network namespace, when ztunnel's ports are to be reserved in it."""
         assert self.datapath is not None
         name = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
         ifindex = attach.pod_veth(ip)
         if ifindex is None:
-            self.metrics.errors.labels(reason="veth_not_found").inc()
             log.warning("pod %s (%s): no route to its veth; not enrolled yet", name, ip)
-            return
+            return self._not_captured("veth_not_found")
         try:
             self._attach_pod(ifindex)  # programs first, then the map entry that activates them
             self.datapath.enroll(ip, ifindex)
-        except (OSError, RuntimeError) as exc:  # attach raises OSError; a full map: E2BIG
-            self.metrics.errors.labels(reason="attach_failed").inc()
+        except (OSError, RuntimeError) as exc:
             log.error("pod %s (%s): %s", name, ip, exc)  # noqa: TRY400 - one line per pod
-            return
+            full = isinstance(exc, OSError) and exc.errno in (errno.E2BIG, errno.ENOSPC)
+            return self._not_captured("map_full" if full else "attach_failed")
         self.captured[ip] = Captured(pod["metadata"]["uid"], ip, ifindex, name)
         log.info("enrolled %s (%s, ifindex %d)", name, ip, ifindex)
         if self.settings.reserve_pod_ports:
             self._reserve_ports(netns, name)
+        return ""
+
+    def _not_captured(self, reason: str) -> str:
+        self.metrics.errors.labels(reason=reason).inc()
+        return reason
 
     def _reserve_ports(self, netns: str | None, name: str) -> None:
         """Keep ztunnel's ports out of the pod's ephemeral range (`ports.POD_RESERVED_PORTS`),
@@ -249,6 +268,14 @@ class Agent:
         log.info("un-enrolled %s (%s)", gone.name or ip, ip)
 
     # --- drift ----------------------------------------------------------------------------------
+
+    def retry_due(self) -> bool:
+        """Pending pods are retried at the drift interval: a full map may have room again."""
+        now = time.monotonic()
+        if not self.pending or now - self._last_retry < self.settings.drift_interval_s:
+            return False
+        self._last_retry = now
+        return True
 
     def check_drift(self, force: bool = False) -> int:
         """Repair what someone else removed (F-3); returns the number of repairs."""
@@ -278,7 +305,12 @@ class Agent:
                 self.metrics.drift.labels(kind="pod_filter").inc()
                 repairs += 1
             if ip not in in_map:
-                self.datapath.enroll(ip, c.ifindex)
+                try:
+                    self.datapath.enroll(ip, c.ifindex)
+                except OSError as exc:  # the map filled up meanwhile (someone else's entries)
+                    self.metrics.errors.labels(reason="repair_failed").inc()
+                    log.warning("pod %s (%s): cannot repair: %s", c.name or ip, ip, exc)
+                    continue
                 self.metrics.drift.labels(kind="map_entry").inc()
                 repairs += 1
         if repairs:
@@ -295,6 +327,7 @@ class Agent:
         return {
             "node": self.settings.node,
             "ready": self.ready,
+            "pending": dict(self.pending),
             "captured": {
                 c.uid: {"ip": c.ip, "ifindex": c.ifindex, "pod": c.name}
                 for c in self.captured.values()

@@ -61,7 +61,7 @@ def step(agent: Agent, cache: Cache, last: int) -> int:
     """One pass: reconcile on a new source revision, repair drift, publish status. Returns the
     revision reconciled."""
     objects = cache.current()
-    if objects is not None and (objects.revision != last or not agent.ready):
+    if objects is not None and (objects.revision != last or not agent.ready or agent.retry_due()):
         agent.reconcile(objects)
         agent.write_status()
         last = objects.revision
