@@ -32,7 +32,7 @@ from bpf.loader import Datapath, compile_datapath
 from localcluster import netns as kernel
 from localcluster.pods import RESERVED_PORTS_SYSCTL
 from localcluster.store import ObjectSet
-from node_agent import attach, discover
+from node_agent import attach, bpffs, discover
 from node_agent.attach import EGRESS, INGRESS, Hook
 
 log = logging.getLogger("node_agent")
@@ -122,6 +122,7 @@ class Agent:
         # the status and counted (F-13: a full map is surfaced, never silently dropped).
         self.pending: dict[str, str] = {}
         self.ready = False
+        self.problem = ""  # why the agent cannot start (F-13: no bpffs, a load failure), if so
         self._lock_file: Any = None
         self._last_drift = 0.0
         self._last_retry = 0.0
@@ -139,6 +140,7 @@ class Agent:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX)
 
     def start(self) -> None:
+        bpffs.ensure(self.settings.pin_dir)
         self.datapath = compile_datapath(self.settings.pin_dir)
         self._setup_ztunnel()
         for ip, ifindex in self.datapath.enrolled_ips().items():
@@ -320,13 +322,13 @@ class Agent:
     # --- status ---------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        assert self.datapath is not None
-        verdicts = self.datapath.verdicts()
+        verdicts = self.datapath.verdicts() if self.datapath else {}
         for name, value in verdicts.items():
             self.metrics.verdicts.labels(verdict=name).set(value)
         return {
             "node": self.settings.node,
             "ready": self.ready,
+            "problem": self.problem,
             "pending": dict(self.pending),
             "captured": {
                 c.uid: {"ip": c.ip, "ifindex": c.ifindex, "pod": c.name}

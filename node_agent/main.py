@@ -32,6 +32,7 @@ from sources.base import Cache
 log = logging.getLogger("node_agent")
 
 POLL_S = 0.1
+START_RETRY_S = 2.0
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -125,16 +126,16 @@ async def run(args: argparse.Namespace) -> int:
     agent = Agent(settings)
     # Netlink work is synchronous (pyroute2's IPRoute runs its own loop): keep it off ours.
     await asyncio.to_thread(agent.acquire_lock)
-    await asyncio.to_thread(agent.start)
 
     async def metrics(request: http1.Request) -> http1.Response:
         if request.target == "/healthz/ready":
             # Ready once the datapath is rebuilt and every pod of the node reconciled (after a
             # reboot wiped the pins too): the DaemonSet's readiness gate.
             ok = agent.ready
+            why = f"not ready: {agent.problem or 'reconciling'}\n".encode()
             return http1.Response(
                 HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE,
-                b"ready\n" if ok else b"not ready: reconciling\n",
+                b"ready\n" if ok else why,
                 "text/plain",
             )
         if request.target != "/metrics":
@@ -144,6 +145,10 @@ async def run(args: argparse.Namespace) -> int:
         return http1.Response(HTTPStatus.OK, body, CONTENT_TYPE_LATEST)
 
     server = await http1.serve(metrics, "0.0.0.0", ports.NODE_AGENT_METRICS)  # noqa: S104 - node netns
+    if not await _start(agent, stop):
+        watching.cancel()
+        server.close()
+        return 0
     last = -1
     while not stop.is_set():
         last = await asyncio.to_thread(step, agent, cache, last)
@@ -167,6 +172,29 @@ async def run(args: argparse.Namespace) -> int:
     server.close()
     log.info("exiting; the datapath stays attached")
     return 0
+
+
+async def _start(agent: Agent, stop: threading.Event) -> bool:
+    """Builds the datapath, retrying until it works or the agent is stopped (False). Until then
+    the agent stays up and unready, and says why (F-13: no bpffs, a kernel that refuses the
+    programs); pinned programs from an earlier agent keep serving the pods meanwhile."""
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(agent.start)
+        except Exception as exc:  # BCC raises bare Exceptions; whatever the cause, retry
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            if reason != agent.problem:  # one line per distinct reason, not per attempt
+                log.error("cannot start the datapath: %s (retrying)", reason)  # noqa: TRY400
+            agent.problem = reason
+            agent.metrics.errors.labels(reason="start_failed").inc()
+            agent.write_status()
+            await asyncio.sleep(START_RETRY_S)
+            continue
+        if agent.problem:
+            log.info("datapath started after: %s", agent.problem)
+        agent.problem = ""
+        return True
+    return False
 
 
 def cleanup(settings: AgentSettings) -> None:

@@ -6,11 +6,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
-from bpf.loader import compile_datapath
-from localcluster import naming, pods
+from api import ports
+from bpf.loader import Datapath, compile_datapath
+from localcluster import naming, pods, system
 from localcluster.cluster import Cluster
+from localcluster.netns import http_get_in
 from tests.support import ambientctl, namespace_manifest, pod_manifest, wait_for
 
 
@@ -23,6 +28,17 @@ def _pod(cluster: str, name: str) -> dict[str, Any]:
 def _agent_pid(cluster: str) -> int | None:
     store = Cluster(cluster).store
     return pods.container_pid(store.system_dir("node-agent-node1"), "node-agent-node1")
+
+
+def _fill(datapath: Datapath, filler: list[str]) -> OSError:
+    """Enrolls made-up addresses until the kernel refuses one (MAX_PODS); returns its error."""
+    while True:
+        ip = f"10.99.{len(filler) // 250}.{len(filler) % 250 + 1}"
+        try:
+            datapath.enroll(ip, 1)
+        except OSError as exc:
+            return exc
+        filler.append(ip)
 
 
 def test_a_full_pod_map_is_counted_shown_and_retried_not_a_crash(cluster: str) -> None:
@@ -39,14 +55,7 @@ def test_a_full_pod_map_is_counted_shown_and_retried_not_a_crash(cluster: str) -
     datapath = compile_datapath(naming.bpf_pin_dir(cluster) / "node1")
     filler: list[str] = []
     try:
-        while True:  # MAX_PODS entries: the kernel refuses the next with E2BIG
-            ip = f"10.99.{len(filler) // 250}.{len(filler) % 250 + 1}"
-            try:
-                datapath.enroll(ip, 1)
-            except OSError as exc:
-                assert exc.errno == errno.E2BIG, exc
-                break
-            filler.append(ip)
+        assert _fill(datapath, filler).errno == errno.E2BIG
         ambientctl(cluster, "label", "namespace", "app", "istio.io/dataplane-mode=ambient")
         wait_for(lambda: _pod(cluster, "a")["pending"] == "map_full", 10, "map_full shown")
         shown = ambientctl(cluster, "status").stdout
@@ -65,3 +74,55 @@ def test_a_full_pod_map_is_counted_shown_and_retried_not_a_crash(cluster: str) -
         for ip in filler:
             with contextlib.suppress(KeyError):
                 datapath.unenroll(ip)
+
+
+def test_without_bpffs_the_agent_stays_up_unready_says_why_and_starts_once_mounted(
+    cluster: str, tmp_path: Path
+) -> None:
+    """Before: BCC's "Failed to compile BPF module" killed the agent at every start, and
+    nothing said that bpffs was missing. An agent whose pin directory is not on bpffs (nor
+    under /sys/fs/bpf, which it would mount itself) serves its readiness and metrics, says
+    why it is not ready, and starts as soon as the directory is on bpffs."""
+    c = Cluster(cluster)
+    node_ns = naming.node_netns(cluster, "node1")
+    comps = {x.name: x for x in system.components(cluster, c.nodes())}
+    system.stop(c.store, comps["node-agent-node1"])  # one agent per node (its tc hooks)
+    pins = tmp_path / "pins"
+    pins.mkdir()
+    argv = ["--cluster", cluster, "--node", "node1", "--pin-dir", str(pins)]
+    argv += ["--run-dir", str(tmp_path / "run")]
+    agent = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{node_ns}", sys.executable, "-m", "node_agent.main", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    mounted = False
+
+    def readiness() -> tuple[int, str]:
+        try:
+            code, body = http_get_in(
+                node_ns, "127.0.0.1", ports.NODE_AGENT_METRICS, "/healthz/ready"
+            )
+        except OSError:
+            return 0, ""
+        return code, body.decode()
+
+    try:
+        wait_for(lambda: readiness()[0] == 503, 15, "the agent answering, unready")
+        assert "is not on bpffs" in readiness()[1]
+        text = ambientctl(cluster, "metrics", "node-agent-node1").stdout
+        assert 'ambientmesh_node_agent_reconcile_errors_total{reason="start_failed"}' in text
+        assert agent.poll() is None
+        subprocess.run(["mount", "-t", "bpf", "bpf", str(pins)], check=True)
+        mounted = True
+        wait_for(lambda: readiness()[0] == 200, 15, "ready once bpffs is there")
+        assert any(pins.iterdir())  # its maps, pinned
+    finally:
+        agent.terminate()
+        out, _ = agent.communicate(timeout=10)
+        if mounted:
+            subprocess.run(["umount", str(pins)], check=True)
+    assert agent.returncode == 0, out
+    assert out.count("cannot start the datapath") == 1, out  # once per reason, not per retry
+    ambientctl(cluster, "up")  # the cluster's own agent back (teardown checks its pins)
