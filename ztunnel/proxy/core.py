@@ -164,15 +164,7 @@ class ProxyCore:
 
     def on_memory(self, usage: overload.Usage | None) -> None:
         """A housekeeping tick's memory sample (L-6): enter the stage it calls for and shed."""
-        stage = overload.stage_of(usage)
-        if stage != self.memory:
-            log.warning(
-                "memory %s: %s",
-                f"{usage.fraction:.0%} of the limit" if usage else "unknown",
-                stage.name.lower() if stage else "back to normal",
-            )
-            self.memory = stage
-            self.metrics.memory_stage.set(stage)
+        stage = self.memory = overload.follow(self.memory, usage, self.metrics.memory_stage, log)
         if usage is None or stage < overload.Stage.CLOSE_IDLE:
             return
         self.metrics.shed.labels(action="close_idle").inc(self.pool.close_idle())

@@ -12,17 +12,20 @@ The stages are Envoy's overload actions, in its order, by memory used of the lim
 "Used" is what the OOM killer weighs: the container's memory cgroup working set (usage minus
 inactive file pages, kubelet's eviction signal) against its limit, cgroup v2 or v1. With no
 cgroup limit, an explicit limit (`--memory-limit-mib`) is weighed against this process's RSS; with
-neither, shedding is off. Everything here but the readers is pure.
+neither, shedding is off. Everything here but the readers (and `follow`'s log line) is pure.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 from typing import TypeVar
+
+from prometheus_client import Gauge
 
 K = TypeVar("K")
 
@@ -57,6 +60,19 @@ def stage_of(usage: Usage | None) -> Stage:
         if usage.fraction >= threshold:
             return stage
     return Stage.NORMAL
+
+
+def follow(current: Stage, usage: Usage | None, gauge: Gauge, log: logging.Logger) -> Stage:
+    """The stage a sample calls for; a change of stage is logged and published on `gauge`."""
+    stage = stage_of(usage)
+    if stage != current:
+        log.warning(
+            "memory %s: %s",
+            f"{usage.fraction:.0%} of the limit" if usage else "unknown",
+            stage.name.lower() if stage else "back to normal",
+        )
+        gauge.set(stage)
+    return stage
 
 
 def excess(usage: Usage) -> int:

@@ -36,6 +36,7 @@ from ztunnel.config.client import ClientMetrics
 from ztunnel.identity import revocation
 from ztunnel.identity.manager import CertificateManager
 from ztunnel.metrics import ProxyMetrics
+from ztunnel.proxy import overload
 from ztunnel.waypoint import state as waypoint_state
 from ztunnel.waypoint.metrics import RequestMetrics
 from ztunnel.waypoint.proxy import WaypointProxy, WaypointSettings
@@ -61,6 +62,7 @@ class Settings:
     proxy: WaypointSettings = field(default_factory=WaypointSettings)
     drain_s: float = 5.0
     access_log: bool = False
+    memory_limit_bytes: int = 0  # 0: the cgroup's limit, if any (ztunnel.proxy.overload)
 
 
 class Waypoint:
@@ -78,6 +80,7 @@ class Waypoint:
         self.identity = SpiffeId(self.trust_domain, settings.namespace, settings.service_account)
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
+        self.memory = overload.sampler(settings.memory_limit_bytes)
         self.request_metrics = RequestMetrics(self.registry, access_log=settings.access_log)
         self.tcp_metrics = ProxyMetrics(self.registry)
         self.config_metrics = ClientMetrics(self.registry)
@@ -158,6 +161,7 @@ class Waypoint:
                 )
             if self.proxy is not None:
                 await self.proxy.sync()
+                self.proxy.on_memory(self.memory())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), POLL_S)
         if self.proxy is not None:
@@ -182,6 +186,12 @@ def parse_args(argv: list[str]) -> Settings:
     parser.add_argument(
         "--access-log", action="store_true", help="log every request (off by default, as Istio)"
     )
+    parser.add_argument(
+        "--memory-limit-mib",
+        type=int,
+        default=0,
+        help="shed load as RSS nears this (default: the container's cgroup memory limit)",
+    )
     add_kubernetes_flags(parser)
     args = parser.parse_args(argv)
     for flag in ("namespace", "pod", "service_account"):
@@ -201,6 +211,7 @@ def parse_args(argv: list[str]) -> Settings:
         workload_cert_ttl_s=args.workload_cert_ttl,
         drain_s=args.drain,
         access_log=args.access_log,
+        memory_limit_bytes=args.memory_limit_mib << 20,
     )
 
 

@@ -30,7 +30,7 @@ from ztunnel.hbone.connection import HboneConnection
 from ztunnel.identity import verify
 from ztunnel.identity.manager import CertificateManager
 from ztunnel.metrics import ConnLabels, ProxyMetrics
-from ztunnel.proxy import pool, sockets
+from ztunnel.proxy import overload, pool, sockets
 from ztunnel.proxy.pool import Pool, PoolKey
 from ztunnel.proxy.tlslistener import TlsListener
 from ztunnel.state.policy import Connection, Decision
@@ -101,6 +101,7 @@ class WaypointProxy:
         self._conns: set[HboneConnection] = set()
         self._held = 0  # connections admitted by the listener and not yet over
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.memory = overload.Stage.NORMAL
 
     # --- listener --------------------------------------------------------------------------------
 
@@ -156,11 +157,31 @@ class WaypointProxy:
     # The listener's gatekeeper (tlslistener.Gatekeeper): a connection past the cap is refused
     # before TLS. Connections (handshaking or open) count with tunnels.
     def admit(self) -> bool:
-        if self._held + len(self._tasks) >= self.settings.max_tunnels:
-            self.tcp_metrics.reject("waypoint", "overloaded")
+        if (reason := self._refusal(0)) is not None:
+            self.tcp_metrics.reject("waypoint", reason)
             return False
         self._held += 1
         return True
+
+    def _refusal(self, held: int) -> str | None:
+        """Why new work is refused now, if it is (`held`: counted already, past the cap)."""
+        if self.memory >= overload.Stage.REFUSE_NEW:
+            return "memory_pressure"
+        return (
+            "overloaded"
+            if self._held + len(self._tasks) - held >= self.settings.max_tunnels
+            else None
+        )
+
+    def on_memory(self, usage: overload.Usage | None) -> None:
+        """A tick's memory sample (RELIABILITY L-6), as ztunnel's `ProxyCore.on_memory`: idle
+        upstream connections close from 90 %, new connections and tunnels are refused from
+        95 %. The heaviest tunnels are not reset here (ztunnel's third stage)."""
+        stage = self.memory = overload.follow(
+            self.memory, usage, self.tcp_metrics.memory_stage, log
+        )
+        if stage >= overload.Stage.CLOSE_IDLE:
+            self.tcp_metrics.shed.labels(action="close_idle").inc(self.pool.close_idle())
 
     def release(self) -> None:
         self._held -= 1
@@ -186,14 +207,12 @@ class WaypointProxy:
         state = self.state()
         ip, port = p.parse_authority(request.authority)
         target = decide.resolve(state, ip, port) if state else "no_config"
-        if self._held + len(self._tasks) > self.settings.max_tunnels:  # this one is held
-            target = "overloaded"
+        target = self._refusal(1) or target  # this connection is held already
         if isinstance(target, str):
             self.tcp_metrics.reject("waypoint", target)
             log.info("tunnel to %s refused: %s", request.authority, target)
-            conn.respond(
-                request.stream_id, 503 if target in ("no_config", "overloaded") else 400, end=True
-            )
+            unavailable = target in ("no_config", "overloaded", "memory_pressure")
+            conn.respond(request.stream_id, 503 if unavailable else 400, end=True)
             return
         stream = HboneStream()
         conn.register(request.stream_id, stream)

@@ -23,6 +23,7 @@ from tests.waiting import until
 from ztunnel.identity import schedule
 from ztunnel.identity.manager import CertificateManager, WorkloadCertificate
 from ztunnel.metrics import ProxyMetrics
+from ztunnel.proxy import overload
 from ztunnel.waypoint.metrics import RequestMetrics
 from ztunnel.waypoint.proxy import WaypointProxy, WaypointSettings
 
@@ -134,6 +135,44 @@ def test_past_its_cap_the_waypoint_refuses_before_tls_and_failed_handshakes_are_
         _, held = await asyncio.open_connection(*address)  # handshaking: holds the only slot
         await until(lambda: proxy._held == 1)
         assert await refused_before_tls(address) == b"RST"
+        held.close()
+        await proxy.close(0.1)
+
+    asyncio.run(main())
+
+
+def rejections(proxy: WaypointProxy, reason: str) -> float:
+    return sum(
+        sample.value
+        for metric in proxy.tcp_metrics.rejected.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total") and sample.labels["reason"] == reason
+    )
+
+
+def gauge(proxy: WaypointProxy) -> float:
+    (metric,) = proxy.tcp_metrics.memory_stage.collect()
+    return float(metric.samples[0].value)
+
+
+def test_under_memory_pressure_the_waypoint_refuses_before_tls_and_recovers() -> None:
+    """L-6: from 95 % of its memory limit the waypoint takes no new connection (reset before
+    TLS, counted as memory_pressure), as ztunnel does; below it, it accepts again."""
+    root, root_key = pki.root(NOW)
+    certs = Certs(certificate(root, root_key))
+
+    async def main() -> None:
+        proxy = waypoint(certs)
+        await proxy.sync()
+        address = ("127.0.0.1", proxy.port)
+        proxy.on_memory(overload.Usage(96, 100))
+        assert gauge(proxy) == overload.Stage.REFUSE_NEW
+        assert await refused_before_tls(address) == b"RST"
+        assert rejections(proxy, "memory_pressure") == 1
+        proxy.on_memory(overload.Usage(50, 100))
+        assert gauge(proxy) == overload.Stage.NORMAL
+        _, held = await asyncio.open_connection(*address)
+        await until(lambda: proxy._held == 1)  # admitted: handshaking
         held.close()
         await proxy.close(0.1)
 
