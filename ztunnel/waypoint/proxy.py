@@ -163,13 +163,17 @@ class WaypointProxy:
         self._held += 1
         return True
 
-    def _refusal(self, held: int) -> str | None:
-        """Why new work is refused now, if it is (`held`: counted already, past the cap)."""
+    def release(self) -> None:
+        self._held -= 1
+
+    def _refusal(self, counted: int) -> str | None:
+        """Why new work is refused now, if it is. `counted`: 1 when its own connection is in
+        `_held` already (a tunnel request), 0 when it is not (a connection being accepted)."""
         if self.memory >= overload.Stage.REFUSE_NEW:
             return "memory_pressure"
         return (
             "overloaded"
-            if self._held + len(self._tasks) - held >= self.settings.max_tunnels
+            if self._held + len(self._tasks) - counted >= self.settings.max_tunnels
             else None
         )
 
@@ -182,9 +186,6 @@ class WaypointProxy:
         )
         if stage >= overload.Stage.CLOSE_IDLE:
             self.tcp_metrics.shed.labels(action="close_idle").inc(self.pool.close_idle())
-
-    def release(self) -> None:
-        self._held -= 1
 
     def _verify_client(self, transport: asyncio.Transport) -> SpiffeId:
         """Any mesh identity may reach a waypoint (policy decides); only mTLS peers exist here,

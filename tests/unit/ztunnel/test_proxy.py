@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import socket
-import struct
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +27,7 @@ from tests.unit.ztunnel.harness import (
 )
 from tests.waiting import until
 from ztunnel.identity import revocation
+from ztunnel.proxy import sockets
 from ztunnel.proxy.relay import Tunnel
 from ztunnel.proxy.splice import Held, Splice
 
@@ -328,12 +327,6 @@ def test_the_server_closing_first_leaves_the_client_direction_open(
     run(state_dir, body)
 
 
-def _reset(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
-
-
 @pytest.mark.parametrize("where", ["mesh", "passthrough"])
 def test_a_reset_on_one_side_is_a_reset_on_the_other_not_a_clean_end(
     state_dir: Path, where: str
@@ -350,7 +343,7 @@ def test_a_reset_on_one_side_is_a_reset_on_the_other_not_a_clean_end(
                 writer.write(b"partial")
                 await writer.drain()
                 await asyncio.sleep(0.05)
-                _reset(writer)
+                sockets.reset(writer.transport)
                 return
             try:
                 seen.put_nowait("eof" if await reader.read(100) == b"" else "data")
@@ -372,7 +365,7 @@ def test_a_reset_on_one_side_is_a_reset_on_the_other_not_a_clean_end(
         writer.write(b"hello")
         await writer.drain()
         await asyncio.sleep(0.05)
-        _reset(writer)
+        sockets.reset(writer.transport)
         assert await asyncio.wait_for(seen.get(), 5) == "reset"  # was "eof"
 
         # Both connections are freed on both proxies and counted as closed, not as rejected.
