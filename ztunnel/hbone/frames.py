@@ -63,9 +63,28 @@ class FrameReader:
 
     def feed(self, data: bytes) -> Iterator[Frame]:
         """Frames completed by `data`. Raises FrameTooLarge (the stream is then unusable)."""
-        if data:
-            self._parts.append(memoryview(data))
-            self._have += len(data)
+        if data and not self._have and self._header is None:
+            # Nothing held back: whole frames are cut from `data` itself (a read of small
+            # messages is one or a few whole frames); only a partial tail is kept.
+            start, end = 0, len(data)
+            while end - start >= HEADER_SIZE:
+                high, low, kind, flags, stream_id = HEADER.unpack_from(data, start)
+                length = (high << 16) | low
+                if length > self.max_frame_size:
+                    raise FrameTooLarge(length, self.max_frame_size)
+                body = start + HEADER_SIZE
+                if body + length > end:
+                    break
+                header, payload = data[start:body], data[body : body + length]
+                start = body + length
+                yield Frame(length, kind, flags, stream_id & STREAM_ID_MASK, header, payload)
+            if start == end:
+                return
+        else:
+            start = 0
+        if len(data) > start:
+            self._parts.append(memoryview(data)[start:])
+            self._have += len(data) - start
         while self._have >= self._need:
             cut = self._cut(self._need)
             if self._header is None:

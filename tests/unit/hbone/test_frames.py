@@ -61,6 +61,11 @@ def test_the_reserved_bit_of_the_stream_id_is_ignored() -> None:
     raw = bytearray(hf.DataFrame(5, data=b"x").serialize())
     raw[5] |= 0x80
     assert parse_header(bytes(raw[:HEADER_SIZE]))[3] == 5
+    (whole,) = FrameReader(100).feed(bytes(raw))  # cut from the read itself
+    reader = FrameReader(100)
+    assert list(reader.feed(bytes(raw[:3]))) == []
+    (held,) = reader.feed(bytes(raw[3:]))  # cut from what was held back
+    assert whole.stream_id == held.stream_id == 5
 
 
 def test_an_oversized_frame_is_refused_at_its_header_before_its_body_is_kept() -> None:
@@ -69,6 +74,16 @@ def test_an_oversized_frame_is_refused_at_its_header_before_its_body_is_kept() -
     with pytest.raises(FrameTooLarge) as refused:
         list(reader.feed(frame[:HEADER_SIZE]))
     assert refused.value.length == 17
+
+
+def test_an_oversized_frame_behind_whole_ones_in_one_read_is_refused_after_them() -> None:
+    reader = FrameReader(max_frame_size=16)
+    small = hf.DataFrame(1, data=b"ok").serialize()
+    read = small + hf.DataFrame(1, data=b"x" * 17).serialize()[: HEADER_SIZE + 1]
+    frames = reader.feed(read)
+    assert next(frames).payload == b"ok"
+    with pytest.raises(FrameTooLarge):
+        next(frames)
 
 
 def test_a_partial_frame_is_held_until_complete() -> None:

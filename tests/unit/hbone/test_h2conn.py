@@ -12,11 +12,13 @@ import h2.config
 import h2.connection
 import h2.exceptions
 import h2.settings
+import h2.stream
 import hyperframe.frame as hf
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ztunnel.hbone import h2conn
 from ztunnel.hbone.h2conn import H2Connection
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -154,3 +156,31 @@ def test_data_payloads_arrive_whole_across_chunks() -> None:
     for i in range(0, len(stream), 7_000):
         got += b"".join(getattr(e, "data", b"") for e in conn.receive_data(stream[i : i + 7_000]))
     assert got == b"q" * 60_000
+
+
+def test_the_state_machine_steps_the_data_path_skips_are_no_ops_in_h2() -> None:
+    """DATA on an open connection and stream skips the state machines' steps h2's own tables
+    make no-ops: found in those tables, and checked here by running h2's machines."""
+    conn_states = h2.connection.ConnectionState
+    assert (
+        h2conn._SEND_DATA_NO_OP
+        == h2conn._RECV_DATA_NO_OP
+        == {
+            conn_states.CLIENT_OPEN,
+            conn_states.SERVER_OPEN,
+        }
+    )
+    stream_states = h2.stream.StreamState
+    assert {stream_states.OPEN, stream_states.HALF_CLOSED_REMOTE} == h2conn._STREAM_SEND_DATA_NO_OP
+    inputs = h2.connection.ConnectionInputs
+    for state in h2conn._SEND_DATA_NO_OP:
+        for given_input in (inputs.SEND_DATA, inputs.RECV_DATA):
+            machine = h2.connection.H2ConnectionStateMachine()
+            machine.state = state
+            assert machine.process_input(given_input) == []
+            assert machine.state == state
+    for state in h2conn._STREAM_SEND_DATA_NO_OP:
+        stream_machine = h2.stream.H2StreamStateMachine(1)
+        stream_machine.state = state
+        assert stream_machine.process_input(h2.stream.StreamInputs.SEND_DATA) == []
+        assert stream_machine.state == state

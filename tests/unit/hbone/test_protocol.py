@@ -248,7 +248,7 @@ def test_a_stream_beyond_the_limit_is_refused_alone() -> None:
 
 
 def test_fast_data_path_is_read_by_plain_h2_as_ordinary_data_frames() -> None:
-    """The DATA fast path (`send_data_frame`) against h2 itself as the peer: the same bytes, in
+    """The DATA fast path (`send_available`) against h2 itself as the peer: the same bytes, in
     order with control frames, and the same window accounting as h2's own `send_data`."""
     client = p.HboneProtocol(client=True, clock=Clock())
     client.start()
