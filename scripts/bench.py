@@ -247,7 +247,7 @@ class Bench:
             self.exec(pod, "sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=1024 65535")
         self.ztunnel_relays()
         for path, (pod, host, port) in self.paths("9000", "19000").items():
-            if not path.startswith("relay"):  # iperf only; up long before the throughput rows
+            if path != "relay":  # iperf only; up long before the throughput rows
                 self.wait_serving(pod, host, port, path)
         self.l7_setup()
 
@@ -267,18 +267,21 @@ class Bench:
         """Yardsticks placed where the ztunnels run, so that they cross the same veths.
         The eBPF row's: ztunnel's passthrough code as a plain relay in node1's ztunnel netns
         (samples.splicerelay), addressed directly by the pod that is not enrolled, for iperf
-        (16001) and the round trips (16002). The framing row's: our raw mTLS relay pair in the
-        two ztunnel netns (iperf only)."""
+        (16001) and the round trips (16002). The framing and latency rows': our raw mTLS relay
+        pair in the two ztunnel netns, for iperf (25202) and the round trips (29000)."""
         node1, node2 = Cluster(self.cluster).nodes()[:2]
         self.ip["ztunnel-node1"] = node1.ztunnel_ip
         srv = self.ip["bdirect/srv"]
         for port, target in (("16001", "5201"), ("16002", "9000")):
             argv = ["-m", "samples.splicerelay", f"{node1.ztunnel_ip}:{port}", f"{srv}:{target}"]
             self.in_ztunnel_netns("splice", node1, argv, f"splicerelay-{port}.log")
-        server = self.relay("server", f"{node2.ztunnel_ip}:6444", f"{srv}:5201")
-        client = self.relay("client", f"{node1.ztunnel_ip}:25202", f"{node2.ztunnel_ip}:6444")
-        self.in_ztunnel_netns("relay_zt", node2, server[1:], "tlsrelay-server.log")
-        self.in_ztunnel_netns("relay_zt", node1, client[1:], "tlsrelay-client.log")
+        for listen, tls_port, target in (("25202", "6444", "5201"), ("29000", "6445", "9000")):
+            server = self.relay("server", f"{node2.ztunnel_ip}:{tls_port}", f"{srv}:{target}")
+            client = self.relay(
+                "client", f"{node1.ztunnel_ip}:{listen}", f"{node2.ztunnel_ip}:{tls_port}"
+            )
+            self.in_ztunnel_netns("relay_zt", node2, server[1:], f"tlsrelay-server-{target}.log")
+            self.in_ztunnel_netns("relay_zt", node1, client[1:], f"tlsrelay-client-{target}.log")
 
     def l7_setup(self) -> None:
         """The waypoint's row: a `web` pod (nginx) behind a Service that uses the namespace's
@@ -319,10 +322,15 @@ class Bench:
             "direct": ("bdirect/cli", self.ip["bdirect/srv"], port),
             "stunnel": ("bdirect/cli", "127.0.0.1", stunnel_port),
             "mesh": ("bmesh/cli", self.ip["bmesh/srv"], port),
-            # Our own raw mTLS relay pair (iperf only): the yardstick for HBONE's framing cost,
-            # in the pods (loopback legs, as stunnel) and where the ztunnels run (veth legs).
+            # Our own raw mTLS relay pair: the yardstick for HBONE's framing cost, in the pods
+            # (loopback legs, as stunnel; iperf only) and where the ztunnels run (veth legs;
+            # iperf and the round trips: what the same Python TLS plumbing adds without HTTP/2).
             "relay": ("bdirect/cli", "127.0.0.1", "25201"),
-            "relay_zt": ("bdirect/cli", self.ip["ztunnel-node1"], "25202"),
+            "relay_zt": (
+                "bdirect/cli",
+                self.ip["ztunnel-node1"],
+                {"5201": "25202", "9000": "29000"}[port],
+            ),
             # One plaintext relay, ztunnel's passthrough code, in node1's ztunnel netns:
             # reached by the eBPF redirect (an enrolled pod to a pod outside the mesh) ...
             "passthrough": ("bmesh/cli", self.ip["bdirect/srv"], port),
@@ -591,8 +599,8 @@ class Bench:
 
 ROW_PATHS = {
     "throughput": ("direct", "stunnel", "relay", "relay_zt", "mesh"),
-    "latency": ("direct", "stunnel", "mesh"),
-    "latency_pinned": ("direct", "stunnel", "mesh"),
+    "latency": ("direct", "stunnel", "relay_zt", "mesh"),
+    "latency_pinned": ("direct", "stunnel", "relay_zt", "mesh"),
     "connrate": ("direct", "stunnel", "mesh"),
     "memory": ("stunnel", "mesh"),
     "http": ("haproxy", "waypoint"),
@@ -659,8 +667,9 @@ def report(rows: dict[str, Any], meta: dict[str, Any]) -> str:
     relay = m("throughput", "relay", "gbit_s")
     relay_zt = m("throughput", "relay_zt", "gbit_s")
     cpu = {p: m("throughput", p, "proxy_cores") for p in ("stunnel", "mesh")}
-    lat = {p: {q: m("latency", p, f"{q}_us") for q in ("p50", "p99")} for p in tp}
-    pinned = {p: {q: m("latency_pinned", p, f"{q}_us") for q in ("p50", "p99")} for p in tp}
+    lat_paths = (*tp, "relay_zt")
+    lat = {p: {q: m("latency", p, f"{q}_us") for q in ("p50", "p99")} for p in lat_paths}
+    pinned = {p: {q: m("latency_pinned", p, f"{q}_us") for q in ("p50", "p99")} for p in lat_paths}
     cr = {p: m("connrate", p, "conns_per_s") for p in tp}
     crp = {p: m("connrate", p, "parallel_conns_per_s") for p in ("stunnel", "mesh")}
     crc = {p: m("connrate", p, "conns_per_proxy_core_s") for p in ("stunnel", "mesh")}
@@ -674,11 +683,11 @@ def report(rows: dict[str, Any], meta: dict[str, Any]) -> str:
     }
     added = {
         p: {q: lat[p][q][0] - lat["direct"][q][0] for q in ("p50", "p99")}
-        for p in ("stunnel", "mesh")
+        for p in ("stunnel", "relay_zt", "mesh")
     }
     added_pinned = {
         p: {q: pinned[p][q][0] - pinned["direct"][q][0] for q in ("p50", "p99")}
-        for p in ("stunnel", "mesh")
+        for p in ("stunnel", "relay_zt", "mesh")
     }
     http = {
         p: {k: m("http", p, k) for k in ("req_per_s", "req_per_proxy_core_s", "p50_ms", "p99_ms")}
@@ -739,6 +748,19 @@ def report(rows: dict[str, Any], meta: dict[str, Any]) -> str:
         "| ≥ 5x stunnel |",
         f"| RSS per open connection, per proxy, first rep (KiB) | - | {fmt(mem['stunnel'], 1)} | "
         f"{fmt(mem['mesh'], 1)} | | ≤ 8 KiB |",
+        "",
+        "| 1 KiB RTT through our raw mTLS relay pair where the ztunnels run (the same Python "
+        "TLS plumbing, no HTTP/2) | p50 (µs) | p99 (µs) | added p50 / p99, vs the mesh's |",
+        "|---|---|---|---|",
+        *(
+            f"| {title} | {fmt(src['relay_zt']['p50'], 0)} | {fmt(src['relay_zt']['p99'], 0)} | "
+            f"{add['relay_zt']['p50']:.0f} / {add['relay_zt']['p99']:.0f} µs, vs "
+            f"{add['mesh']['p50']:.0f} / {add['mesh']['p99']:.0f} µs |"
+            for title, src, add in (
+                ("unpinned", lat, added),
+                ("chain pinned to one CPU", pinned, added_pinned),
+            )
+        ),
         "",
         "| eBPF redirect alone: one plaintext relay (ztunnel's passthrough code, in node1's "
         "ztunnel netns) | addressed directly | reached by the redirect | ratio | target |",

@@ -89,3 +89,37 @@ def test_the_handshake_row_resumes_with_the_contexts_ztunnel_uses(tmp_path: Path
     run.pki()
     result = handshake.measure(tmp_path, count=2)  # raises unless resumed ones resume
     assert set(result) == {"full_ms", "resumed_ms"}
+
+
+def test_the_report_renders_every_row_from_a_run_of_every_path() -> None:
+    keys = [
+        "gbit_s",
+        "proxy_cores",
+        "p50_us",
+        "p90_us",
+        "p99_us",
+        "conns_per_s",
+        "parallel_conns_per_s",
+        "conns_per_proxy_core_s",
+        "kib_per_conn_per_proxy",
+        "req_per_s",
+        "req_per_proxy_core_s",
+        "p50_ms",
+        "p99_ms",
+        "bpf_cores",
+        "ns_per_run",
+        "runs_per_s",
+        "send_us_per_mib",
+        "receive_us_per_mib",
+        "tls_us_per_mib",
+        "framing_share",
+        "full_ms",
+        "resumed_ms",
+    ]
+    rows = {
+        row: {path: [dict.fromkeys(keys, 2.0)] * 3 for path in paths}
+        for row, paths in bench.ROW_PATHS.items()
+    }
+    table = bench.report(rows, {"date": "d", "reps": 3, "machine": "m"})
+    assert "| chain pinned to one CPU | 2 (2-2) | 2 (2-2) | 0 / 0 µs, vs 0 / 0 µs |" in table
+    assert "1.00x haproxy" in table
