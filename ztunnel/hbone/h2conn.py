@@ -56,15 +56,17 @@ RECORD = 16 * 1024  # a TLS record's payload: smaller buffers are merged into on
 
 
 # Stream states in which a DATA frame is taken (RFC 9113 §5.1): elsewhere h2 answers it.
-_RECEIVING = frozenset({h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_LOCAL})
+# Tuples, not sets, for these per-message checks: membership in a tuple compares identity
+# first, where a set hashes the enum member with Enum.__hash__, a Python-level call.
+_RECEIVING = (h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_LOCAL)
 
 
-def _no_ops(transitions: dict[tuple[Any, Any], tuple[Any, Any]], input_: Any) -> frozenset[Any]:
+def _no_ops(transitions: dict[tuple[Any, Any], tuple[Any, Any]], input_: Any) -> tuple[Any, ...]:
     """The states in which h2's own transition table takes `input_` with no callback and no
     change of state: there, feeding it to the state machine does nothing, and it costs a
     per-message Python call (two enum hashes) the data path skips. Read from h2's tables, so
     h2 still decides which states those are."""
-    return frozenset(
+    return tuple(
         state
         for (state, given), (callback, target) in transitions.items()
         if given == input_ and callback is None and target == state

@@ -162,16 +162,11 @@ def test_the_state_machine_steps_the_data_path_skips_are_no_ops_in_h2() -> None:
     """DATA on an open connection and stream skips the state machines' steps h2's own tables
     make no-ops: found in those tables, and checked here by running h2's machines."""
     conn_states = h2.connection.ConnectionState
-    assert (
-        h2conn._SEND_DATA_NO_OP
-        == h2conn._RECV_DATA_NO_OP
-        == {
-            conn_states.CLIENT_OPEN,
-            conn_states.SERVER_OPEN,
-        }
-    )
+    opened = {conn_states.CLIENT_OPEN, conn_states.SERVER_OPEN}
+    assert set(h2conn._SEND_DATA_NO_OP) == set(h2conn._RECV_DATA_NO_OP) == opened
     stream_states = h2.stream.StreamState
-    assert {stream_states.OPEN, stream_states.HALF_CLOSED_REMOTE} == h2conn._STREAM_SEND_DATA_NO_OP
+    sending = {stream_states.OPEN, stream_states.HALF_CLOSED_REMOTE}
+    assert set(h2conn._STREAM_SEND_DATA_NO_OP) == sending
     inputs = h2.connection.ConnectionInputs
     for state in h2conn._SEND_DATA_NO_OP:
         for given_input in (inputs.SEND_DATA, inputs.RECV_DATA):

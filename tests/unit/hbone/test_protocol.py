@@ -299,3 +299,83 @@ def test_fast_data_path_on_a_closed_stream_takes_nothing() -> None:
     client.reset(sid)
     assert client.send(sid, b"late") == 0
     pump(client, server)
+
+
+def open_stream(client: p.HboneProtocol, server: p.HboneProtocol) -> int:
+    sid = client.open("10.0.0.1:80")
+    pump(client, server)
+    server.respond(sid, 200)
+    pump(client, server)
+    return sid
+
+
+def deliver(client: p.HboneProtocol, server: p.HboneProtocol, sid: int, size: int) -> int:
+    """`size` bytes in 1 KiB messages, each acknowledged by the server as it arrives (as a
+    tunnel does); returns how many the client's windows let through."""
+    sent = 0
+    while sent < size:
+        taken = client.send(sid, b"m" * min(1024, size - sent))
+        if not taken:
+            return sent
+        sent += taken
+        for event in server.receive(client.data_to_send()):
+            if isinstance(event, p.Data):
+                server.ack(event.stream_id, event.flow_controlled_length)
+        client.receive(server.data_to_send())
+    return sent
+
+
+@pytest.mark.parametrize("window", [16 * 1024, 64 * 1024, p.STREAM_WINDOW])
+def test_small_messages_with_batched_acks_never_stall_the_sender(window: int) -> None:
+    limits = p.Limits(stream_window=window, connection_window=max(window, 65_535))
+    client, server, _ = pair(limits)
+    sid = open_stream(client, server)
+    assert deliver(client, server, sid, 3 * window + 5000) == 3 * window + 5000
+
+
+def test_acks_held_for_a_stream_are_returned_when_its_peer_stops_sending() -> None:
+    """Every consumed byte reaches h2's books once the peer stops sending on a stream: a
+    regression guard for acks held back in batches (a stream that ends, or is reset, with
+    less than a batch owed would shrink the connection window for good)."""
+    client, server, _ = pair()
+    acked: list[int] = []
+    forward = server.h2.acknowledge_received_data
+
+    def spy(size: int, stream_id: int) -> None:
+        acked.append(size)
+        forward(size, stream_id)
+
+    server.h2.acknowledge_received_data = spy  # type: ignore[method-assign,assignment]
+    for round_, ending in enumerate(("end", "reset", "end"), start=1):
+        sid = open_stream(client, server)
+        assert deliver(client, server, sid, 5000) == 5000
+        assert sum(acked) == (round_ - 1) * 5000, "under a batch: held"
+        if ending == "end":
+            client.end(sid)
+        else:
+            server.reset(sid)
+        pump(client, server)
+        assert sum(acked) == round_ * 5000
+
+
+def test_an_ack_of_data_that_carried_end_stream_goes_to_h2_at_once() -> None:
+    """A peer may end a stream on its last DATA frame (h2 does): the stream's EndOfStream is
+    read before that data is consumed, and its ack must not be held for a batch that never
+    comes."""
+    server = p.HboneProtocol(client=False, clock=Clock())
+    server.start()
+    raw = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    raw.initiate_connection()
+    server.receive(raw.data_to_send())
+    raw.receive_data(server.data_to_send())
+    raw.send_headers(1, [(":method", "CONNECT"), (":authority", "10.0.0.1:80")])
+    server.receive(raw.data_to_send())
+    server.respond(1, 200)
+    raw.receive_data(server.data_to_send())
+    raw.send_data(1, b"last words", end_stream=True)
+    events = server.receive(raw.data_to_send())
+    assert [type(e) for e in events] == [p.Data, p.EndOfStream]
+    acked: list[int] = []
+    server.h2.acknowledge_received_data = lambda size, sid: acked.append(size)  # type: ignore[method-assign,assignment]
+    server.ack(1, events[0].flow_controlled_length)  # type: ignore[union-attr]
+    assert acked == [len(b"last words")]
