@@ -41,9 +41,9 @@ class Frame:
     payload: bytes
 
 
-def parse_header(header: bytes | memoryview) -> tuple[int, int, int, int]:
-    """(length, type, flags, stream id) of a 9-byte frame header."""
-    high, low, kind, flags, stream_id = HEADER.unpack(header)
+def parse_header(buffer: bytes | memoryview, offset: int = 0) -> tuple[int, int, int, int]:
+    """(length, type, flags, stream id) of the 9-byte frame header at `offset`."""
+    high, low, kind, flags, stream_id = HEADER.unpack_from(buffer, offset)
     return (high << 16) | low, kind, flags, stream_id & STREAM_ID_MASK
 
 
@@ -68,8 +68,7 @@ class FrameReader:
             # messages is one or a few whole frames); only a partial tail is kept.
             start, end = 0, len(data)
             while end - start >= HEADER_SIZE:
-                high, low, kind, flags, stream_id = HEADER.unpack_from(data, start)
-                length = (high << 16) | low
+                length, kind, flags, stream_id = parse_header(data, start)
                 if length > self.max_frame_size:
                     raise FrameTooLarge(length, self.max_frame_size)
                 body = start + HEADER_SIZE
@@ -77,7 +76,7 @@ class FrameReader:
                     break
                 header, payload = data[start:body], data[body : body + length]
                 start = body + length
-                yield Frame(length, kind, flags, stream_id & STREAM_ID_MASK, header, payload)
+                yield Frame(length, kind, flags, stream_id, header, payload)
             if start == end:
                 return
         else:
