@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import posixpath
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,14 +47,19 @@ class Request:
         return namespace_of(self.src_principal)
 
 
+_CONTROL = re.compile("[\x00-\x20]")  # controls and space: never in an origin-form path
+
+
 def normalize_path(raw: str) -> str | None:
     """The path policy matches: query and fragment cut, RFC 3986 §5.2.4 dot segments removed,
     repeated slashes merged. Encoded characters stay encoded (`%2F` is not a separator: matching
     it as one would let `/admin%2F..` reach past a rule). None for what is not an origin-form
     path (no leading slash, a backslash, control characters): the proxy answers 400."""
     path = raw.split("?", 1)[0].split("#", 1)[0]
-    if not path.startswith("/") or "\\" in path or any(ord(ch) < 0x21 for ch in path):
+    if not path.startswith("/") or "\\" in path or _CONTROL.search(path):
         return None
+    if "/." not in path and "//" not in path:
+        return path  # no dot segment and no repeated slash: already normal (most requests)
     trailing = path.endswith("/") or path.endswith("/.") or path.endswith("/..")
     normal = posixpath.normpath(path)
     if normal.startswith("//"):

@@ -108,9 +108,12 @@ def policy_request(
     path = normalize_path(target)
     if path is None:
         raise Refused(f"path {target[:100]!r} is not an origin-form path")
-    joined: dict[str, str] = {}
-    for name, value in headers:
-        joined[name] = f"{joined[name]},{value}" if name in joined else value
+    pairs = list(headers)
+    joined = dict(pairs)
+    if len(joined) < len(pairs):  # a repeated header: its values, in order, joined
+        joined = {}
+        for name, value in pairs:
+            joined[name] = f"{joined[name]},{value}" if name in joined else value
     return Request(
         src_ip=flow.src_ip,
         src_principal=flow.src_principal,
@@ -125,14 +128,13 @@ def policy_request(
 
 def forwardable(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """The end-to-end headers: hop-by-hop ones, and those `Connection` names, removed."""
-    pairs = list(headers)
-    named = {
-        token.strip().lower()
-        for name, value in pairs
-        if name == "connection"
-        for token in value.split(",")
-    }
-    return [(n, v) for n, v in pairs if n not in HOP_BY_HOP and n not in named]
+    kept, named = [], []
+    for name, value in headers:
+        if name not in HOP_BY_HOP:
+            kept.append((name, value))
+        elif name == "connection":
+            named += [token.strip().lower() for token in value.split(",")]
+    return [(n, v) for n, v in kept if n not in named] if named else kept
 
 
 def protocol_of(headers: Iterable[tuple[str, str]]) -> str:

@@ -174,9 +174,11 @@ class _Reader:
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)  # trailers have a budget of their own
-        pair = (name.decode("latin-1").lower(), value.decode("latin-1").strip(" \t"))
-        self._headers.append(pair)
+        # _count, inline: this runs for every header of every message.
+        self._size += len(name) + len(value) + 4  # trailers have a budget of their own
+        if self._size > self.max_head:
+            self._count(0)
+        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1").strip(" \t")))
 
     def on_headers_complete(self) -> None:
         version = self.parser.get_http_version()

@@ -3,9 +3,12 @@ matching and order, path normalization, and what fails closed."""
 
 from __future__ import annotations
 
+import posixpath
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ztunnel.waypoint.authz import Request, compile_l7, evaluate_l7, normalize_path
 
@@ -38,6 +41,24 @@ OTHER = "cluster.local/ns/other/sa/x"
 )
 def test_path_normalization(raw: str, normal: str | None) -> None:
     assert normalize_path(raw) == normal
+
+
+def full_normalization(path: str) -> str:
+    """What normalize_path did for every path before it returned paths without "/." or "//"
+    as they are."""
+    trailing = path.endswith(("/", "/.", "/.."))
+    normal = posixpath.normpath(path)
+    if normal.startswith("//"):
+        normal = "/" + normal.lstrip("/")
+    return normal + "/" if trailing and normal != "/" else normal
+
+
+@given(
+    st.lists(st.sampled_from(["", ".", "..", "...", "a", "b.", ".c", "%2E", "%2F.."]), max_size=6)
+)
+def test_paths_returned_as_they_are_are_the_fully_normalized_ones(segments: list[str]) -> None:
+    path = "/" + "/".join(segments)
+    assert normalize_path(path) == full_normalization(path)
 
 
 def request(
