@@ -35,13 +35,10 @@ class HboneStream:
     def __init__(self) -> None:
         self.conn: HboneConnection | None = None
         self.stream_id = 0
-        self._loop = asyncio.get_running_loop()
-        self.response: asyncio.Future[int] = self._loop.create_future()
+        self.response: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._chunks: deque[tuple[bytes, int]] = deque()
-        # The one reader's and the one writer's wait, if any (bare futures: an asyncio.Event
-        # costs twice as much per wake-up, and there is never more than one of each).
-        self._reader: asyncio.Future[None] | None = None
-        self._writer: asyncio.Future[None] | None = None
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
         self._eof = False
         self._reset: int | None = None
         self._ended = False
@@ -57,25 +54,25 @@ class HboneStream:
 
     def on_data(self, data: bytes, flow_controlled_length: int) -> None:
         self._chunks.append((data, flow_controlled_length))
-        _wake(self._reader)
+        self._readable.set()
 
     def on_end(self) -> None:
         self._eof = True
-        _wake(self._reader)
+        self._readable.set()
         self._maybe_finish()
 
     def on_reset(self, error_code: int) -> None:
         self._reset = error_code
         if not self.response.done():
             self.response.set_result(0)
-        _wake(self._reader)
-        _wake(self._writer)
+        self._readable.set()
+        self._writable.set()
 
     def on_writable(self) -> None:
-        _wake(self._writer)
+        self._writable.set()
 
     def on_write_paused(self) -> None:
-        pass  # `write` sends nothing while the connection is paused, and waits for on_writable
+        self._writable.clear()
 
     # --- Pipe ------------------------------------------------------------------------------------
 
@@ -85,11 +82,8 @@ class HboneStream:
                 raise PipeReset(f"stream reset ({self._reset})")
             if self._eof:
                 return b""
-            self._reader = self._loop.create_future()
-            try:
-                await self._reader
-            finally:
-                self._reader = None
+            self._readable.clear()
+            await self._readable.wait()
         data, size = self._chunks.popleft()
         if self.conn is not None:
             self.conn.ack(self.stream_id, size)
@@ -100,14 +94,11 @@ class HboneStream:
         while view:
             if self._reset is not None or self.conn is None:
                 raise PipeReset("stream reset")
+            self._writable.clear()
             taken = self.conn.send(self.stream_id, view) if not self.conn.write_paused else 0
             view = view[taken:]
             if view:
-                self._writer = self._loop.create_future()
-                try:
-                    await self._writer
-                finally:
-                    self._writer = None
+                await self._writable.wait()
 
     def end(self) -> None:
         if self.conn is not None and not self._ended and self._reset is None:
@@ -119,17 +110,12 @@ class HboneStream:
         if self.conn is not None and self._reset is None:
             self._reset = -1
             self.conn.reset(self.stream_id)
-            _wake(self._reader)
-            _wake(self._writer)
+            self._readable.set()
+            self._writable.set()
 
     def _maybe_finish(self) -> None:
         if self.conn is not None and self._ended and self._eof:
             self.conn.finished(self.stream_id)
-
-
-def _wake(waiter: asyncio.Future[None] | None) -> None:
-    if waiter is not None and not waiter.done():
-        waiter.set_result(None)
 
 
 class SocketPipe:
