@@ -113,6 +113,8 @@ class Controller:
         self.source = settings.source or LocalSource(ClusterStore(settings.cluster))
         self.cache = Cache(self.source.kinds)
         self.registry = CollectorRegistry()
+        if isinstance(self.source, KubeSource):
+            self.source.metrics.register(self.registry)
         self.config = ConfigServer(self.cache, self._authenticate, ConfigMetrics(self.registry))
         self.crl = CrlSource(ca_dir / CRL_FILE, self.material, CrlMetrics(self.registry))
         self.ca = CaService(

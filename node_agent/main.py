@@ -28,11 +28,15 @@ from node_agent import attach, discover
 from node_agent.agent import Agent, AgentSettings
 from sources import select
 from sources.base import Cache
+from sources.kube import KubeSource
 
 log = logging.getLogger("node_agent")
 
 POLL_S = 0.1
 START_RETRY_S = 2.0
+# How long the Kubernetes API may be unreachable before the agent reports itself unready: long
+# enough to ride out an API server restart without every node flapping.
+API_GRACE_S = 30.0
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -69,6 +73,20 @@ def step(agent: Agent, cache: Cache, last: int) -> int:
     if agent.check_drift():
         agent.write_status()
     return last
+
+
+def readiness(ready: bool, problem: str, unavailable: tuple[float, str] | None) -> tuple[bool, str]:
+    """The readiness answer: the datapath rebuilt and every pod reconciled, and the cluster's
+    state current (F-13: an unreachable API leaves the datapath as it was, and says so)."""
+    if not ready:
+        return False, f"not ready: {problem or 'reconciling'}"
+    if unavailable is not None and unavailable[0] >= API_GRACE_S:
+        seconds, reason = unavailable
+        return False, (
+            f"not ready: Kubernetes API unreachable for {seconds:.0f}s ({reason}); "
+            "the datapath keeps its last state"
+        )
+    return True, "ready"
 
 
 def _settings(args: argparse.Namespace) -> AgentSettings:
@@ -124,6 +142,8 @@ async def run(args: argparse.Namespace) -> int:
         zt_ip, path = found
         settings = replace(settings, ztunnel_netns=path)
     agent = Agent(settings)
+    if isinstance(source, KubeSource):
+        source.metrics.register(agent.metrics.registry)
     # Netlink work is synchronous (pyroute2's IPRoute runs its own loop): keep it off ours.
     await asyncio.to_thread(agent.acquire_lock)
 
@@ -131,11 +151,10 @@ async def run(args: argparse.Namespace) -> int:
         if request.target == "/healthz/ready":
             # Ready once the datapath is rebuilt and every pod of the node reconciled (after a
             # reboot wiped the pins too): the DaemonSet's readiness gate.
-            ok = agent.ready
-            why = f"not ready: {agent.problem or 'reconciling'}\n".encode()
+            ok, why = readiness(agent.ready, agent.problem, cache.unavailable())
             return http1.Response(
                 HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE,
-                b"ready\n" if ok else why,
+                f"{why}\n".encode(),
                 "text/plain",
             )
         if request.target != "/metrics":

@@ -2,14 +2,17 @@
 
 Fail closed (DESIGN decision 1): no revision is published until every watched kind has been
 listed once, so a reader never compiles config from half a cluster (a missing DENY policy would
-otherwise read as "allow").
+otherwise read as "allow"). When the source cannot reach the cluster, the last revision stays
+(RELIABILITY F-13: the datapath keeps its state) and `unavailable` says since when and why, for
+readiness and status.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from api.objects import Obj, ObjectRef
@@ -31,13 +34,15 @@ class Cache:
     """Objects by reference. Writers replace a kind (list) or apply one event (watch); readers
     get an immutable `ObjectSet` per revision and can wait for the next one."""
 
-    def __init__(self, kinds: Iterable[str]) -> None:
+    def __init__(self, kinds: Iterable[str], clock: Callable[[], float] = time.monotonic) -> None:
         self.kinds = frozenset(kinds)
         self._items: dict[ObjectRef, Obj] = {}
         self._synced: set[str] = set()
         self._published: ObjectSet | None = None
         self._revision = 0
         self._changed = asyncio.Condition()
+        self._clock = clock
+        self._failing: dict[str, tuple[float, str]] = {}  # kind: (failing since, last reason)
 
     @property
     def synced(self) -> bool:
@@ -74,6 +79,21 @@ class Cache:
 
     def current(self) -> ObjectSet | None:
         return self._published
+
+    def source_failed(self, kind: str, reason: str) -> None:
+        """The source could not reach the cluster for `kind` (what it had stays)."""
+        since = self._failing[kind][0] if kind in self._failing else self._clock()
+        self._failing[kind] = (since, reason)
+
+    def source_answered(self, kind: str) -> None:
+        self._failing.pop(kind, None)
+
+    def unavailable(self) -> tuple[float, str] | None:
+        """(seconds, reason) of the kind failing the longest, while any is; None otherwise."""
+        if not self._failing:
+            return None
+        kind, (since, reason) = min(self._failing.items(), key=lambda item: item[1][0])
+        return self._clock() - since, f"{kind}: {reason}"
 
     async def next_revision(self, after: int) -> ObjectSet:
         """The first published revision newer than `after`."""

@@ -105,6 +105,11 @@ class SourceMetrics:
             registry=registry,
         )
 
+    def register(self, registry: CollectorRegistry) -> None:
+        """Serve these from a component's own registry too (its /metrics)."""
+        for metric in (self.events, self.lists, self.errors):
+            registry.register(metric)
+
 
 class _Backoff:
     def __init__(self) -> None:
@@ -148,6 +153,7 @@ class KubeSource:
             try:
                 if self.versions.get(res.kind) is None:
                     items, self.versions[res.kind] = await self._list(res)
+                    cache.source_answered(res.kind)
                     self.metrics.lists.labels(kind=res.kind, reason=reason).inc()
                     cache.replace_kind(res.kind, items)
                     await cache.publish()
@@ -161,20 +167,22 @@ class KubeSource:
                 if exc.status == 404 and self.versions.get(res.kind) is None:
                     # The kind's CRD is not installed (no Gateway API, no Istio CRDs): none of
                     # it can exist, which is a complete answer; look again later.
+                    cache.source_answered(res.kind)
                     cache.replace_kind(res.kind, [])
                     await cache.publish()
                     await asyncio.sleep(ABSENT_KIND_RETRY_S)
                     continue
-                self._failed(res, f"HTTP {exc.status} {exc.reason}")
+                self._failed(cache, res, f"HTTP {exc.status} {exc.reason}")
                 if exc.status in {401, 403, 404}:
                     self.versions[res.kind], reason = None, "error"
                 await asyncio.sleep(backoff.next())
             except Exception as exc:
-                self._failed(res, f"{type(exc).__name__}: {exc}")
+                self._failed(cache, res, f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(backoff.next())
 
-    def _failed(self, res: Resource, reason: str) -> None:
+    def _failed(self, cache: Cache, res: Resource, reason: str) -> None:
         self.metrics.errors.labels(kind=res.kind).inc()
+        cache.source_failed(res.kind, reason)
         log.warning("%s: %s; retrying", res.plural, reason)
 
     async def _call(self, res: Resource, **params: Any) -> Any:
@@ -224,10 +232,17 @@ class KubeSource:
         """Apply events until the server ends the watch, keeping the version to resume from
         (also when the stream drops mid-way)."""
         timeout = random.randint(*self.watch_timeout_s)  # noqa: S311
+
+        async def call(**params: Any) -> Any:
+            resp = await self._call(res, **params)
+            if resp.status == 200:  # the watch is established: the API answers again
+                cache.source_answered(res.kind)
+            return resp
+
         stream = watch.Watch(return_type="object")  # raw dicts: no model objects per event
         async with stream:
             async for event in stream.stream(
-                lambda **kw: self._call(res, **kw),
+                call,
                 resource_version=self.versions[res.kind],
                 allow_watch_bookmarks=True,
                 timeout_seconds=timeout,

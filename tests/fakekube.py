@@ -41,6 +41,8 @@ class FakeKube:
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _watches: dict[int, web.Request] = field(default_factory=dict)
     _fail: dict[str, int] = field(default_factory=dict)
+    unavailable: bool = False
+    """Every request answered 503 (no healthy API server behind the load balancer)."""
     missing: set[str] = field(default_factory=set)
     """Paths answered 404, like the resources of a CRD that is not installed."""
     reviews: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -144,10 +146,8 @@ class FakeKube:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         query = dict(request.query)
         self.requests.append({"path": request.path, **query})
-        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
-            return _status(401, "Unauthorized")
-        if request.path in self.missing:
-            return _status(404, "the server could not find the requested resource")
+        if (refusal := self._refusal(request)) is not None:
+            return refusal
         if query.get("watch") in {"true", "1"}:
             return await self._watch(request, query)
         if request.path in self.live:
@@ -156,6 +156,15 @@ class FakeKube:
             self._fail[request.path] -= 1
             return _status(500, "injected failure")
         return self._list(request.path, query)
+
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return _status(401, "Unauthorized")
+        if self.unavailable:
+            return _status(503, "no healthy upstream")
+        if request.path in self.missing:
+            return _status(404, "the server could not find the requested resource")
+        return None
 
     def _selected(self, path: str, query: dict[str, str]) -> list[dict[str, Any]]:
         items = [o for _, o in sorted(self.objects.get(path, {}).items())]

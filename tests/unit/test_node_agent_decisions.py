@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from localcluster.store import ObjectSet
 from node_agent.agent import desired_pods
 from node_agent.discover import ztunnel_ip
+from node_agent.main import readiness
 from sources.base import ref
 
 AMBIENT = {"istio.io/dataplane-mode": "ambient"}
@@ -46,3 +49,35 @@ def test_the_nodes_ztunnel_is_found_by_label_and_node() -> None:
     assert ztunnel_ip(CLUSTER, "n1", "ambientmesh-system") == "10.0.1.2"
     assert ztunnel_ip(CLUSTER, "n3", "ambientmesh-system") is None
     assert ztunnel_ip(CLUSTER, "n1", "app") is None
+
+
+@pytest.mark.parametrize(
+    ("ready", "problem", "unavailable", "expected"),
+    [
+        (True, "", None, (True, "ready")),
+        (False, "", None, (False, "not ready: reconciling")),
+        (False, "bpffs not mounted", None, (False, "not ready: bpffs not mounted")),
+        # An API server restart is ridden out ...
+        (True, "", (29.0, "Pod: HTTP 503"), (True, "ready")),
+        # ... a longer outage is reported; the datapath stays as it was.
+        (
+            True,
+            "",
+            (31.0, "Pod: HTTP 503"),
+            (
+                False,
+                "not ready: Kubernetes API unreachable for 31s (Pod: HTTP 503); "
+                "the datapath keeps its last state",
+            ),
+        ),
+        # A datapath problem is said first.
+        (False, "no bpffs", (99.0, "Pod: refused"), (False, "not ready: no bpffs")),
+    ],
+)
+def test_readiness(
+    ready: bool,
+    problem: str,
+    unavailable: tuple[float, str] | None,
+    expected: tuple[bool, str],
+) -> None:
+    assert readiness(ready, problem, unavailable) == expected

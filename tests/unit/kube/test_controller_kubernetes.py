@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from api.meshconfig import Resource
 from api.spiffe import SpiffeId, controller_identity
@@ -85,6 +85,9 @@ def test_controller_on_kubernetes_serves_config_and_certificates(tmp_path: Path)
             await fake.put(PODS, pod("b", "n2", "10.244.2.3"))  # a watch event
             await _until(lambda: "workload/uid-b" in got)
             assert controller.config.status()["proxies"][0]["node"] == "n1"
+            # The source's list/watch metrics are served with the controller's own.
+            served = generate_latest(controller.registry).decode()
+            assert 'ambientmesh_source_lists_total{kind="Pod",reason="initial"} 1.0' in served
 
             def ca(token: str) -> CaClient:
                 identity = controller_identity("cluster.local")

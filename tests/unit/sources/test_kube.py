@@ -170,6 +170,31 @@ def test_dropped_watch_resumes_from_last_version_without_relisting() -> None:
     run(body)
 
 
+def test_an_unreachable_api_keeps_the_last_revision_says_since_when_and_catches_up() -> None:
+    """RELIABILITY F-13: while every request fails, the cache keeps what it had (a node agent's
+    datapath stays as it is), the failures are counted, and `unavailable` says since when and
+    why; once the API answers again, what changed meanwhile arrives and the report clears."""
+
+    async def body(fake: FakeKube, cache: Cache, source: KubeSource) -> None:
+        await fake.put(PODS, pod("a"))
+        await until(lambda: names(cache) == {"a"})
+        assert cache.unavailable() is None
+        fake.unavailable = True
+        await fake.drop_watches()
+        await until(lambda: cache.unavailable() is not None)
+        await fake.put(PODS, pod("b"))  # made while this client cannot see it
+        await asyncio.sleep(1.0)
+        assert names(cache) == {"a"}, "the last revision must stay"
+        seconds, reason = cache.unavailable() or (0.0, "")
+        assert seconds >= 1.0 and "HTTP 503" in reason, reason
+        assert source.metrics.errors.labels(kind="Pod")._value.get() >= 1
+        fake.unavailable = False
+        await until(lambda: names(cache) == {"a", "b"}, timeout=20)
+        await until(lambda: cache.unavailable() is None)
+
+    run(body)
+
+
 def test_watch_end_resumes_from_the_bookmark() -> None:
     async def body(fake: FakeKube, cache: Cache, source: KubeSource) -> None:
         await until(lambda: cache.current() is not None)
