@@ -165,9 +165,7 @@ class Ztunnel:
 
     def _follow_crl(self) -> None:
         if self.manager is not None:
-            revocation.follow(
-                self._crl, self.manager.ca_pems(), self.config_metrics.crl_refused.inc
-            )
+            revocation.follow(self._crl, self.manager, self.config_metrics.crl_refused.inc)
 
     def on_rejected_config(self, update: dict[str, Any]) -> None:
         """F-11: the policies a rejected update carried are unknown, so inbound to the

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from cryptography import x509
+
 from api.spiffe import SpiffeId
 from common.keys import key_pem, new_key
 from ztunnel.identity import schedule
@@ -41,6 +43,7 @@ class WorkloadCertificate:
     bundle_pem: list[str]
     validity: schedule.Validity
     serial: int
+    issuer: x509.Name | None = None  # of the leaf: what a CRL names (None: not judged)
 
 
 @dataclass
@@ -166,6 +169,7 @@ class CertificateManager:
                 issued.leaf.not_valid_before_utc, issued.leaf.not_valid_after_utc, self.clock()
             ),
             issued.leaf.serial_number,
+            issued.leaf.issuer,
         )
         slot.failures, slot.backoff, slot.retry_at, slot.last_error = 0, 0, None, ""
         slot.ready.set()
@@ -175,6 +179,33 @@ class CertificateManager:
             issued.leaf.serial_number,
             issued.leaf.not_valid_after_utc.isoformat(),
         )
+
+    def renew_revoked(self, revoked: Callable[[x509.Name, int], bool]) -> list[SpiffeId]:
+        """Drop our certificates that a CRL now revokes, and ask for new ones at once
+        (RELIABILITY I-9: every peer refuses a revoked certificate, so waiting for its
+        rotation would cut the identity off until then). Connections authenticated with one
+        end, as at expiry (`on_expired`). Returns the identities renewed."""
+        renewed = []
+        for identity, slot in self._slots.items():
+            cert = slot.cert
+            if cert is None or cert.issuer is None or not revoked(cert.issuer, cert.serial):
+                continue
+            log.warning(
+                "certificate of %s (serial %x) is revoked: requesting a new one",
+                identity,
+                cert.serial,
+            )
+            slot.cert = None
+            slot.ready.clear()
+            slot.backoff, slot.retry_at = 0, None
+            if slot.task:
+                slot.task.cancel()  # it may be asleep until the old certificate's refresh
+            slot.task = asyncio.create_task(self._worker(identity, slot), name=f"cert {identity}")
+            renewed.append(identity)
+        for identity in renewed:
+            for callback in self.on_expired:
+                callback(identity)
+        return renewed
 
     def pending(self) -> list[str]:
         return sorted(str(i) for i in self._slots if self.current(i) is None)

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography import x509
 
@@ -128,18 +128,30 @@ def _certificates(pems: Iterable[str]) -> Iterable[x509.Certificate]:
 current = Revocations()
 
 
-def follow(pem: str | None, ca_pems: Iterable[str], refused: Callable[[], None]) -> None:
+class OwnCertificates(Protocol):
+    """What `follow` needs of a proxy's certificate manager."""
+
+    def ca_pems(self) -> list[str]: ...
+    def renew_revoked(self, revoked: Callable[[x509.Name, int], bool]) -> Any: ...
+
+
+def follow(pem: str | None, certs: OwnCertificates, refused: Callable[[], None]) -> None:
     """Configure `current` with the config's CRL and the CA certificates this proxy trusts;
-    called on every config version and periodically (issuers change, a CRL goes stale).
-    Before this proxy holds a certificate it has no CA to judge a CRL by, and no connection."""
-    ca_pems = list(ca_pems)
+    called on every config version and periodically (issuers change, a CRL goes stale). Our
+    own certificates that it revokes are renewed at once. Before this proxy holds a
+    certificate it has no CA to judge a CRL by, and no connection."""
+    ca_pems = certs.ca_pems()
     if pem is not None and not ca_pems:
         return
+    now = datetime.now(UTC)
     try:
-        closed = current.configure(pem, ca_pems, datetime.now(UTC))
+        closed = current.configure(pem, ca_pems, now)
     except CrlError as exc:
         refused()
         log.warning("CRL refused, the last good one (if any) stays: %s", exc)
-        return
+        closed = 0
     if closed:
         log.info("closed %d connections whose peer's certificate is revoked", closed)
+    certs.renew_revoked(
+        lambda issuer, serial: current.verdict(issuer, serial, now).refusal == "revoked"
+    )

@@ -102,9 +102,7 @@ class Waypoint:
 
     def _follow_crl(self) -> None:
         if self.manager is not None:
-            revocation.follow(
-                self._crl, self.manager.ca_pems(), self.config_metrics.crl_refused.inc
-            )
+            revocation.follow(self._crl, self.manager, self.config_metrics.crl_refused.inc)
 
     def _start_clients(self) -> None:
         if self.manager is not None or not self.boot.ready():

@@ -170,7 +170,7 @@ def test_a_crl_cuts_open_tunnels_to_a_revoked_peer_and_refuses_new_ones(
         writer.write(b"open")
         assert await reader.readexactly(4) == b"OPEN"
         try:
-            revocation.follow(revoking, m.managers["node1"].ca_pems(), lambda: None)
+            revocation.follow(revoking, m.managers["node1"], lambda: None)
             with pytest.raises(ConnectionResetError):  # cut, not ended cleanly
                 await asyncio.wait_for(reader.read(), 5)
             writer.close()
@@ -179,10 +179,37 @@ def test_a_crl_cuts_open_tunnels_to_a_revoked_peer_and_refuses_new_ones(
             assert code != 0
             refused = {"direction": "outbound", "reason": "peer_revoked"}
             assert m.metric("node1", "ambientmesh_ztunnel_rejections_total", **refused) >= 1
-            revocation.follow(None, [], lambda: None)
+            revocation.follow(None, m.managers["node1"], lambda: None)
             assert await roundtrip(m, b"again") == b"AGAIN|EOF"
         finally:
-            revocation.follow(None, [], lambda: None)
+            revocation.follow(None, m.managers["node1"], lambda: None)
+
+    run(state_dir, body)
+
+
+def test_a_proxy_whose_own_certificate_is_revoked_gets_a_new_one_at_once(
+    state_dir: Path,
+) -> None:
+    """RELIABILITY I-9 on our own side: node2 following a CRL that revokes its certificate
+    for the server drops it and asks for a new one at once (every peer refuses the revoked
+    one), so tunnels to the server work again without waiting for its rotation."""
+
+    async def body(m: Mesh) -> None:
+        identity = workloads_identity(m, "node2", m.server_ip)
+        held = m.managers["node2"].current(identity)
+        assert held is not None and held.issuer is not None
+        ca = m.controller.material
+        revoking = pki.crl(ca.signing_cert, ca.signing_key, [held.serial], now=datetime.now(UTC))
+        try:
+            revocation.follow(revoking, m.managers["node2"], lambda: None)
+            assert m.managers["node2"].current(identity) is None, "a revoked certificate stays"
+            renewed = await m.managers["node2"].get(identity)
+            assert renewed.serial != held.serial
+            await m.proxies["node2"].sync_hbone_listeners()
+            m.proxies["node1"].pool.close()
+            assert await roundtrip(m, b"renewed") == b"RENEWED|EOF"
+        finally:
+            revocation.follow(None, m.managers["node1"], lambda: None)
 
     run(state_dir, body)
 
