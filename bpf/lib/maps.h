@@ -1,6 +1,8 @@
 /* Maps shared by the programs and the node agent, pinned under PIN_DIR (a -D cflag) with
  * versioned names: BCC silently reuses a pinned map whatever its layout, so a layout change
- * must change the name (and the agent migrates). Layouts mirrored in bpf/loader.py. */
+ * must change the name, and an agent of another layout then builds its own maps instead of
+ * misreading these. There is no migration of entries yet (RELIABILITY F-15): such an agent
+ * fills its maps by reconciling. Layouts mirrored in bpf/loader.py. */
 #ifndef AMBIENTMESH_MAPS_H
 #define AMBIENTMESH_MAPS_H
 
