@@ -1,5 +1,5 @@
-"""RELIABILITY F-13 on a real kernel: the node agent under a datapath fault stays up with the
-datapath it has, and says what it could not do."""
+"""RELIABILITY F-13 and F-14 on a real kernel: the node agent under a datapath fault stays up
+with the datapath it has, and says what it could not do; two agents on one node take turns."""
 
 from __future__ import annotations
 
@@ -16,7 +16,15 @@ from bpf.loader import Datapath, compile_datapath
 from localcluster import naming, pods, system
 from localcluster.cluster import Cluster
 from localcluster.netns import http_get_in
-from tests.support import ambientctl, namespace_manifest, pod_manifest, wait_for
+from tests.netns.test_node_agent_kubernetes import our_filters
+from tests.support import (
+    ambientctl,
+    exec_background,
+    get_json,
+    namespace_manifest,
+    pod_manifest,
+    wait_for,
+)
 
 
 def _pod(cluster: str, name: str) -> dict[str, Any]:
@@ -125,4 +133,73 @@ def test_without_bpffs_the_agent_stays_up_unready_says_why_and_starts_once_mount
             subprocess.run(["umount", str(pins)], check=True)
     assert agent.returncode == 0, out
     assert out.count("cannot start the datapath") == 1, out  # once per reason, not per retry
+    ambientctl(cluster, "up")  # the cluster's own agent back (teardown checks its pins)
+
+
+def test_a_second_agent_waits_for_the_first_then_takes_over_without_a_gap(
+    cluster: str, tmp_path: Path
+) -> None:
+    """RELIABILITY F-14, a DaemonSet rolling update: an agent started while another runs on the
+    node waits for its lock and touches nothing; the first exits without detaching, and the
+    second replaces the programs (not duplicates them) and reports ready. A meshed connection
+    open across the handover keeps working."""
+    docs = [
+        namespace_manifest("app"),
+        pod_manifest("a", "app", ["sleep", "infinity"], node="node1"),
+        pod_manifest(
+            "s", "app", ["python3", "-m", "samples.tcpecho", "serve", "9000"], node="node2"
+        ),
+    ]
+    ambientctl(cluster, "apply", "-f", "-", stdin="\n---\n".join(docs))
+    ambientctl(cluster, "label", "namespace", "app", "istio.io/dataplane-mode=ambient")
+    wait_for(lambda: _pod(cluster, "a")["redirected"] and _pod(cluster, "s")["redirected"], 15)
+    server = next(
+        p["status"]["podIP"]
+        for p in get_json(cluster, "pods", "-n", "app")["items"]
+        if p["metadata"]["name"] == "s"
+    )
+    c = Cluster(cluster)
+    node_ns, zt_ns = naming.node_netns(cluster, "node1"), naming.ztunnel_netns(cluster, "node1")
+    before = (our_filters(node_ns), our_filters(zt_ns))
+    streaming = exec_background(
+        cluster, "app/a", "python3", "-m", "samples.tcpecho", "stream", server, "9000", "12", "20"
+    )
+    log = tmp_path / "second-agent.log"
+    argv = ["-m", "node_agent.main", "--cluster", cluster, "--node", "node1"]
+    second = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{node_ns}", sys.executable, *argv],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+
+    def ready() -> bool:
+        try:
+            return (
+                http_get_in(node_ns, "127.0.0.1", ports.NODE_AGENT_METRICS, "/healthz/ready")[0]
+                == 200
+            )
+        except OSError:
+            return False
+
+    try:
+        wait_for(lambda: "another agent owns node node1" in log.read_text(), 15, "second waits")
+        assert second.poll() is None
+        assert (our_filters(node_ns), our_filters(zt_ns)) == before, "the waiting agent acted"
+        first = _agent_pid(cluster)
+        comps = {x.name: x for x in system.components(cluster, c.nodes())}
+        system.stop(c.store, comps["node-agent-node1"])
+        assert _agent_pid(cluster) is None and first is not None
+        assert (our_filters(node_ns), our_filters(zt_ns)) == before, "the first one detached"
+        wait_for(ready, 20, "the second agent ready")
+        assert streaming.poll() is None, "the connection must span the handover"
+        assert (our_filters(node_ns), our_filters(zt_ns)) == before, "programs duplicated"
+        assert _pod(cluster, "a")["redirected"]
+        out, _ = streaming.communicate(timeout=30)
+        assert streaming.returncode == 0 and out.startswith("OK"), out
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            streaming.kill()
+        second.terminate()
+        second.wait(10)
+    assert second.returncode == 0, log.read_text()
     ambientctl(cluster, "up")  # the cluster's own agent back (teardown checks its pins)
