@@ -1,8 +1,9 @@
 """Compiles the datapath with BCC and gives typed access to its pinned maps.
 
-`compile_datapath(pin_dir)` builds bpf/redirect.c with `-DPIN_DIR=<pin_dir>`: maps are created
-pinned there on first load and *reused* on every later load (the datapath state survives agent
-restarts). Programs are returned as fds for tc attachment (BCC cannot attach tc programs).
+`compile_datapath(pin_dir)` builds bpf/redirect.c with `-DPIN_DIR=<pin_dir>` and
+`-DMAP_VERSION=<MAP_VERSION>`: maps are created pinned there on first load and *reused* on every
+later load of the same version (the datapath state survives agent restarts). Programs are
+returned as fds for tc attachment (BCC cannot attach tc programs).
 """
 
 from __future__ import annotations
@@ -28,8 +29,26 @@ HEADERS = ("verdicts.h", "packet.h", "maps.h", "redirect.h")  # dependency order
 _LOCAL_INCLUDE = re.compile(r'^#include "[^"]+"\s*$', re.MULTILINE)
 
 
+# The pinned maps' layout version, the suffix of their names: change it with any layout.
+MAP_VERSION = "v1"
+_PINNED = re.compile(r"^(enrolled|config|verdicts)_(v\d+)$")
+
+
 def cflags(pin_dir: Path) -> list[str]:
-    return [f'-DPIN_DIR="{pin_dir}"']
+    return [f'-DPIN_DIR="{pin_dir}"', f'-DMAP_VERSION="{MAP_VERSION}"']
+
+
+def remove_other_versions(pin_dir: Path) -> list[str]:
+    """Unpin the maps of another layout version (F-15: left by the agent before an upgrade or
+    a downgrade). Programs still attached that use them keep them alive until replaced."""
+    removed = []
+    for pin in sorted(pin_dir.iterdir()) if pin_dir.is_dir() else []:
+        found = _PINNED.match(pin.name)
+        if found and found.group(2) != MAP_VERSION:
+            with contextlib.suppress(FileNotFoundError):
+                pin.unlink()
+                removed.append(pin.name)
+    return removed
 
 
 def final_source() -> str:

@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from api import ports
 from api.ambient import enrolled
 from api.objects import ObjectRef
-from bpf.loader import Datapath, compile_datapath
+from bpf.loader import Datapath, compile_datapath, remove_other_versions
 from localcluster import netns as kernel
 from localcluster.pods import RESERVED_PORTS_SYSCTL
 from localcluster.store import ObjectSet
@@ -142,6 +142,11 @@ class Agent:
     def start(self) -> None:
         bpffs.ensure(self.settings.pin_dir)
         self.datapath = compile_datapath(self.settings.pin_dir)
+        if removed := remove_other_versions(self.settings.pin_dir):
+            # F-15: an agent of another map version ran before. Its programs keep its maps
+            # until replaced (established connections are found by socket lookup meanwhile);
+            # new connections wait for this agent's entries (fail closed), written at reconcile.
+            log.info("unpinned the maps of another version: %s", ", ".join(removed))
         self._setup_ztunnel()
         for ip, ifindex in self.datapath.enrolled_ips().items():
             # Pinned state from before a restart: replace the programs on those veths now, so
@@ -232,8 +237,15 @@ class Agent:
             log.warning("pod %s (%s): no route to its veth; not enrolled yet", name, ip)
             return self._not_captured("veth_not_found")
         try:
-            self._attach_pod(ifindex)  # programs first, then the map entry that activates them
+            # The map entry first: programs that replace those of an agent of another map
+            # version (F-15) find it at once, so the pod's traffic is never let through
+            # between them. Without programs on its veth yet, the entry changes nothing.
             self.datapath.enroll(ip, ifindex)
+            try:
+                self._attach_pod(ifindex)
+            except (OSError, RuntimeError):
+                self.datapath.unenroll(ip)
+                raise
         except (OSError, RuntimeError) as exc:
             log.error("pod %s (%s): %s", name, ip, exc)  # noqa: TRY400 - one line per pod
             full = isinstance(exc, OSError) and exc.errno in (errno.E2BIG, errno.ENOSPC)

@@ -1,8 +1,9 @@
-/* Maps shared by the programs and the node agent, pinned under PIN_DIR (a -D cflag) with
- * versioned names: BCC silently reuses a pinned map whatever its layout, so a layout change
- * must change the name, and an agent of another layout then builds its own maps instead of
- * misreading these. There is no migration of entries yet (RELIABILITY F-15): such an agent
- * fills its maps by reconciling. Layouts mirrored in bpf/loader.py. */
+/* Maps shared by the programs and the node agent, pinned under PIN_DIR with names ending in
+ * MAP_VERSION (both -D cflags, bpf/loader.py): BCC silently reuses a pinned map whatever its
+ * layout, so a layout change must change MAP_VERSION. An agent of another version (an upgrade
+ * or a downgrade, RELIABILITY F-15) then builds its own maps instead of misreading these, fills
+ * them by reconciling (each entry before the programs that read it replace the old ones: no
+ * gap), and removes the other version's pins. Layouts mirrored in bpf/loader.py. */
 #ifndef AMBIENTMESH_MAPS_H
 #define AMBIENTMESH_MAPS_H
 
@@ -25,9 +26,9 @@ struct config {
 	__u32 mark;         /* set on assigned packets; ztunnel's netns routes it locally */
 };
 
-BPF_TABLE_PINNED("hash", __be32, struct endpoint, enrolled, MAX_PODS, PIN_DIR "/enrolled_v1");
-BPF_TABLE_PINNED("array", __u32, struct config, config, 1, PIN_DIR "/config_v1");
-BPF_TABLE_PINNED("percpu_array", __u32, __u64, verdicts, V_MAX, PIN_DIR "/verdicts_v1");
+BPF_TABLE_PINNED("hash", __be32, struct endpoint, enrolled, MAX_PODS, PIN_DIR "/enrolled_" MAP_VERSION);
+BPF_TABLE_PINNED("array", __u32, struct config, config, 1, PIN_DIR "/config_" MAP_VERSION);
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, verdicts, V_MAX, PIN_DIR "/verdicts_" MAP_VERSION);
 
 static __always_inline int count(__u32 verdict, int action)
 {

@@ -1,5 +1,6 @@
-"""RELIABILITY F-13 and F-14 on a real kernel: the node agent under a datapath fault stays up
-with the datapath it has, and says what it could not do; two agents on one node take turns."""
+"""RELIABILITY F-13, F-14 and F-15 on a real kernel: the node agent under a datapath fault stays
+up with the datapath it has, and says what it could not do; two agents on one node take turns;
+an agent of another map version takes over without a gap, both ways."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from api import ports
-from bpf.loader import Datapath, compile_datapath
+from bpf.loader import MAP_VERSION, Datapath, compile_datapath
 from localcluster import naming, pods, system
 from localcluster.cluster import Cluster
 from localcluster.netns import http_get_in
@@ -203,3 +204,93 @@ def test_a_second_agent_waits_for_the_first_then_takes_over_without_a_gap(
         second.wait(10)
     assert second.returncode == 0, log.read_text()
     ambientctl(cluster, "up")  # the cluster's own agent back (teardown checks its pins)
+
+
+# An agent built with another map layout version: the same code, another MAP_VERSION.
+OTHER_VERSION_AGENT = (
+    "import sys, bpf.loader as loader; loader.MAP_VERSION = 'v0'; "
+    "from node_agent.main import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def test_an_agent_of_another_map_version_takes_over_both_ways_without_a_gap(
+    cluster: str, tmp_path: Path
+) -> None:
+    """RELIABILITY F-15: a downgrade to an agent whose maps have another layout version, then
+    the upgrade back. Each builds its own maps, unpins the other's, replaces the programs
+    without stacking them, meshes new connections, and a connection open across both
+    handovers keeps working."""
+    docs = [
+        namespace_manifest("app"),
+        pod_manifest("a", "app", ["sleep", "infinity"], node="node1"),
+        pod_manifest(
+            "s", "app", ["python3", "-m", "samples.tcpecho", "serve", "9000"], node="node2"
+        ),
+    ]
+    ambientctl(cluster, "apply", "-f", "-", stdin="\n---\n".join(docs))
+    ambientctl(cluster, "label", "namespace", "app", "istio.io/dataplane-mode=ambient")
+    wait_for(lambda: _pod(cluster, "a")["redirected"] and _pod(cluster, "s")["redirected"], 15)
+    server = next(
+        p["status"]["podIP"]
+        for p in get_json(cluster, "pods", "-n", "app")["items"]
+        if p["metadata"]["name"] == "s"
+    )
+    c = Cluster(cluster)
+    node_ns, zt_ns = naming.node_netns(cluster, "node1"), naming.ztunnel_netns(cluster, "node1")
+    pins = naming.bpf_pin_dir(cluster) / "node1"
+    before = (our_filters(node_ns), our_filters(zt_ns))
+
+    def stream(seconds: str) -> subprocess.Popen[str]:
+        command = ["python3", "-m", "samples.tcpecho", "stream", server, "9000", seconds, "20"]
+        return exec_background(cluster, "app/a", *command)
+
+    def meshes_new_connections() -> bool:
+        out, _ = stream("0.3").communicate(timeout=30)
+        return out.startswith("OK") and _pod(cluster, "a")["redirected"]
+
+    def ready() -> bool:
+        try:
+            return (
+                http_get_in(node_ns, "127.0.0.1", ports.NODE_AGENT_METRICS, "/healthz/ready")[0]
+                == 200
+            )
+        except OSError:
+            return False
+
+    def versions() -> set[str]:
+        return {p.name.rsplit("_", 1)[1] for p in pins.iterdir()}
+
+    assert versions() == {MAP_VERSION}
+    streaming = stream("30")
+    log = tmp_path / "other-version-agent.log"
+    comps = {x.name: x for x in system.components(cluster, c.nodes())}
+    system.stop(c.store, comps["node-agent-node1"])
+    other = subprocess.Popen(
+        [
+            "nsenter",
+            f"--net=/run/netns/{node_ns}",
+            sys.executable,
+            "-c",
+            OTHER_VERSION_AGENT,
+            *("--cluster", cluster, "--node", "node1"),
+        ],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(ready, 20, "the other version's agent ready")
+        assert versions() == {"v0"}, "the other version's pins must replace ours"
+        assert (our_filters(node_ns), our_filters(zt_ns)) == before, "programs stacked"
+        wait_for(meshes_new_connections, 10, "new connections meshed by the other version")
+    finally:
+        other.terminate()
+        other.wait(10)
+    assert other.returncode == 0, log.read_text()
+    assert "unpinned the maps of another version" in log.read_text()
+    ambientctl(cluster, "up")  # back to this version's agent
+    wait_for(lambda: ready() and versions() == {MAP_VERSION}, 20, "this version's agent back")
+    assert (our_filters(node_ns), our_filters(zt_ns)) == before
+    wait_for(meshes_new_connections, 10, "new connections meshed again")
+    assert streaming.poll() is None, "the connection must span both handovers"
+    out, _ = streaming.communicate(timeout=40)
+    assert streaming.returncode == 0 and out.startswith("OK"), out
