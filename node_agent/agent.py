@@ -126,6 +126,7 @@ class Agent:
         self._lock_file: Any = None
         self._last_drift = 0.0
         self._last_retry = 0.0
+        self._zt_deferred = False  # ztunnel's program waits for the first reconcile (F-15)
 
     # --- start --------------------------------------------------------------------------------
 
@@ -144,10 +145,11 @@ class Agent:
         self.datapath = compile_datapath(self.settings.pin_dir)
         if removed := remove_other_versions(self.settings.pin_dir):
             # F-15: an agent of another map version ran before. Its programs keep its maps
-            # until replaced (established connections are found by socket lookup meanwhile);
-            # new connections wait for this agent's entries (fail closed), written at reconcile.
+            # until replaced; ztunnel's is replaced only after the first reconcile has filled
+            # this version's map, or it would find no pod enrolled in the meantime.
             log.info("unpinned the maps of another version: %s", ", ".join(removed))
-        self._setup_ztunnel()
+            self._zt_deferred = True
+        self._setup_ztunnel(attach_program=not self._zt_deferred)
         for ip, ifindex in self.datapath.enrolled_ips().items():
             # Pinned state from before a restart: replace the programs on those veths now, so
             # they run the code of this agent, without a gap.
@@ -171,7 +173,7 @@ class Agent:
             raise RuntimeError(f"{self.settings.ztunnel_netns} has no eth0")
         return Hook(self.settings.ztunnel_netns, eth0, INGRESS, "zt_in")
 
-    def _setup_ztunnel(self) -> None:
+    def _setup_ztunnel(self, *, attach_program: bool = True) -> None:
         assert self.datapath is not None
         with attach._ipr(self.settings.ztunnel_netns) as ipr:
             zt_ip = ipr.get_addr(label="eth0")[0].get_attr("IFA_ADDRESS")
@@ -190,7 +192,8 @@ class Agent:
         )
         attach.ensure_local_routing(self.settings.ztunnel_netns)
         kernel.set_sysctls(self.settings.ztunnel_netns, attach.ZTUNNEL_SYSCTLS)
-        attach.attach(self._zt_hook(), self.datapath.fds["zt_in"])
+        if attach_program:
+            attach.attach(self._zt_hook(), self.datapath.fds["zt_in"])
 
     def _attach_pod(self, ifindex: int) -> None:
         assert self.datapath is not None
@@ -224,6 +227,9 @@ class Agent:
         self.metrics.reconciles.inc()
         self.metrics.enrolled.set(len(self.captured))
         self.metrics.pending.set(len(self.pending))
+        if self._zt_deferred:
+            attach.attach(self._zt_hook(), self.datapath.fds["zt_in"])
+            self._zt_deferred = False
         self.metrics.duration.set(time.monotonic() - started)
         self.ready = True
 
@@ -299,7 +305,7 @@ class Agent:
             return 0
         self._last_drift = now
         repairs = 0
-        if attach.attached_name(self._zt_hook()) != "zt_in":
+        if not self._zt_deferred and attach.attached_name(self._zt_hook()) != "zt_in":
             self._setup_ztunnel()
             self.metrics.drift.labels(kind="ztunnel_filter").inc()
             repairs += 1

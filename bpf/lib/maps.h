@@ -2,8 +2,9 @@
  * MAP_VERSION (both -D cflags, bpf/loader.py): BCC silently reuses a pinned map whatever its
  * layout, so a layout change must change MAP_VERSION. An agent of another version (an upgrade
  * or a downgrade, RELIABILITY F-15) then builds its own maps instead of misreading these, fills
- * them by reconciling (each entry before the programs that read it replace the old ones: no
- * gap), and removes the other version's pins. Layouts mirrored in bpf/loader.py. */
+ * them by reconciling (each entry before the programs that read it replace the old ones, and
+ * ztunnel's program last: no gap), and removes the other version's pins. Layouts mirrored in
+ * bpf/loader.py. */
 #ifndef AMBIENTMESH_MAPS_H
 #define AMBIENTMESH_MAPS_H
 
