@@ -123,3 +123,6 @@ def test_the_report_renders_every_row_from_a_run_of_every_path() -> None:
     table = bench.report(rows, {"date": "d", "reps": 3, "machine": "m"})
     assert "| chain pinned to one CPU | 2 (2-2) | 2 (2-2) | 0 / 0 µs, vs 0 / 0 µs |" in table
     assert "1.00x haproxy" in table
+    assert (
+        "the chain split across the two CPUs" in table and "1.00x the relay; 1.00x stunnel" in table
+    )
