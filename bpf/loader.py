@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bpf.refusal import load_programs
 from bpf.verdicts import Verdict
 
 BPF_DIR = Path(__file__).resolve().parent
@@ -117,5 +118,4 @@ def compile_datapath(pin_dir: Path) -> Datapath:
 
     pin_dir.mkdir(parents=True, exist_ok=True)
     bpf = BPF(text=final_source().encode(), cflags=cflags(pin_dir))
-    fds = {name: int(bpf.load_func(name.encode(), BPF.SCHED_CLS).fd) for name in PROGRAMS}
-    return Datapath(bpf, fds)
+    return Datapath(bpf, load_programs(bpf, PROGRAMS, BPF.SCHED_CLS))

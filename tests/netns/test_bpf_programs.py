@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from bpf.loader import Datapath, compile_datapath
+from bpf.refusal import load_programs
 from bpf.verdicts import Verdict
 from localcluster import naming, teardown
 from tests.bpf_testrun import IPPROTO_UDP, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, packet, run
@@ -108,3 +109,16 @@ def test_missing_config_fails_closed(cluster_name: str) -> None:
         assert dp.verdicts()["DROP_NO_CONFIG"] == 1
     finally:
         teardown.down(cluster_name)
+
+
+def test_a_program_the_kernel_refuses_is_named_with_the_helper_and_its_log_kept(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """F-13: BCC's bare "Invalid argument" becomes the helper the kernel refused (here one no
+    kernel has), and the verifier's log still reaches stderr."""
+    from bcc import BPF  # noqa: PLC0415 - Debian's python3-bpfcc, root tier only
+
+    source = b"int f(struct __sk_buff *skb) { long (*h)(void) = (void *)999; return h(); }"
+    with pytest.raises(RuntimeError, match=r"cannot load f: the kernel refuses BPF helper \w+#999"):
+        load_programs(BPF(text=source), ("f",), BPF.SCHED_CLS)
+    assert "invalid func unknown#999" in capfd.readouterr().err
