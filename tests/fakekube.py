@@ -249,3 +249,28 @@ async def serving(fake: FakeKube) -> AsyncIterator[ApiClient]:
         finally:
             await fake.drop_watches()
             await runner.cleanup()
+
+
+async def serve_forever(port: int, unreachable_flag: str) -> None:
+    """The fake as a process of its own (a root test runs it inside a node's netns): it
+    answers 503 to everything while the file `unreachable_flag` exists."""
+    from pathlib import Path  # noqa: PLC0415 - only this entry point needs it
+
+    fake = FakeKube()
+    await fake.put("/api/v1/namespaces", {"kind": "Namespace", "metadata": {"name": "default"}})
+    runner = web.AppRunner(fake.app())
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    flag = Path(unreachable_flag)
+    while True:
+        down = flag.exists()
+        if down and not fake.unavailable:
+            await fake.drop_watches()
+        fake.unavailable = down
+        await asyncio.sleep(0.1)
+
+
+if __name__ == "__main__":
+    import sys
+
+    asyncio.run(serve_forever(int(sys.argv[1]), sys.argv[2]))

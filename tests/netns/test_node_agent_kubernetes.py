@@ -18,6 +18,8 @@ from localcluster.cluster import Cluster
 from localcluster.netns import http_get_in, set_sysctls
 from node_agent import attach, discover
 from node_agent.attach import ZTUNNEL_SYSCTLS
+from node_agent.main import API_GRACE_S
+from tests.fakekube import TOKEN
 from tests.support import ambientctl, namespace_manifest, pod_manifest, wait_for
 
 
@@ -150,3 +152,70 @@ def read_sysctl(netns_name: str, key: str) -> str:
         check=True,
     )
     return " ".join(done.stdout.split())
+
+
+def test_with_the_api_unreachable_the_agent_keeps_its_datapath_and_says_so(
+    cluster: str, tmp_path: Path
+) -> None:
+    """RELIABILITY F-13 with `--source kubernetes`, against a fake API server in the node's
+    netns: once the API has answered nothing for API_GRACE_S, readiness is 503 and names the
+    API, the datapath stays attached, and the source's errors are on the agent's /metrics;
+    when the API answers again, the agent is ready again."""
+    c = Cluster(cluster)
+    node_ns, zt_ns = naming.node_netns(cluster, "node1"), naming.ztunnel_netns(cluster, "node1")
+    comps = {x.name: x for x in system.components(cluster, c.nodes())}
+    system.stop(c.store, comps["node-agent-node1"])  # one agent per node (its tc hooks)
+    flag, port = tmp_path / "unreachable", 18443
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "f", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+                "users": [{"name": "agent", "user": {"token": TOKEN}}],
+                "contexts": [{"name": "c", "context": {"cluster": "f", "user": "agent"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    enter = ["nsenter", f"--net=/run/netns/{node_ns}", sys.executable, "-m"]
+    api = subprocess.Popen([*enter, "tests.fakekube", str(port), str(flag)])
+    log = tmp_path / "agent.log"
+    argv = ["--cluster", cluster, "--node", "node1", "--source", "kubernetes"]
+    agent = subprocess.Popen(
+        [*enter, "node_agent.main", *argv, "--kubeconfig", str(kubeconfig)],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+
+    def readiness() -> tuple[int, str]:
+        try:
+            code, body = http_get_in(
+                node_ns, "127.0.0.1", ports.NODE_AGENT_METRICS, "/healthz/ready"
+            )
+        except OSError:
+            return 0, ""
+        return code, body.decode()
+
+    try:
+        wait_for(lambda: readiness()[0] == 200, 30, "ready on the fake API's state")
+        before = (our_filters(node_ns), our_filters(zt_ns))
+        flag.touch()
+        wait_for(lambda: readiness()[0] == 503, API_GRACE_S + 20, "unready, the API gone")
+        body = readiness()[1]
+        assert "Kubernetes API unreachable" in body and "HTTP 503" in body, body
+        assert (our_filters(node_ns), our_filters(zt_ns)) == before, "the datapath changed"
+        text = http_get_in(node_ns, "127.0.0.1", ports.NODE_AGENT_METRICS, "/metrics")[1]
+        assert b'ambientmesh_source_errors_total{kind="Pod"}' in text
+        assert agent.poll() is None
+        flag.unlink()
+        # The informers back off up to 30 s (sources.kube.BACKOFF_S) between attempts.
+        wait_for(lambda: readiness()[0] == 200, 45, "ready again once the API answers")
+    finally:
+        agent.terminate()
+        api.terminate()
+        agent.wait(10)
+        api.wait(10)
+    assert agent.returncode == 0, log.read_text()
+    ambientctl(cluster, "up")  # the cluster's own agent back (teardown checks its pins)
