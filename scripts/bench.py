@@ -400,20 +400,29 @@ class Bench:
     def throughput(self, path: str) -> dict[str, float]:
         return self.ebpf_during(path) if path == "mesh" else self.stream(path)
 
-    def stream(self, path: str) -> dict[str, float]:
+    def stream(self, path: str, *, split: bool = False) -> dict[str, float]:
+        """One iperf3 stream. `split`: with the chain split across the two CPUs, the client
+        and the first proxy on CPU 0, the second proxy and the server on CPU 1 (left to the
+        scheduler, our relay pair's throughput swings by a third from run to run)."""
         pod, host, port = self.paths("5201", "15201")[path]
-        seconds = 2 if self.quick else 8
-        pids = self.pids(path)
-        cpu0 = self.cpu_s(pids)
-        out = json.loads(self.exec(pod, "iperf3", "-c", host, "-p", port, "-t", str(seconds), "-J"))
-        cpu = (self.cpu_s(pids) - cpu0) / seconds
+        pids, prefix = self.pids(path), []
+        saved: dict[int, set[int]] = {}
+        if split:
+            pids, saved = self._split(path)
+            prefix = ["taskset", "-c", "0"]
+        seconds = (1 if split else 2) if self.quick else 8
+        try:
+            cpu0 = self.cpu_s(pids)
+            argv = [*prefix, "iperf3", "-c", host, "-p", port, "-t", str(seconds), "-J"]
+            out = json.loads(self.exec(pod, *argv))
+            cpu = (self.cpu_s(pids) - cpu0) / seconds
+        finally:
+            unpin(saved)
         return {"gbit_s": out["end"]["sum_received"]["bits_per_second"] / 1e9, "proxy_cores": cpu}
 
-    def stream_split(self, path: str) -> dict[str, float]:
-        """The same stream with the chain split across the two CPUs: the client and the first
-        proxy on CPU 0, the second proxy and the server on CPU 1. Left to the scheduler, our
-        relay pair's throughput swings by a third from run to run (4.5-6.1 Gbit/s)."""
-        pod, host, port = self.paths("5201", "15201")[path]
+    def _split(self, path: str) -> tuple[list[int], dict[int, set[int]]]:
+        """Pins a path's two proxies and its iperf3 server for `stream(split=True)`; returns
+        the proxies and what `unpin` restores."""
         proxies = self.pids(path)
         # The relay pairs' iperf pair is started first, its server side before its client.
         sender, receiver = (proxies[1], proxies[0]) if path == "relay_zt" else proxies[:2]
@@ -421,16 +430,7 @@ class Bench:
         server = pods.container_pid(Cluster(self.cluster).store.pod_dir(ns, "srv"), "iperf")
         if server is None:
             raise RuntimeError(f"{ns}/srv: the iperf3 server is not running")
-        saved = {**pin([sender], {0}), **pin([receiver, server], {1})}
-        seconds = 1 if self.quick else 8
-        try:
-            cpu0 = self.cpu_s([sender, receiver])
-            argv = ["taskset", "-c", "0", "iperf3", "-c", host, "-p", port, "-t", str(seconds)]
-            out = json.loads(self.exec(pod, *argv, "-J"))
-            cpu = (self.cpu_s([sender, receiver]) - cpu0) / seconds
-        finally:
-            unpin(saved)
-        return {"gbit_s": out["end"]["sum_received"]["bits_per_second"] / 1e9, "proxy_cores": cpu}
+        return [sender, receiver], {**pin([sender], {0}), **pin([receiver, server], {1})}
 
     def latency(self, path: str) -> dict[str, float]:
         pod, host, port = self.paths("9000", "19000")[path]
@@ -587,7 +587,7 @@ class Bench:
         rows: dict[str, dict[str, list[dict[str, float]]]] = {}
         for name, measure in (
             ("throughput", self.throughput),
-            ("throughput_split", self.stream_split),
+            ("throughput_split", lambda path: self.stream(path, split=True)),
             ("latency", self.latency),
             ("latency_pinned", self.latency_pinned),
             ("connrate", self.connrate),

@@ -14,6 +14,7 @@ import copy
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -254,8 +255,6 @@ async def serving(fake: FakeKube) -> AsyncIterator[ApiClient]:
 async def serve_forever(port: int, unreachable_flag: str) -> None:
     """The fake as a process of its own (a root test runs it inside a node's netns): it
     answers 503 to everything while the file `unreachable_flag` exists."""
-    from pathlib import Path  # noqa: PLC0415 - only this entry point needs it
-
     fake = FakeKube()
     await fake.put("/api/v1/namespaces", {"kind": "Namespace", "metadata": {"name": "default"}})
     runner = web.AppRunner(fake.app())

@@ -12,8 +12,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from api import ports
 from localcluster import naming, teardown
 from localcluster import netns as kernel
+from node_agent import attach
 
 AMBIENTCTL = str(Path(sys.executable).parent / "ambientctl")
 
@@ -143,3 +145,30 @@ def demo_cluster(state_dir: Path) -> Iterator[str]:
     finally:
         teardown.down(name)
         assert leftovers(name) == []
+
+
+def agent_readiness(node_ns: str) -> tuple[int, str]:
+    """A node agent's `/healthz/ready` in its node netns: (status, body); (0, "") while
+    nothing answers there."""
+    try:
+        code, body = kernel.http_get_in(
+            node_ns, "127.0.0.1", ports.NODE_AGENT_METRICS, "/healthz/ready"
+        )
+    except OSError:
+        return 0, ""
+    return code, body.decode()
+
+
+def our_filters(netns: str | None) -> int:
+    """How many tc filters of ours (the agent's priority) are on any link of `netns` (None:
+    this one)."""
+    count = 0
+    with attach._ipr(netns) as ipr:
+        for link in ipr.get_links():
+            for parent in (attach.INGRESS, attach.EGRESS):
+                try:
+                    filters = ipr.get_filters(link["index"], parent=parent)
+                except Exception:
+                    continue
+                count += sum(1 for f in filters if (int(f["info"]) >> 16) == attach.PRIO)
+    return count

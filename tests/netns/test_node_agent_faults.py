@@ -12,17 +12,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from api import ports
 from bpf.loader import MAP_VERSION, Datapath, compile_datapath
 from localcluster import naming, pods, system
 from localcluster.cluster import Cluster
-from localcluster.netns import http_get_in
-from tests.netns.test_node_agent_kubernetes import our_filters
 from tests.support import (
+    agent_readiness,
     ambientctl,
     exec_background,
     get_json,
     namespace_manifest,
+    our_filters,
     pod_manifest,
     wait_for,
 )
@@ -108,24 +107,15 @@ def test_without_bpffs_the_agent_stays_up_unready_says_why_and_starts_once_mount
     )
     mounted = False
 
-    def readiness() -> tuple[int, str]:
-        try:
-            code, body = http_get_in(
-                node_ns, "127.0.0.1", ports.NODE_AGENT_METRICS, "/healthz/ready"
-            )
-        except OSError:
-            return 0, ""
-        return code, body.decode()
-
     try:
-        wait_for(lambda: readiness()[0] == 503, 15, "the agent answering, unready")
-        assert "is not on bpffs" in readiness()[1]
+        wait_for(lambda: agent_readiness(node_ns)[0] == 503, 15, "the agent answering, unready")
+        assert "is not on bpffs" in agent_readiness(node_ns)[1]
         text = ambientctl(cluster, "metrics", "node-agent-node1").stdout
         assert 'ambientmesh_node_agent_reconcile_errors_total{reason="start_failed"}' in text
         assert agent.poll() is None
         subprocess.run(["mount", "-t", "bpf", "bpf", str(pins)], check=True)
         mounted = True
-        wait_for(lambda: readiness()[0] == 200, 15, "ready once bpffs is there")
+        wait_for(lambda: agent_readiness(node_ns)[0] == 200, 15, "ready once bpffs is there")
         assert any(pins.iterdir())  # its maps, pinned
     finally:
         agent.terminate()
@@ -137,13 +127,9 @@ def test_without_bpffs_the_agent_stays_up_unready_says_why_and_starts_once_mount
     ambientctl(cluster, "up")  # the cluster's own agent back (teardown checks its pins)
 
 
-def test_a_second_agent_waits_for_the_first_then_takes_over_without_a_gap(
-    cluster: str, tmp_path: Path
-) -> None:
-    """RELIABILITY F-14, a DaemonSet rolling update: an agent started while another runs on the
-    node waits for its lock and touches nothing; the first exits without detaching, and the
-    second replaces the programs (not duplicates them) and reports ready. A meshed connection
-    open across the handover keeps working."""
+def _meshed_pair(cluster: str) -> str:
+    """Enrolled pods `app/a` on node1 and `app/s` (a TCP echo server on 9000) on node2, both
+    redirected; returns s's IP."""
     docs = [
         namespace_manifest("app"),
         pod_manifest("a", "app", ["sleep", "infinity"], node="node1"),
@@ -154,11 +140,23 @@ def test_a_second_agent_waits_for_the_first_then_takes_over_without_a_gap(
     ambientctl(cluster, "apply", "-f", "-", stdin="\n---\n".join(docs))
     ambientctl(cluster, "label", "namespace", "app", "istio.io/dataplane-mode=ambient")
     wait_for(lambda: _pod(cluster, "a")["redirected"] and _pod(cluster, "s")["redirected"], 15)
-    server = next(
-        p["status"]["podIP"]
-        for p in get_json(cluster, "pods", "-n", "app")["items"]
-        if p["metadata"]["name"] == "s"
+    return str(
+        next(
+            p["status"]["podIP"]
+            for p in get_json(cluster, "pods", "-n", "app")["items"]
+            if p["metadata"]["name"] == "s"
+        )
     )
+
+
+def test_a_second_agent_waits_for_the_first_then_takes_over_without_a_gap(
+    cluster: str, tmp_path: Path
+) -> None:
+    """RELIABILITY F-14, a DaemonSet rolling update: an agent started while another runs on the
+    node waits for its lock and touches nothing; the first exits without detaching, and the
+    second replaces the programs (not duplicates them) and reports ready. A meshed connection
+    open across the handover keeps working."""
+    server = _meshed_pair(cluster)
     c = Cluster(cluster)
     node_ns, zt_ns = naming.node_netns(cluster, "node1"), naming.ztunnel_netns(cluster, "node1")
     before = (our_filters(node_ns), our_filters(zt_ns))
@@ -173,15 +171,6 @@ def test_a_second_agent_waits_for_the_first_then_takes_over_without_a_gap(
         stderr=subprocess.STDOUT,
     )
 
-    def ready() -> bool:
-        try:
-            return (
-                http_get_in(node_ns, "127.0.0.1", ports.NODE_AGENT_METRICS, "/healthz/ready")[0]
-                == 200
-            )
-        except OSError:
-            return False
-
     try:
         wait_for(lambda: "another agent owns node node1" in log.read_text(), 15, "second waits")
         assert second.poll() is None
@@ -191,7 +180,7 @@ def test_a_second_agent_waits_for_the_first_then_takes_over_without_a_gap(
         system.stop(c.store, comps["node-agent-node1"])
         assert _agent_pid(cluster) is None and first is not None
         assert (our_filters(node_ns), our_filters(zt_ns)) == before, "the first one detached"
-        wait_for(ready, 20, "the second agent ready")
+        wait_for(lambda: agent_readiness(node_ns)[0] == 200, 20, "the second agent ready")
         assert streaming.poll() is None, "the connection must span the handover"
         assert (our_filters(node_ns), our_filters(zt_ns)) == before, "programs duplicated"
         assert _pod(cluster, "a")["redirected"]
@@ -220,21 +209,7 @@ def test_an_agent_of_another_map_version_takes_over_both_ways_without_a_gap(
     the upgrade back. Each builds its own maps, unpins the other's, replaces the programs
     without stacking them, meshes new connections, and a connection open across both
     handovers keeps working."""
-    docs = [
-        namespace_manifest("app"),
-        pod_manifest("a", "app", ["sleep", "infinity"], node="node1"),
-        pod_manifest(
-            "s", "app", ["python3", "-m", "samples.tcpecho", "serve", "9000"], node="node2"
-        ),
-    ]
-    ambientctl(cluster, "apply", "-f", "-", stdin="\n---\n".join(docs))
-    ambientctl(cluster, "label", "namespace", "app", "istio.io/dataplane-mode=ambient")
-    wait_for(lambda: _pod(cluster, "a")["redirected"] and _pod(cluster, "s")["redirected"], 15)
-    server = next(
-        p["status"]["podIP"]
-        for p in get_json(cluster, "pods", "-n", "app")["items"]
-        if p["metadata"]["name"] == "s"
-    )
+    server = _meshed_pair(cluster)
     c = Cluster(cluster)
     node_ns, zt_ns = naming.node_netns(cluster, "node1"), naming.ztunnel_netns(cluster, "node1")
     pins = naming.bpf_pin_dir(cluster) / "node1"
@@ -247,15 +222,6 @@ def test_an_agent_of_another_map_version_takes_over_both_ways_without_a_gap(
     def meshes_new_connections() -> bool:
         out, _ = stream("0.3").communicate(timeout=30)
         return out.startswith("OK") and _pod(cluster, "a")["redirected"]
-
-    def ready() -> bool:
-        try:
-            return (
-                http_get_in(node_ns, "127.0.0.1", ports.NODE_AGENT_METRICS, "/healthz/ready")[0]
-                == 200
-            )
-        except OSError:
-            return False
 
     def versions() -> set[str]:
         return {p.name.rsplit("_", 1)[1] for p in pins.iterdir()}
@@ -278,7 +244,7 @@ def test_an_agent_of_another_map_version_takes_over_both_ways_without_a_gap(
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_for(ready, 20, "the other version's agent ready")
+        wait_for(lambda: agent_readiness(node_ns)[0] == 200, 20, "the other version's agent ready")
         assert versions() == {"v0"}, "the other version's pins must replace ours"
         assert (our_filters(node_ns), our_filters(zt_ns)) == before, "programs stacked"
         wait_for(meshes_new_connections, 10, "new connections meshed by the other version")
@@ -288,7 +254,11 @@ def test_an_agent_of_another_map_version_takes_over_both_ways_without_a_gap(
     assert other.returncode == 0, log.read_text()
     assert "unpinned the maps of another version" in log.read_text()
     ambientctl(cluster, "up")  # back to this version's agent
-    wait_for(lambda: ready() and versions() == {MAP_VERSION}, 20, "this version's agent back")
+    wait_for(
+        lambda: agent_readiness(node_ns)[0] == 200 and versions() == {MAP_VERSION},
+        20,
+        "this version's agent back",
+    )
     assert (our_filters(node_ns), our_filters(zt_ns)) == before
     wait_for(meshes_new_connections, 10, "new connections meshed again")
     assert streaming.poll() is None, "the connection must span both handovers"

@@ -16,24 +16,18 @@ from api import ports
 from localcluster import naming, system
 from localcluster.cluster import Cluster
 from localcluster.netns import http_get_in, set_sysctls
-from node_agent import attach, discover
+from node_agent import discover
 from node_agent.attach import ZTUNNEL_SYSCTLS
 from node_agent.main import API_GRACE_S
 from tests.fakekube import TOKEN
-from tests.support import ambientctl, namespace_manifest, pod_manifest, wait_for
-
-
-def our_filters(netns: str | None) -> int:
-    count = 0
-    with attach._ipr(netns) as ipr:
-        for link in ipr.get_links():
-            for parent in (attach.INGRESS, attach.EGRESS):
-                try:
-                    filters = ipr.get_filters(link["index"], parent=parent)
-                except Exception:
-                    continue
-                count += sum(1 for f in filters if (int(f["info"]) >> 16) == attach.PRIO)
-    return count
+from tests.support import (
+    agent_readiness,
+    ambientctl,
+    namespace_manifest,
+    our_filters,
+    pod_manifest,
+    wait_for,
+)
 
 
 def eth0_addresses(netns_path: str) -> set[str]:
@@ -109,16 +103,7 @@ def test_cleanup_detaches_everything_and_removes_pins(cluster: str) -> None:
     # says ready only then.
     ambientctl(cluster, "up")
 
-    def ready() -> bool:
-        try:
-            return (
-                http_get_in(node_ns, "127.0.0.1", ports.NODE_AGENT_METRICS, "/healthz/ready")[0]
-                == 200
-            )
-        except OSError:
-            return False
-
-    wait_for(ready, 15, "new agent ready")
+    wait_for(lambda: agent_readiness(node_ns)[0] == 200, 15, "new agent ready")
     assert pin_dir.exists()
     assert captured()
     assert our_filters(node_ns) >= 2
@@ -189,21 +174,14 @@ def test_with_the_api_unreachable_the_agent_keeps_its_datapath_and_says_so(
         stderr=subprocess.STDOUT,
     )
 
-    def readiness() -> tuple[int, str]:
-        try:
-            code, body = http_get_in(
-                node_ns, "127.0.0.1", ports.NODE_AGENT_METRICS, "/healthz/ready"
-            )
-        except OSError:
-            return 0, ""
-        return code, body.decode()
-
     try:
-        wait_for(lambda: readiness()[0] == 200, 30, "ready on the fake API's state")
+        wait_for(lambda: agent_readiness(node_ns)[0] == 200, 30, "ready on the fake API's state")
         before = (our_filters(node_ns), our_filters(zt_ns))
         flag.touch()
-        wait_for(lambda: readiness()[0] == 503, API_GRACE_S + 20, "unready, the API gone")
-        body = readiness()[1]
+        wait_for(
+            lambda: agent_readiness(node_ns)[0] == 503, API_GRACE_S + 20, "unready, the API gone"
+        )
+        body = agent_readiness(node_ns)[1]
         assert "Kubernetes API unreachable" in body and "HTTP 503" in body, body
         assert (our_filters(node_ns), our_filters(zt_ns)) == before, "the datapath changed"
         text = http_get_in(node_ns, "127.0.0.1", ports.NODE_AGENT_METRICS, "/metrics")[1]
@@ -211,7 +189,7 @@ def test_with_the_api_unreachable_the_agent_keeps_its_datapath_and_says_so(
         assert agent.poll() is None
         flag.unlink()
         # The informers back off up to 30 s (sources.kube.BACKOFF_S) between attempts.
-        wait_for(lambda: readiness()[0] == 200, 45, "ready again once the API answers")
+        wait_for(lambda: agent_readiness(node_ns)[0] == 200, 45, "ready again once the API answers")
     finally:
         agent.terminate()
         api.terminate()
