@@ -29,7 +29,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from api import ports
 from api.ambient import ROOT_NAMESPACE
 from api.meshconfig import CRL_KEY, Resource, policy_namespaces
-from common import fdlimit, http1
+from common import fdlimit, heap, http1
 from common.signals import run_until_signalled
 from localcluster import naming
 from localcluster.store import FileStore, StoreWatcher
@@ -363,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = parse_args(sys.argv[1:] if argv is None else argv)
     cap = fdlimit.cap_for_this_process(settings.proxy.max_connections)  # RELIABILITY L-1
+    heap.keep_freed()  # buffers reused without faulting their pages in again (common.heap)
     settings = replace(settings, proxy=replace(settings.proxy, max_connections=cap))
     return uvloop.run(amain(settings))  # never asyncio's TLS transport on the data path (PERF.md)
 

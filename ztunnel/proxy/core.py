@@ -13,6 +13,7 @@ from typing import Any
 
 from api import ports
 from api.spiffe import SpiffeId
+from common import heap
 from ztunnel.hbone import protocol as p
 from ztunnel.hbone.connection import HboneConnection
 from ztunnel.identity import verify
@@ -167,6 +168,7 @@ class ProxyCore:
         stage = self.memory = overload.follow(self.memory, usage, self.metrics.memory_stage, log)
         if usage is None or stage < overload.Stage.CLOSE_IDLE:
             return
+        heap.give_back()  # what the last tick's shedding freed, for RSS to fall
         self.metrics.shed.labels(action="close_idle").inc(self.pool.close_idle())
         if stage < overload.Stage.RESET_HEAVIEST:
             return

@@ -28,7 +28,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from api import ports
 from api.meshconfig import CRL_KEY, Resource
 from api.spiffe import SpiffeId
-from common import fdlimit, http1
+from common import fdlimit, heap, http1
 from common.signals import run_until_signalled
 from localcluster import naming
 from ztunnel.config.bootstrap import Bootstrap, add_kubernetes_flags, check_kubernetes_flags
@@ -221,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = parse_args(sys.argv[1:] if argv is None else argv)
     cap = fdlimit.cap_for_this_process(settings.proxy.max_tunnels)  # RELIABILITY L-1
+    heap.keep_freed()  # buffers reused without faulting their pages in again (common.heap)
     settings = replace(settings, proxy=replace(settings.proxy, max_tunnels=cap))
     return uvloop.run(amain(settings))
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from api import ports
 from api.spiffe import SpiffeId
-from common import tls
+from common import heap, tls
 from ztunnel.hbone import protocol as p
 from ztunnel.hbone.connection import HboneConnection
 from ztunnel.identity import verify
@@ -185,6 +185,7 @@ class WaypointProxy:
             self.memory, usage, self.tcp_metrics.memory_stage, log
         )
         if stage >= overload.Stage.CLOSE_IDLE:
+            heap.give_back()  # what the last tick's shedding freed, for RSS to fall
             self.tcp_metrics.shed.labels(action="close_idle").inc(self.pool.close_idle())
 
     def _verify_client(self, transport: asyncio.Transport) -> SpiffeId:

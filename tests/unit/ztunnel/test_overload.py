@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from common import heap
 from tests.unit.ztunnel.harness import Mesh, mesh, refused_before_tls, roundtrip
 from tests.waiting import until
 from ztunnel.proxy import overload
@@ -124,7 +125,12 @@ def shed(m: Mesh, node: str, action: str) -> float:
 
 
 @pytest.mark.usefixtures("state_dir")
-def test_idle_pooled_connections_close_first_then_new_work_is_refused_then_it_recovers() -> None:
+def test_idle_pooled_connections_close_first_then_new_work_is_refused_then_it_recovers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    given_back: list[None] = []
+    monkeypatch.setattr(heap, "give_back", lambda: given_back.append(None))
+
     async def body(m: Mesh) -> None:
         node1, node2 = m.proxies["node1"], m.proxies["node2"]
         assert await roundtrip(m, b"a") == b"A|EOF"
@@ -133,9 +139,11 @@ def test_idle_pooled_connections_close_first_then_new_work_is_refused_then_it_re
         node1.on_memory(Usage(91, 100))  # CLOSE_IDLE: the idle pooled connection goes
         assert shed(m, "node1", "close_idle") == 1
         assert m.metric("node1", "ambientmesh_ztunnel_memory_stage") == 1
+        assert len(given_back) == 1  # the heap's free memory too
         assert await roundtrip(m, b"b") == b"B|EOF"  # still served, on a new dial
         assert node1.pool.dials == 2
         node1.on_memory(Usage(50, 100))
+        assert len(given_back) == 1
 
         listener = node2.hbone[m.server_ip].server.sockets[0].getsockname()
         node2.on_memory(Usage(96, 100))  # REFUSE_NEW, at the destination
