@@ -28,7 +28,7 @@ class StreamHandler(Protocol):
     """What one stream's owner (a tunnel) hears from the connection."""
 
     def on_response(self, status: int) -> None: ...
-    def on_data(self, data: bytes, flow_controlled_length: int) -> None: ...
+    def on_data(self, data: bytes | bytearray, flow_controlled_length: int) -> None: ...
     def on_end(self) -> None: ...
     def on_reset(self, error_code: int) -> None: ...
     def on_writable(self) -> None: ...
@@ -39,7 +39,7 @@ RequestCallback = Callable[["HboneConnection", p.ConnectRequest], None]
 DEFAULT_LIMITS = p.Limits()
 
 
-class HboneConnection(asyncio.Protocol):
+class HboneConnection(asyncio.BufferedProtocol):
     def __init__(
         self,
         *,
@@ -91,6 +91,21 @@ class HboneConnection(asyncio.Protocol):
             return  # verification failed: the connection is being aborted
         self._last_rx = time.monotonic()
         for event in self.proto.receive(data):
+            self._dispatch(event)
+        self._flush()
+
+    # A TLS transport decrypts into the buffer a BufferedProtocol lends it: a large DATA
+    # frame's payload straight into its own buffer, with no join of the records (frames.py).
+    # data_received serves transports that hand over bytes (and tests' in-memory ones).
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.proto.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.transport is None:
+            return  # verification failed: the connection is being aborted
+        self._last_rx = time.monotonic()
+        for event in self.proto.buffer_updated(nbytes):
             self._dispatch(event)
         self._flush()
 

@@ -11,8 +11,9 @@ what changes is how DATA bytes get in and out, and one refusal:
    Both directions skip the state machines' steps that h2's own tables make no-ops (DATA on an
    open connection or stream): per 1 KiB message, what is left is what h2 has to decide.
 2. Inbound DATA without h2's reader: its FrameBuffer copies every received byte three times,
-   a fifth of a receiving ztunnel's CPU. `receive_data` cuts frames with `frames.FrameReader`
-   (one copy per payload). A DATA frame on an open stream goes through the steps of h2's DATA
+   a fifth of a receiving ztunnel's CPU. `receive_data`, and `get_buffer`/`buffer_updated`
+   for a transport that reads into the buffer we lend, cut frames with `frames.FrameReader`
+   (at most one copy per payload; none for a payload that spans reads). A DATA frame on an open stream goes through the steps of h2's DATA
    handler (connection and stream state machines, both windows, the DataReceived event)
    without a hyperframe frame and its trace repr; on any other stream it goes to that handler
    itself (closed-stream and reset rules). Every other frame goes to h2's parser as bytes, as
@@ -26,7 +27,8 @@ what changes is how DATA bytes get in and out, and one refusal:
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 import h2.config
 import h2.connection
@@ -79,8 +81,14 @@ _RECV_DATA_NO_OP = _no_ops(_CONNECTION_TABLE, h2.connection.ConnectionInputs.REC
 _STREAM_SEND_DATA_NO_OP = _no_ops(h2.stream._transitions, h2.stream.StreamInputs.SEND_DATA)
 
 
+def _as_bytes(payload: bytes | bytearray) -> bytes:
+    """h2 only measures a DATA payload and hands it on in its event: a payload's own read
+    buffer (frames.py) serves as it is, uncopied."""
+    return cast(bytes, payload)
+
+
 def _data_frame(frame: Frame) -> hyperframe.frame.DataFrame:
-    data_frame = hyperframe.frame.DataFrame(frame.stream_id, frame.payload)
+    data_frame = hyperframe.frame.DataFrame(frame.stream_id, _as_bytes(frame.payload))
     if frame.flags & END_STREAM:
         data_frame.flags.add("END_STREAM")
     return data_frame
@@ -92,6 +100,7 @@ class H2Connection(h2.connection.H2Connection):
         self._out: list[bytes] = []
         self._reader = FrameReader(self.max_inbound_frame_size)
         self._preface_left = 0 if config.client_side else PREFACE_SIZE
+        self._preface = bytearray(self._preface_left)
 
     def send_available(
         self, stream_id: int, data: bytes | bytearray | memoryview, limit: int
@@ -160,8 +169,27 @@ class H2Connection(h2.connection.H2Connection):
             preface, data = data[: self._preface_left], data[self._preface_left :]
             self._preface_left -= len(preface)
             events += super().receive_data(preface)
+        return events + self._receive_frames(self._reader.feed(data))
+
+    def get_buffer(self) -> memoryview:
+        """Where the next read goes (asyncio.BufferedProtocol): the preface's own buffer first,
+        then the frame reader's."""
+        if self._preface_left:
+            return memoryview(self._preface)[PREFACE_SIZE - self._preface_left :]
+        return self._reader.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> list[h2.events.Event]:
+        """The events of the `nbytes` just read into `get_buffer`'s buffer."""
+        if self._preface_left:
+            start = PREFACE_SIZE - self._preface_left
+            self._preface_left -= nbytes
+            return super().receive_data(bytes(self._preface[start : start + nbytes]))
+        return self._receive_frames(self._reader.buffer_updated(nbytes))
+
+    def _receive_frames(self, frames: Iterable[Frame]) -> list[h2.events.Event]:
+        events: list[h2.events.Event] = []
         try:
-            for frame in self._reader.feed(data):
+            for frame in frames:
                 if frame.type == DATA and self._takes_data_directly(frame):
                     events += self._receive_data(frame)
                 else:
@@ -194,7 +222,7 @@ class H2Connection(h2.connection.H2Connection):
                 self.state_machine.process_input(h2.connection.ConnectionInputs.RECV_DATA)
             self._inbound_flow_control_window_manager.window_consumed(frame.length)
             frames, events = stream.receive_data(
-                frame.payload, bool(frame.flags & END_STREAM), frame.length
+                _as_bytes(frame.payload), bool(frame.flags & END_STREAM), frame.length
             )
         except h2.exceptions.ProtocolError as exc:
             self._terminate_connection(exc.error_code)

@@ -19,6 +19,7 @@ import ipaddress
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -87,7 +88,7 @@ class Response:
 @dataclass(slots=True)  # not frozen: one per received message, and frozen costs 3x to build
 class Data:
     stream_id: int
-    data: bytes
+    data: bytes | bytearray  # a bytearray: a large payload's own read buffer, handed over
     flow_controlled_length: int  # pass back to `ack` once consumed
 
 
@@ -232,8 +233,21 @@ class HboneProtocol:
     def receive(self, data: bytes) -> list[Event]:
         if self.closed is not None:
             return []
+        return self._received(self.h2.receive_data, data)
+
+    def get_buffer(self) -> memoryview:
+        """Where the next read goes, for `buffer_updated` (asyncio.BufferedProtocol): a large
+        DATA payload is read into a buffer of its own, which its Data event carries."""
+        return self.h2.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> list[Event]:
+        if self.closed is not None:
+            return []
+        return self._received(self.h2.buffer_updated, nbytes)
+
+    def _received(self, receive: Callable[[Any], list[h2.events.Event]], read: Any) -> list[Event]:
         try:
-            raw = self.h2.receive_data(data)
+            raw = receive(read)
         except h2.exceptions.ProtocolError as exc:
             # h2 has already queued a GOAWAY with the right code.
             self.closed = Closed(

@@ -116,7 +116,7 @@ class Tunnel(asyncio.Protocol):
         if not self.response.done():
             self.response.set_result(status)
 
-    def on_data(self, data: bytes, flow_controlled_length: int) -> None:
+    def on_data(self, data: bytes | bytearray, flow_controlled_length: int) -> None:
         self.stats.from_stream += len(data)
         if self.tcp is None:
             # A CONNECT client may send right behind its HEADERS: keep it (bounded by the

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import cast
 
+from ztunnel.hbone.connection import HboneConnection
 from ztunnel.proxy import sockets
 
 
@@ -91,7 +92,9 @@ class Gate(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def open(self, transport: asyncio.Transport, protocol: asyncio.Protocol) -> None:
+    def open(
+        self, transport: asyncio.Transport, protocol: asyncio.Protocol | HboneConnection
+    ) -> None:
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         if self.buffer:

@@ -52,8 +52,9 @@ class HboneStream:
         if not self.response.done():
             self.response.set_result(status)
 
-    def on_data(self, data: bytes, flow_controlled_length: int) -> None:
-        self._chunks.append((data, flow_controlled_length))
+    def on_data(self, data: bytes | bytearray, flow_controlled_length: int) -> None:
+        # A large payload comes in its own read buffer; the HTTP layers take bytes.
+        self._chunks.append((data if type(data) is bytes else bytes(data), flow_controlled_length))
         self._readable.set()
 
     def on_end(self) -> None:

@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ztunnel.hbone.frames import HEADER_SIZE, FrameReader, FrameTooLarge, parse_header
+from ztunnel.hbone.frames import (
+    HEADER_SIZE,
+    RESERVE,
+    Frame,
+    FrameReader,
+    FrameTooLarge,
+    parse_header,
+)
 
 payloads = st.binary(max_size=3000)
 
@@ -47,6 +54,75 @@ def test_any_chunking_gives_back_the_frames_as_encoded(
     for chunk in chunked(b"".join(frames), cuts):
         out += [f.header + f.payload for f in reader.feed(chunk)]
     assert out == frames
+    assert reader.buffered == 0
+
+
+def read_into(reader: FrameReader, chunk: bytes) -> list[Frame]:
+    """A chunk as a TLS transport hands it to a BufferedProtocol: into the lent buffers."""
+    frames: list[Frame] = []
+    view = memoryview(chunk)
+    while view:
+        buffer = reader.get_buffer()
+        n = min(len(buffer), len(view))
+        buffer[:n], view = view[:n], view[n:]
+        del buffer
+        frames += reader.buffer_updated(n)
+    return frames
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(frame_bytes(), max_size=10),
+    st.lists(st.integers(0, 40_000), max_size=30),
+    st.lists(st.booleans(), min_size=1),
+)
+def test_reads_into_lent_buffers_give_back_the_frames_too(
+    frames: list[bytes], cuts: list[int], lent: list[bool]
+) -> None:
+    """Read where the reader lends (as a TLS transport does), or fed bytes, in any mix."""
+    reader = FrameReader(max_frame_size=1 << 20)
+    out = []
+    for i, chunk in enumerate(chunked(b"".join(frames), cuts)):
+        got = read_into(reader, chunk) if lent[i % len(lent)] else list(reader.feed(chunk))
+        out += [bytes(f.header + f.payload) for f in got]
+    assert out == frames
+    assert reader.buffered == 0
+
+
+def test_a_header_alone_reserves_at_most_a_reserve_for_its_payload() -> None:
+    reader = FrameReader(max_frame_size=1 << 20)
+    data = hf.DataFrame(1, data=b"m" * (1 << 20)).serialize()
+    assert read_into(reader, data[: HEADER_SIZE + 10]) == []
+    assert len(reader.get_buffer()) == RESERVE
+    (whole,) = read_into(reader, data[HEADER_SIZE + 10 :])
+    assert whole.payload == b"m" * (1 << 20)
+
+
+def test_a_read_while_another_readers_frames_are_being_cut_gets_its_own_buffer() -> None:
+    """A synchronous transport may deliver to a second connection while the first one's
+    frames are handled: the scratch the first read landed in is not lent out again."""
+    first, second = FrameReader(100), FrameReader(100)
+    one = hf.DataFrame(1, data=b"1").serialize() + hf.DataFrame(1, data=b"2").serialize()
+    two = hf.DataFrame(3, data=b"3").serialize()
+    buffer = first.get_buffer()
+    buffer[: len(one)] = one
+    del buffer
+    frames = iter(first.buffer_updated(len(one)))
+    assert next(frames).payload == b"1"
+    assert [f.payload for f in read_into(second, two)] == [b"3"]
+    assert next(frames).payload == b"2"
+
+
+def test_an_oversized_frame_read_into_a_lent_buffer_is_refused_after_whole_ones() -> None:
+    reader = FrameReader(max_frame_size=16)
+    read = hf.DataFrame(1, data=b"ok").serialize() + hf.DataFrame(1, data=b"x" * 17).serialize()
+    buffer = reader.get_buffer()
+    buffer[: len(read)] = read
+    del buffer
+    frames = iter(reader.buffer_updated(len(read)))
+    assert next(frames).payload == b"ok"
+    with pytest.raises(FrameTooLarge):
+        next(frames)
     assert reader.buffered == 0
 
 

@@ -79,13 +79,28 @@ class Outcome(NamedTuple):
     error: tuple[str, str] | None
 
 
-def run(conn: h2.connection.H2Connection, chunks: list[bytes]) -> Outcome:
+def read_into(conn: H2Connection, chunk: bytes) -> list[h2.events.Event]:
+    """A chunk as a TLS transport hands it to a BufferedProtocol: read into the buffers the
+    connection lends, as much as each holds."""
+    events: list[h2.events.Event] = []
+    view = memoryview(chunk)
+    while view:
+        buffer = conn.get_buffer()
+        n = min(len(buffer), len(view))
+        buffer[:n], view = view[:n], view[n:]
+        del buffer
+        events += conn.buffer_updated(n)
+    return events
+
+
+def run(conn: h2.connection.H2Connection, chunks: list[bytes], lent: bool = False) -> Outcome:
     events: list[str] = []
     sent = b""
     error = None
     for chunk in chunks:
         try:
-            events += [repr(e) for e in conn.receive_data(chunk)]
+            got = read_into(conn, chunk) if lent else conn.receive_data(chunk)  # type: ignore[arg-type]
+            events += [repr(e) for e in got]
         except h2.exceptions.ProtocolError as exc:
             error = (type(exc).__name__, str(exc))
         sent += conn.data_to_send()
@@ -95,8 +110,9 @@ def run(conn: h2.connection.H2Connection, chunks: list[bytes]) -> Outcome:
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(frame(), max_size=14), st.lists(st.integers(0, 80_000), max_size=12))
-def test_receive_matches_h2(frames: list[bytes], cuts: list[int]) -> None:
+@given(st.lists(frame(), max_size=14), st.lists(st.integers(0, 80_000), max_size=12), st.booleans())
+def test_receive_matches_h2(frames: list[bytes], cuts: list[int], lent: bool) -> None:
+    """Fed bytes, or reading into the buffers it lends (`lent`), as a TLS transport does."""
     stream = PREFACE + hf.SettingsFrame(0).serialize()
     for raw in frames:
         stream += raw
@@ -107,7 +123,8 @@ def test_receive_matches_h2(frames: list[bytes], cuts: list[int]) -> None:
             cuts.append(len(stream))
     points = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
     chunks = [stream[a:b] for a, b in itertools.pairwise(points)]
-    ours, h2s = run(server(H2Connection), chunks), run(server(h2.connection.H2Connection), chunks)
+    ours = run(server(H2Connection), chunks, lent)
+    h2s = run(server(h2.connection.H2Connection), chunks)
     assert (ours.sent, ours.error) == (h2s.sent, h2s.error)
     if ours.error and ours.error[0] == "FrameTooLargeError":
         # Refused at its header, where h2 waits for the body: events of frames that came in
@@ -179,3 +196,26 @@ def test_the_state_machine_steps_the_data_path_skips_are_no_ops_in_h2() -> None:
         stream_machine.state = state
         assert stream_machine.process_input(h2.stream.StreamInputs.SEND_DATA) == []
         assert stream_machine.state == state
+
+
+def test_a_large_data_payload_is_read_into_its_own_buffer_and_handed_over_uncopied() -> None:
+    conn = server(H2Connection)
+    assert isinstance(conn, H2Connection)
+    headers = hf.HeadersFrame(1, data=CONNECT)
+    headers.flags.add("END_HEADERS")
+    setup = PREFACE + hf.SettingsFrame(0).serialize() + headers.serialize()
+    read_into(conn, setup + hf.SettingsFrame(0, flags=["ACK"]).serialize())
+    data = hf.DataFrame(1, data=b"p" * 60_000).serialize()  # within the 64 KiB window
+    assert read_into(conn, data[:2_000]) == []
+    buffers = []
+    events = []
+    for start in range(2_000, len(data), 16_384):  # TLS records, decrypted where lent
+        buffer = conn.get_buffer()
+        buffers.append(buffer.obj)
+        n = min(16_384, len(data) - start)
+        buffer[:n] = data[start : start + n]
+        del buffer
+        events += conn.buffer_updated(n)
+    (received,) = [e for e in events if isinstance(e, h2.events.DataReceived)]
+    assert received.data == b"p" * 60_000
+    assert all(b is received.data for b in buffers)  # one buffer, the event's data
