@@ -4,7 +4,7 @@ A proxy moving a stream allocates and frees buffers of a read's size (up to 256 
 glibc's initial 128 KiB mmap threshold) thousands of times a second. By default glibc maps and
 unmaps them, or grows and trims the heap's top around them, so the pages fault in again on
 every reuse: on this project's 2-core VM a meshed stream's sending ztunnel took ~40 000 to
-~960 000 page faults per 8 s stream, and a fifth of its CPU in the fault path (PERF.md). Peers
+~960 000 page faults per 8 s stream, and a fifth of its CPU in the fault path. Peers
 choose allocators that keep freed memory (Envoy links tcmalloc; Istio's ztunnel can use
 jemalloc); here two glibc settings do it. Under memory pressure the proxy hands the free
 memory back (`give_back`, at the overload module's close-idle stage), so RSS can fall.

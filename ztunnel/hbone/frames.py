@@ -8,7 +8,7 @@ when profiled. This reader is fed the way `asyncio.BufferedProtocol` is (`get_bu
 from it (one copy of each payload), and a frame whose payload has not all arrived gets a buffer
 of its own, into which the following reads are decrypted directly: the large DATA frames of a
 bulk transfer are never copied here, nor joined by the TLS transport, which copies every read
-of more than one TLS record into a new `bytes` for a plain `Protocol` (PERF.md: together ~7 % of
+of more than one TLS record into a new `bytes` for a plain `Protocol` (profiled: together ~7 % of
 a receiving ztunnel's CPU). `feed` takes bytes, for transports that hand over `bytes`.
 `h2conn.H2Connection` gives DATA frames to h2's state machines directly and every other frame
 to h2's own parser, unchanged.
@@ -129,7 +129,7 @@ class FrameReader:
             start = min(len(view), self._length - self._filled)
             filled = self._filled + start
             if filled > len(self._payload):
-                self._grow(filled)
+                self._grow(min(self._length, max(filled, self._filled + RESERVE)))
             self._payload[self._filled : filled] = view[:start]
             self._filled = filled
             if filled < self._length:

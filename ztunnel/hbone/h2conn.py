@@ -13,11 +13,12 @@ what changes is how DATA bytes get in and out, and one refusal:
 2. Inbound DATA without h2's reader: its FrameBuffer copies every received byte three times,
    a fifth of a receiving ztunnel's CPU. `receive_data`, and `get_buffer`/`buffer_updated`
    for a transport that reads into the buffer we lend, cut frames with `frames.FrameReader`
-   (at most one copy per payload; none for a payload that spans reads). A DATA frame on an open stream goes through the steps of h2's DATA
-   handler (connection and stream state machines, both windows, the DataReceived event)
-   without a hyperframe frame and its trace repr; on any other stream it goes to that handler
-   itself (closed-stream and reset rules). Every other frame goes to h2's parser as bytes, as
-   do the preface, padded DATA and DATA inside a header block, so h2's checks judge them.
+   (at most one copy per payload; none for a payload that spans reads). A DATA frame on an
+   open stream goes through the steps of h2's DATA handler (connection and stream state
+   machines, both windows, the DataReceived event) without a hyperframe frame and its trace
+   repr; on any other stream it goes to that handler itself (closed-stream and reset rules).
+   Every other frame goes to h2's parser as bytes, as do the preface, padded DATA and DATA
+   inside a header block, so h2's checks judge them.
    tests/unit/hbone/test_h2conn.py holds it to h2's own behaviour, frame by frame.
 3. RELIABILITY H-7: a peer stream beyond our advertised MAX_CONCURRENT_STREAMS is refused
    alone, with RST_STREAM(REFUSED_STREAM) as RFC 9113 §5.1.2 allows, where h2 would tear down
