@@ -13,7 +13,7 @@ memory back (`give_back`, at the overload module's close-idle stage), so RSS can
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import logging
 
 log = logging.getLogger("heap")
@@ -29,11 +29,10 @@ TRIM_THRESHOLD = 16 * 1024 * 1024
 MMAP_THRESHOLD = 1024 * 1024 + 4096
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    libc = ctypes.CDLL(name)
+    """The process's own C library (as localcluster.shim loads it), if its malloc is glibc's."""
+    libc = ctypes.CDLL(None)
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 

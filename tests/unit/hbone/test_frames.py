@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.unit.hbone.lent import read_into
 from ztunnel.hbone.frames import (
     HEADER_SIZE,
     RESERVE,
-    Frame,
     FrameReader,
     FrameTooLarge,
     parse_header,
@@ -55,19 +55,6 @@ def test_any_chunking_gives_back_the_frames_as_encoded(
         out += [f.header + f.payload for f in reader.feed(chunk)]
     assert out == frames
     assert reader.buffered == 0
-
-
-def read_into(reader: FrameReader, chunk: bytes) -> list[Frame]:
-    """A chunk as a TLS transport hands it to a BufferedProtocol: into the lent buffers."""
-    frames: list[Frame] = []
-    view = memoryview(chunk)
-    while view:
-        buffer = reader.get_buffer()
-        n = min(len(buffer), len(view))
-        buffer[:n], view = view[:n], view[n:]
-        del buffer
-        frames += reader.buffer_updated(n)
-    return frames
 
 
 @settings(max_examples=300, deadline=None)

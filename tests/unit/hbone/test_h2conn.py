@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.unit.hbone.lent import read_into
 from ztunnel.hbone import h2conn
 from ztunnel.hbone.h2conn import H2Connection
 
@@ -77,20 +78,6 @@ class Outcome(NamedTuple):
     events: list[str]
     sent: bytes
     error: tuple[str, str] | None
-
-
-def read_into(conn: H2Connection, chunk: bytes) -> list[h2.events.Event]:
-    """A chunk as a TLS transport hands it to a BufferedProtocol: read into the buffers the
-    connection lends, as much as each holds."""
-    events: list[h2.events.Event] = []
-    view = memoryview(chunk)
-    while view:
-        buffer = conn.get_buffer()
-        n = min(len(buffer), len(view))
-        buffer[:n], view = view[:n], view[n:]
-        del buffer
-        events += conn.buffer_updated(n)
-    return events
 
 
 def run(conn: h2.connection.H2Connection, chunks: list[bytes], lent: bool = False) -> Outcome:
