@@ -18,7 +18,7 @@ from typing import cast
 
 import uvloop
 
-from common import tls
+from common import heap, tls
 
 HIGH_WATER = 1024 * 1024  # like the ztunnel relay: a bounded buffer, then back-pressure
 
@@ -105,6 +105,7 @@ async def relay(role: str, listen: str, target: str, pki: tuple[Path, Path, Path
 
 def main(argv: list[str]) -> int:
     role, listen, target, cert, key, ca = argv
+    heap.keep_freed()  # as ztunnel does (common.heap): the same allocator behaviour
     uvloop.run(relay(role, listen, target, (Path(cert), Path(key), Path(ca))))
     return 0
 

@@ -22,6 +22,10 @@ log = logging.getLogger("ztunnel.hbone")
 PING_INTERVAL_S = 10.0
 PING_TIMEOUT_S = 20.0
 IDLE_TIMEOUT_S = 300.0  # a pooled connection with no streams is closed after this
+# A send this large goes out at once even with several streams (see `_flush_soon`): it fills
+# TLS records of its own, and held to the iteration's end, a socket's several 256 KiB reads
+# (libuv reads a ready socket up to 32 times) piled into one multi-MiB TLS write.
+BULK = 16 * 1024
 
 
 class StreamHandler(Protocol):
@@ -203,7 +207,10 @@ class HboneConnection(asyncio.BufferedProtocol):
 
     def send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
         taken = self.proto.send(stream_id, data)
-        self._flush_soon()
+        if taken >= BULK:
+            self._flush()
+        else:
+            self._flush_soon()
         return taken
 
     def end(self, stream_id: int) -> None:
@@ -253,7 +260,8 @@ class HboneConnection(asyncio.BufferedProtocol):
         """A lone stream's frames go out at once: its round trip pays no extra loop iteration.
         With several streams, the first write of a loop iteration goes out at once (the peer
         starts on it) and later ones wait for the iteration's end and go out together: one
-        TLS write and one syscall for all of them. Reading a socket batch flushes at its end."""
+        TLS write and one syscall for all of them. Reading a socket batch flushes at its end.
+        Bulk sends (`BULK`) do not wait: they gain nothing from sharing a write."""
         if len(self.handlers) <= 1 and not self._flush_pending:
             self._flush()
         elif not self._wrote_this_tick:
