@@ -14,6 +14,7 @@ from typing import Any, Protocol, cast
 
 from api.spiffe import SpiffeId
 from ztunnel.hbone import protocol as p
+from ztunnel.hbone.h2conn import RECORD
 from ztunnel.hbone.protocol import ErrorCodes
 
 log = logging.getLogger("ztunnel.hbone")
@@ -22,10 +23,10 @@ log = logging.getLogger("ztunnel.hbone")
 PING_INTERVAL_S = 10.0
 PING_TIMEOUT_S = 20.0
 IDLE_TIMEOUT_S = 300.0  # a pooled connection with no streams is closed after this
-# A send this large goes out at once even with several streams (see `_flush_soon`): it fills
-# TLS records of its own, and held to the iteration's end, a socket's several 256 KiB reads
-# (libuv reads a ready socket up to 32 times) piled into one multi-MiB TLS write.
-BULK = 16 * 1024
+# A send that fills a TLS record of its own goes out at once even with several streams (see
+# `_flush_soon`): held to the iteration's end, a socket's several 256 KiB reads (libuv reads a
+# ready socket up to 32 times) piled into one multi-MiB TLS write.
+BULK = RECORD
 
 
 class StreamHandler(Protocol):
