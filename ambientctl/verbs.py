@@ -27,6 +27,7 @@ _ALIASES = {
     "svc": "Service",
     "ap": "AuthorizationPolicy",
     "pa": "PeerAuthentication",
+    "cm": "ConfigMap",
     "nodes": "Node",
     "node": "Node",
     "no": "Node",

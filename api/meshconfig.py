@@ -9,6 +9,8 @@ A resource is a JSON object with a `type` and a `key` unique within the type:
   peerauth      namespace/name, spec (a PeerAuthentication spec)
   crl           "ca", pem (the CA's CRL, Istio's `ca-crl.pem`; every proxy gets it and checks
                 its signature itself)
+  meshconfig    "mesh", spec (Istio's MeshConfig from ConfigMap istio/istio-system, `api.mesh`;
+                absent: every default)
 
 A proxy validates every resource of an update before applying any (RELIABILITY F-12): one bad
 resource NACKs the whole update and the previous good state stays. Limits bound what a hostile
@@ -21,10 +23,10 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
-from api import names
+from api import mesh, names
 
 Resource = dict[str, Any]
-TYPES = ("workload", "service", "waypoint", "policy", "peerauth", "crl")
+TYPES = ("workload", "service", "waypoint", "policy", "peerauth", "crl", "meshconfig")
 PROTOCOLS = ("", "http", "http2", "tcp")  # a service port's application protocol ("" unknown)
 MAX_RESOURCES = 200_000  # 10 000 pods + services + policies, with 10x room
 MAX_LABELS = 64
@@ -32,6 +34,7 @@ MAX_ENDPOINTS = 10_000
 MAX_STRING = 253  # a DNS subdomain, the longest name Kubernetes allows
 MAX_CRL = 1024 * 1024  # ~30 000 revoked serials
 CRL_KEY = "crl/ca"
+MESH_KEY = "meshconfig/mesh"
 
 
 class ConfigError(ValueError):
@@ -125,6 +128,21 @@ def _crl(res: Mapping[str, Any]) -> None:
         raise ConfigError(f"pem: want a PEM CRL of at most {MAX_CRL} bytes")
 
 
+def _meshconfig(res: Mapping[str, Any]) -> None:
+    if not isinstance(res.get("spec"), dict):
+        raise ConfigError("spec: want an object")
+    try:
+        mesh.settings(res["spec"])
+    except mesh.MeshConfigError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def settings_of(resources: Mapping[str, Resource]) -> mesh.MeshSettings:
+    """The mesh-wide settings a proxy's (validated) resources carry."""
+    res = resources.get(MESH_KEY)
+    return mesh.settings(res["spec"]) if res else mesh.DEFAULTS
+
+
 _CHECKS = {
     "workload": _workload,
     "service": _service,
@@ -132,6 +150,7 @@ _CHECKS = {
     "policy": _spec,
     "peerauth": _spec,
     "crl": _crl,
+    "meshconfig": _meshconfig,
 }
 
 

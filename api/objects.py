@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from api import names, ports
+from api import mesh, names, ports
 from api.ambient import WAYPOINT_CLASS
 from api.errors import ObjectError
 
@@ -86,6 +86,22 @@ class _Checker:
 
 def _validate_namespace(_obj: Obj, _c: _Checker) -> None:
     """A Namespace has nothing beyond metadata that we use."""
+
+
+def _validate_configmap(obj: Obj, c: _Checker) -> None:
+    """String data, as the API server wants; the mesh's own (MeshConfig) is read as istiod
+    reads it, so a bad one is refused here rather than ignored by every proxy."""
+    data = c.mapping("data", obj.get("data"))
+    for key, value in data.items():
+        if not isinstance(value, str):
+            c.fail(f"data.{key}", "must be a string")
+    meta = obj["metadata"]
+    if mesh.is_mesh_configmap(meta["namespace"], meta["name"]):
+        try:
+            mesh.settings(mesh.load(data.get(mesh.CONFIGMAP_KEY, "")))
+        except mesh.MeshConfigError as exc:
+            inner = "" if exc.field == mesh.CONFIGMAP_KEY else f".{exc.field}"
+            c.fail(f"data.{mesh.CONFIGMAP_KEY}{inner}", exc.reason)
 
 
 def _validate_pod(obj: Obj, c: _Checker) -> None:
@@ -225,6 +241,7 @@ KINDS: dict[str, Kind] = {
         Kind("Namespace", frozenset({"v1"}), False, "namespaces", _validate_namespace),
         Kind("Pod", frozenset({"v1"}), True, "pods", _validate_pod),
         Kind("Service", frozenset({"v1"}), True, "services", _validate_service),
+        Kind("ConfigMap", frozenset({"v1"}), True, "configmaps", _validate_configmap),
         Kind(
             "AuthorizationPolicy",
             ISTIO_SECURITY_VERSIONS,

@@ -17,10 +17,11 @@ from typing import Any
 
 from api import names
 from api.errors import ObjectError
-from api.objects import DEFAULT_NAMESPACE, Obj, ObjectRef, ref_of
+from api.objects import DEFAULT_NAMESPACE, KINDS, Obj, ObjectRef, ref_of
 from localcluster.store import ObjectSet
 from localcluster.topology import NodePlan, allocate_pod_ip, pick_node
 
+NAMESPACED_KINDS = tuple(k.name for k in KINDS.values() if k.namespaced)  # a namespace's contents
 _METADATA_USER_FIELDS = ("labels", "annotations")
 # kind's service subnet; .1 (kubernetes) and .10 (kube-dns) are by convention not handed out.
 SERVICE_CIDR = ipaddress.ip_network("10.96.0.0/16")
@@ -167,7 +168,7 @@ def delete(store: ObjectSet, refs: list[ObjectRef], *, ignore_missing: bool) -> 
                 continue
             raise ObjectError(str(ref), "", "not found")
         if ref.kind == "Namespace":
-            for kind in ("Pod", "Service", "AuthorizationPolicy", "PeerAuthentication", "Gateway"):
+            for kind in NAMESPACED_KINDS:
                 for inner in store.list(kind, ref.name):
                     inner_ref = ref_of(inner)
                     store.remove(inner_ref)

@@ -21,6 +21,8 @@ from kubernetes_asyncio import config, watch
 from kubernetes_asyncio.client import ApiClient, ApiException, Configuration
 from prometheus_client import CollectorRegistry, Counter
 
+from api import mesh
+from api.ambient import ROOT_NAMESPACE
 from api.objects import Obj
 from sources.base import Cache, SourceError
 
@@ -62,8 +64,12 @@ RESOURCES = (
     Resource("AuthorizationPolicy", "security.istio.io", "v1", "authorizationpolicies"),
     Resource("PeerAuthentication", "security.istio.io", "v1", "peerauthentications"),
     Resource("Gateway", "gateway.networking.k8s.io", "v1", "gateways"),
+    Resource("ConfigMap", "", "v1", "configmaps"),
 )
-"""What the controller watches (cluster-wide)."""
+"""What the controller watches (cluster-wide; ConfigMaps: Istio's MeshConfig alone)."""
+CONTROLLER_SELECTORS = {
+    "ConfigMap": f"metadata.namespace={ROOT_NAMESPACE},metadata.name={mesh.CONFIGMAP}"
+}
 
 
 def node_agent_resources() -> tuple[Resource, ...]:

@@ -30,7 +30,7 @@ async def open_source(
         return LocalSource(ClusterStore(cluster))
     api = await kube.api_client(args.kubeconfig)
     if node is None:
-        return kube.KubeSource(api)
+        return kube.KubeSource(api, field_selectors=kube.CONTROLLER_SELECTORS)
     return kube.KubeSource(
         api, kube.node_agent_resources(), field_selectors={"Pod": f"spec.nodeName={node}"}
     )

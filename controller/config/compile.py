@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from api import mesh
 from api.ambient import ROOT_NAMESPACE, WAYPOINT_CLASS, enrolled, use_waypoint, waypoint_of
 from api.meshconfig import Resource, key_of
 from api.objects import Obj
@@ -142,6 +143,21 @@ def _spec_resource(kind: str, obj: Obj) -> Resource:
     }
 
 
+def _meshconfig(configmap: Obj) -> Resource | None:
+    """Istio's MeshConfig, from its ConfigMap; None for other ConfigMaps, and for one whose
+    MeshConfig is invalid (`ambientctl apply` refuses it; one the Kubernetes API let in leaves
+    every proxy on the defaults)."""
+    meta = configmap["metadata"]
+    if not mesh.is_mesh_configmap(meta["namespace"], meta["name"]):
+        return None
+    try:
+        spec = mesh.load((configmap.get("data") or {}).get(mesh.CONFIGMAP_KEY, ""))
+        mesh.settings(spec)
+    except mesh.MeshConfigError:
+        return None
+    return {"type": "meshconfig", "key": "mesh", "spec": spec}
+
+
 @dataclass(frozen=True)
 class Mesh:
     """Every resource of the mesh by key, and each workload's remote form (without labels),
@@ -172,6 +188,7 @@ def compile_mesh(objects: ObjectSet) -> Mesh:
             out.append(wp)
     out += [_spec_resource("policy", o) for o in objects.list("AuthorizationPolicy")]
     out += [_spec_resource("peerauth", o) for o in objects.list("PeerAuthentication")]
+    out += [r for o in objects.list("ConfigMap") if (r := _meshconfig(o))]
     resources = {key_of(r): r for r in out}
     remote = {
         key: {**r, "labels": {}}
@@ -195,7 +212,7 @@ def view(mesh: Mesh, proxy: Proxy) -> dict[str, Resource]:
         kind = res["type"]
         if kind == "workload" and res["node"] != proxy.node and key in mesh.remote:
             out[key] = mesh.remote[key]
-        elif kind in {"workload", "service", "waypoint", "crl"}:
+        elif kind in {"workload", "service", "waypoint", "crl", "meshconfig"}:
             out[key] = res
         elif res["namespace"] in local_ns or res["namespace"] == ROOT_NAMESPACE:
             if kind == "policy" and (res["spec"].get("targetRefs") or res["spec"].get("targetRef")):

@@ -294,6 +294,54 @@ def test_tcp_through_the_waypoint_has_l4_rules_only(cluster: str) -> None:
     assert opened >= 1
 
 
+MESH_CONFIG = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: istio-system}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |
+    pathNormalization:
+      normalization: %s
+"""
+
+
+def test_path_bypass_the_backend_receives_the_path_policy_judged(cluster: str) -> None:
+    """RELIABILITY W-4 / W-6 through a real waypoint: with ALLOW paths ["/api/*"], what the
+    backend receives is what policy judged (BASE, Istio's default); MeshConfig changes the mode
+    and a bad one is refused at apply."""
+    url = f"http://{vip(cluster, 'server')}:8080"
+
+    def path_as_is(path: str, *args: str) -> str:
+        return curl(cluster, "demo/client", "--path-as-is", *args, f"{url}{path}")
+
+    assert path_as_is("/api/%2e%2e/admin") == "403 RBAC: access denied"
+    assert path_as_is("/api/.%2E/admin") == "403 RBAC: access denied"
+    for refused in ("/api/..;/admin", "/api/..%2fadmin", "/api/%c0%ae%c0%ae/admin", "/api/%00"):
+        assert path_as_is(refused).startswith("400"), refused
+    judged = path_as_is("/api/x/%2e%2e/items?q=/../admin")
+    assert judged.startswith("200") and '"path": "/api/items?q=/../admin"' in judged, judged
+    h2 = f"http://{vip(cluster, 'grpcish')}:9090"
+    args = ("--path-as-is", "--http2-prior-knowledge", f"{h2}/api/b/%2e%2e/c")
+    over_h2 = curl(cluster, "demo/client", *args)
+    assert over_h2.startswith("200") and '"path": "/api/c"' in over_h2, over_h2
+    assert path_as_is("//api/items").startswith("403"), "BASE keeps repeated slashes"
+    bad = ambientctl(cluster, "apply", "-f", "-", stdin=MESH_CONFIG % "BOGUS", check=False)
+    assert bad.returncode != 0
+    assert "data.mesh.pathNormalization.normalization" in bad.stdout + bad.stderr
+    ambientctl(cluster, "apply", "-f", "-", stdin=MESH_CONFIG % "MERGE_SLASHES")
+    try:
+        wait_for(lambda: path_as_is("//api/items").startswith("200"), 10, "MERGE_SLASHES")
+        merged = path_as_is("//api//items")
+        assert '"path": "/api/items"' in merged, merged
+    finally:
+        ambientctl(cluster, "delete", "configmap", "istio", "-n", "istio-system")
+    wait_for(lambda: path_as_is("//api/items").startswith("403"), 10, "back to BASE")
+
+
 def test_open_tcp_and_websockets_are_cut_when_policy_changes_to_deny_them(cluster: str) -> None:
     """RELIABILITY F-10 at the waypoint: what outlives the request that authorized it (a TCP
     relay, a WebSocket) is judged again on a policy change, and closed once denied. Runs last:

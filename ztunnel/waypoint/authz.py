@@ -7,7 +7,8 @@ request. Pure. Istio's semantics (security.istio.io/v1), as for L4 (`ztunnel.sta
 - Order: DENY (and CUSTOM: no external authorizer, fail closed) → ALLOW → default allow. A policy
   without rules matches nothing; `{}` matches everything. AUDIT never decides.
 - Strings: exact, prefix `abc*`, suffix `*abc`, or `*` (present). Hosts compare without case and
-  without a port. Methods compare exactly. Paths match after normalization (`normalize_path`).
+  without a port. Methods compare exactly. Paths match normalized (`waypoint.paths`): the
+  path the upstream receives.
 - What a waypoint cannot judge (`requestPrincipals` and `request.auth.*`: no JWT validation): an
   ALLOW rule using it is dropped, a DENY rule loses it — more restrictive either way.
 - A policy that fails to compile denies every request it would bind to (fail closed).
@@ -16,8 +17,6 @@ request. Pure. Istio's semantics (security.istio.io/v1), as for L4 (`ztunnel.sta
 from __future__ import annotations
 
 import ipaddress
-import posixpath
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,30 +40,11 @@ class Request:
     path: str  # normalized, without query
     host: str
     headers: Mapping[str, str]  # lower-case names; repeated headers joined with ","
+    target: str = ""  # the request-target the upstream receives: `path` and the query
 
     @property
     def src_namespace(self) -> str | None:
         return namespace_of(self.src_principal)
-
-
-_CONTROL = re.compile("[\x00-\x20]")  # controls and space: never in an origin-form path
-
-
-def normalize_path(raw: str) -> str | None:
-    """The path policy matches: query and fragment cut, RFC 3986 §5.2.4 dot segments removed,
-    repeated slashes merged. Encoded characters stay encoded (`%2F` is not a separator: matching
-    it as one would let `/admin%2F..` reach past a rule). None for what is not an origin-form
-    path (no leading slash, a backslash, control characters): the proxy answers 400."""
-    path = raw.split("?", 1)[0].split("#", 1)[0]
-    if not path.startswith("/") or "\\" in path or _CONTROL.search(path):
-        return None
-    if "/." not in path and "//" not in path:
-        return path  # no dot segment and no repeated slash: already normal (most requests)
-    trailing = path.endswith("/") or path.endswith("/.") or path.endswith("/..")
-    normal = posixpath.normpath(path)
-    if normal.startswith("//"):
-        normal = "/" + normal.lstrip("/")  # POSIX keeps a leading "//"; HTTP has no such rule
-    return normal + "/" if trailing and normal != "/" else normal
 
 
 Matcher = Callable[[Request], bool]

@@ -5,8 +5,10 @@ requests are refused before policy (400), and what policy sees.
 Refused with 400 before policy (RELIABILITY W-1, W-2, W-4): a header name with `_` (Envoy's
 `headers_with_underscores_action: REJECT_REQUEST`: `x_user` and `x-user` are the same header to
 some backends and different ones to policy), both Content-Length and Transfer-Encoding (request
-smuggling: h11 would let Transfer-Encoding win, a backend might not), more than one Host, and a
-path that does not normalize (`authz.normalize_path`).
+smuggling: h11 would let Transfer-Encoding win, a backend might not), more than one Host, a
+method that is not upper case (Istio), and a request target that does not normalize
+(`paths.normalize`, with the mode the connection started under: MeshConfig
+`pathNormalization`). Policy judges the normalized path; the upstream receives that one.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ztunnel.state.policy import Decision
-from ztunnel.waypoint.authz import Request, normalize_path
+from ztunnel.waypoint import paths
+from ztunnel.waypoint.authz import Request
 from ztunnel.waypoint.pipe import Pipe
 
 DENIED_STATUS = 403
@@ -45,6 +48,7 @@ class Flow:
     src_principal: str | None
     dst_ip: str  # the original destination (a Service VIP or a pod IP)
     dst_port: int
+    normalization: paths.Normalization = paths.DEFAULT
     requests: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -102,12 +106,23 @@ def check_headers(headers: Iterable[tuple[str, str]]) -> None:
 
 
 def policy_request(
-    flow: Flow, method: str, target: str, authority: str, headers: Iterable[tuple[str, str]]
+    flow: Flow,
+    method: str,
+    target: str,
+    authority: str,
+    headers: Iterable[tuple[str, str]],
+    *,
+    absolute: bool = True,
 ) -> Request:
-    """What L7 policy sees of one request (names lower-case; repeats joined with ",")."""
-    path = normalize_path(target)
-    if path is None:
-        raise Refused(f"path {target[:100]!r} is not an origin-form path")
+    """What L7 policy sees of one request (names lower-case; repeats joined with ","), whose
+    `target` and `host` are what the upstream receives. `absolute`: the absolute-form target
+    is allowed (HTTP/1.1)."""
+    if not method.isupper():
+        raise Refused(f"method {method[:20]!r} is not upper case")
+    try:
+        normal = paths.normalize(method, target, flow.normalization, absolute=absolute)
+    except paths.BadPath as exc:
+        raise Refused(f"request target {target[:100]!r}: {exc}") from None
     pairs = list(headers)
     joined = dict(pairs)
     if len(joined) < len(pairs):  # a repeated header: its values, in order, joined
@@ -120,9 +135,10 @@ def policy_request(
         dst_ip=flow.dst_ip,
         dst_port=flow.dst_port,
         method=method,
-        path=path,
-        host=authority,
+        path=normal.path,
+        host=normal.authority or authority,
         headers=joined,
+        target=normal.forward,
     )
 
 

@@ -50,6 +50,10 @@ MAX_DENIED_BODY = 64 * 1024  # a denied request's body is read and dropped up to
 SWITCH = [("connection", "upgrade"), ("upgrade", "websocket")]
 
 
+def host_of(head: Head) -> str:
+    return next((v for n, v in head.headers if n == "host"), "")
+
+
 class _Closed(Exception):
     """The exchange cannot go on; the connection ends."""
 
@@ -140,7 +144,7 @@ class Http1Session:
         self.request = event
         headers = event.headers
         check_headers(headers)
-        host = next((v for n, v in headers if n == "host"), "")
+        host = host_of(event)
         if not host:  # policy and the upstream need it, also from HTTP/1.0 clients
             raise Refused("missing Host header")
         request = policy_request(self.flow, event.method, event.target, host, headers)
@@ -162,7 +166,7 @@ class Http1Session:
             self.hooks.record(record)
             return keep and self._keep_alive()
         try:
-            return await self._forward(event, record)
+            return await self._forward(event, request, record)
         finally:
             if record.status:  # also a 502, or a WebSocket that was cut
                 self.hooks.record(record)
@@ -190,7 +194,7 @@ class Http1Session:
             self.up.pipe.abort()
             self.up = None
 
-    async def _forward(self, head: Head, record: Exchange) -> bool:
+    async def _forward(self, head: Head, request: Request, record: Exchange) -> bool:
         """Relay one allowed request and its response; whether the client's connection goes on."""
         try:
             up = await self._upstream()
@@ -203,11 +207,13 @@ class Http1Session:
             )
             return keep and self._keep_alive()
         forward = forwardable(head.headers)
+        if request.host != host_of(head):  # an absolute-form target's authority wins
+            forward = [(n, request.host if n == "host" else v) for n, v in forward]
         if head.chunked:
             forward.append(("transfer-encoding", "chunked"))
         if head.websocket:
             forward += SWITCH
-        out = h1wire.request_head(head.method, head.target, forward)
+        out = h1wire.request_head(head.method, request.target, forward)
         up.responses.expect(head.method, websocket=head.websocket)
         first = self.requests.next_event()
         sending: asyncio.Future[None] | None = None

@@ -169,6 +169,7 @@ class Http2Session:
                 pseudo.get(":path", ""),
                 pseudo.get(":authority", ""),
                 regular,
+                absolute=False,
             )
         except Refused as exc:
             log.info("HTTP/2 request from %s refused: %s", self.flow.src_ip, exc)
@@ -197,7 +198,12 @@ class Http2Session:
             return
         stream.up_id = client.get_next_available_stream_id()
         self.by_up[stream.up_id] = stream
-        forward = [h for h in headers if h[0].startswith(":")] + forwardable(regular)
+        # The upstream gets the path policy judged (RFC 9113 §8.3.1: :path is origin form)
+        forward = [
+            (name, request.target if name == ":path" else value)
+            for name, value in headers
+            if name.startswith(":")
+        ] + forwardable(regular)
         client.send_headers(stream.up_id, forward)  # END_STREAM follows (StreamEnded)
 
     def _local_reply(self, sid: int, record: Exchange, status: int, body: bytes) -> None:

@@ -34,6 +34,7 @@ from ztunnel.proxy import overload, pool, sockets
 from ztunnel.proxy.pool import Pool, PoolKey
 from ztunnel.proxy.tlslistener import TlsListener
 from ztunnel.state.policy import Connection, Decision
+from ztunnel.waypoint import paths
 from ztunnel.waypoint import state as decide
 from ztunnel.waypoint.authz import Request
 from ztunnel.waypoint.exchange import Exchange, Flow
@@ -221,7 +222,10 @@ class WaypointProxy:
         stream.attach(conn, request.stream_id)
         conn.respond(request.stream_id, 200)
         principal = conn.peer.principal if conn.peer else None
-        flow = Flow(conn.peer_addr[0], principal, ip, target.target_port)
+        # The path normalization a connection starts with is its own to the end, as a
+        # listener's settings are Envoy's connections'
+        normalization = state.normalization if state else paths.DEFAULT
+        flow = Flow(conn.peer_addr[0], principal, ip, target.target_port, normalization)
         task = asyncio.get_running_loop().create_task(self._serve(stream, flow, target))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from api.meshconfig import Resource
+from api.mesh import DEFAULT_NORMALIZATION, Normalization
+from api.meshconfig import Resource, settings_of
 from ztunnel.state import workloads
 from ztunnel.state.policy import CompiledPolicy, Connection, Decision, compile_policy, decide
 from ztunnel.state.workloads import Service, Snapshot, Workload
@@ -48,6 +49,7 @@ class WaypointState:
     snapshot: Snapshot
     l7: tuple[L7Policy, ...]
     tcp: tuple[tuple[L7Policy, CompiledPolicy], ...]  # each bound policy's L4 form
+    normalization: Normalization = DEFAULT_NORMALIZATION  # MeshConfig pathNormalization
 
 
 def _unbound(res: Resource) -> dict[str, object]:
@@ -81,6 +83,7 @@ def build(
         snapshot,
         tuple(sorted(l7, key=key)),
         tuple(sorted(tcp, key=lambda t: t[0].key)),
+        settings_of(resources).path_normalization,
     )
 
 

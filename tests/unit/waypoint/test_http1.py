@@ -224,7 +224,11 @@ def test_keep_alive_requests_share_one_upstream_connection() -> None:
         # W-4 underscores and paths
         (b"GET /api/x HTTP/1.1\r\nHost: w\r\nX_User: admin\r\n\r\n", 400),
         (b"GET api/x HTTP/1.1\r\nHost: w\r\n\r\n", 400),
-        (b"GET http://evil/api/x HTTP/1.1\r\nHost: w\r\n\r\n", 400),
+        (b"GET /api/..;/admin HTTP/1.1\r\nHost: w\r\n\r\n", 400),
+        (b"GET /api/%2e%2e%2fadmin HTTP/1.1\r\nHost: w\r\n\r\n", 400),
+        (b"GET /api/%00 HTTP/1.1\r\nHost: w\r\n\r\n", 400),
+        (b"GET /api/%c0%ae%c0%ae/admin HTTP/1.1\r\nHost: w\r\n\r\n", 400),
+        (b"get /api/x HTTP/1.1\r\nHost: w\r\n\r\n", 501),  # llhttp: not a method
     ],
 )
 def test_bad_requests_are_refused_and_never_reach_the_backend(raw: bytes, status: int) -> None:
@@ -234,6 +238,29 @@ def test_bad_requests_are_refused_and_never_reach_the_backend(raw: bytes, status
         assert hooks.dials == 0
 
     run(raw + GET, check)
+
+
+@pytest.mark.parametrize(
+    ("target", "status", "received"),
+    [
+        (b"/api/%2e%2e/admin", 403, None),  # judged as /admin: denied, never forwarded
+        (b"/api/.%2e/admin", 403, None),
+        (b"/api/x/%2e%2e/y", 200, "/api/y"),
+        (b"/api/x\\..\\y", 200, "/api/y"),
+        (b"/api/%41b?q=/../admin", 200, "/api/Ab?q=/../admin"),
+        (b"http://evil/api/../api/x", 200, "/api/x"),  # absolute form: origin form upstream
+    ],
+)
+def test_path_bypass_the_backend_receives_the_path_policy_judged(
+    target: bytes, status: int, received: str | None
+) -> None:
+    """W-6: policy allows /api/* only; the backend gets exactly the normalized path."""
+
+    def check(out: bytes, hooks: Hooks) -> None:
+        assert statuses(out)[0] == status
+        assert [t for _, t, _ in hooks.seen][:1] == ([received] if received else [])
+
+    run(b"GET " + target + b" HTTP/1.1\r\nHost: w\r\n\r\n", check)
 
 
 def test_a_malformed_chunk_mid_body_gets_400_and_the_backend_no_request() -> None:
