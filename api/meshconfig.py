@@ -115,11 +115,62 @@ def _waypoint(res: Mapping[str, Any]) -> None:
         _ip(address, "addresses")
 
 
-def _spec(res: Mapping[str, Any]) -> None:
+def _spec(res: Mapping[str, Any]) -> dict[str, Any]:
     _string(res, "name")
     _string(res, "namespace")
-    if not isinstance(res.get("spec"), dict):
+    spec = res.get("spec")
+    if not isinstance(spec, dict):
         raise ConfigError("spec: want an object")
+    selector = spec.get("selector")
+    if selector is not None:
+        _objects([selector], "selector")
+        labels = selector.get("matchLabels")
+        if labels is not None and not (
+            isinstance(labels, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
+        ):
+            raise ConfigError("selector.matchLabels: want a map of strings")
+    return spec
+
+
+def _objects(value: object, name: str) -> list[dict[str, Any]]:
+    """A list of objects (None: empty), or ConfigError: the shapes the compilers walk."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError(f"{name}: want a list of objects")
+    return value
+
+
+def _policy(res: Mapping[str, Any]) -> None:
+    """An AuthorizationPolicy spec in the shape its compilers read (RELIABILITY F-12: a
+    hostile one is NACKed here, never a crash of the proxy that applies it)."""
+    spec = _spec(res)
+    _objects(spec.get("targetRefs"), "targetRefs")
+    _objects([spec["targetRef"]] if spec.get("targetRef") is not None else [], "targetRef")
+    for i, rule in enumerate(_objects(spec.get("rules"), "rules")):
+        for part, inner in (("from", "source"), ("to", "operation")):
+            for j, item in enumerate(_objects(rule.get(part), f"rules[{i}].{part}")):
+                fields = item.get(inner) or {}
+                where = f"rules[{i}].{part}[{j}].{inner}"
+                if not isinstance(fields, dict) or not all(
+                    isinstance(v, list) for v in fields.values()
+                ):
+                    raise ConfigError(f"{where}: want an object of lists")
+        for j, cond in enumerate(_objects(rule.get("when"), f"rules[{i}].when")):
+            if not isinstance(cond.get("key"), str):
+                raise ConfigError(f"rules[{i}].when[{j}].key: want a string")
+
+
+def _peerauth(res: Mapping[str, Any]) -> None:
+    spec = _spec(res)
+    mtls, ports = spec.get("mtls"), spec.get("portLevelMtls")
+    if mtls is not None and not isinstance(mtls, dict):
+        raise ConfigError("mtls: want an object")
+    if ports is not None and not (
+        isinstance(ports, dict) and all(isinstance(v, dict) for v in ports.values())
+    ):
+        raise ConfigError("portLevelMtls: want a map of port to object")
 
 
 def _crl(res: Mapping[str, Any]) -> None:
@@ -147,8 +198,8 @@ _CHECKS = {
     "workload": _workload,
     "service": _service,
     "waypoint": _waypoint,
-    "policy": _spec,
-    "peerauth": _spec,
+    "policy": _policy,
+    "peerauth": _peerauth,
     "crl": _crl,
     "meshconfig": _meshconfig,
 }
@@ -159,7 +210,7 @@ def validate(res: object) -> Resource:
     if not isinstance(res, dict):
         raise ConfigError("resource: want an object")
     kind = res.get("type")
-    if kind not in _CHECKS:
+    if not isinstance(kind, str) or kind not in _CHECKS:
         raise ConfigError(f"type: {kind!r} is not one of {', '.join(TYPES)}")
     key = _string(res, "key")
     try:

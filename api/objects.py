@@ -281,7 +281,8 @@ def _ref_for_errors(obj: Mapping[str, Any]) -> str:
 def validate(raw: Mapping[str, Any]) -> Obj:
     """Validate one object; return a normalized copy (defaults filled, namespace set)."""
     label = _ref_for_errors(raw)
-    kind = KINDS.get(raw.get("kind"))  # type: ignore[arg-type]
+    raw_kind = raw.get("kind")
+    kind = KINDS.get(raw_kind) if isinstance(raw_kind, str) else None
     if kind is None:
         known = ", ".join(sorted(KINDS))
         raise ObjectError(label, "kind", f"unknown kind {raw.get('kind')!r} (known: {known})")

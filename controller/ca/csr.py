@@ -7,6 +7,7 @@ one URI equal to the requested SPIFFE ID and no other names of any type.
 from __future__ import annotations
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from api.spiffe import SpiffeId, SpiffeIdError
@@ -37,7 +38,7 @@ def check_csr(csr_pem: object, identity: SpiffeId) -> ec.EllipticCurvePublicKey:
     try:
         csr = x509.load_pem_x509_csr(csr_pem.encode())
         key = csr.public_key()
-    except ValueError as exc:
+    except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:  # as cryptography says
         raise Refusal(Reason.CSR_MALFORMED, f"not a PEM certificate request: {exc}") from None
     if not csr.is_signature_valid:
         raise Refusal(Reason.CSR_BAD_SIGNATURE, "the CSR's signature does not verify")

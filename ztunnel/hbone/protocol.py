@@ -134,7 +134,7 @@ class AuthorityError(ValueError):
 def parse_authority(authority: str) -> tuple[str, int]:
     """`ipv4:port` or `[ipv6]:port` → (ip, port). Hostnames are refused: HBONE targets IPs."""
     host, sep, port_s = authority.rpartition(":")
-    if not sep or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+    if not sep or not port_s.isascii() or not port_s.isdigit() or not 0 < int(port_s) < 65536:
         raise AuthorityError(f"authority {authority!r} needs a numeric port 1-65535")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -248,6 +248,12 @@ class HboneProtocol:
     def _received(self, receive: Callable[[Any], list[h2.events.Event]], read: Any) -> list[Event]:
         try:
             raw = receive(read)
+        except UnicodeDecodeError as exc:
+            # h2 decodes header values (header_encoding) before its own checks: a value that
+            # is not UTF-8 is the peer's protocol error, and the connection ends with a GOAWAY
+            self.h2.close_connection(ErrorCodes.PROTOCOL_ERROR)
+            self.closed = Closed(ErrorCodes.PROTOCOL_ERROR, f"header not UTF-8: {exc}", remote=True)
+            return [self.closed]
         except h2.exceptions.ProtocolError as exc:
             # h2 has already queued a GOAWAY with the right code.
             self.closed = Closed(
@@ -273,7 +279,8 @@ class HboneProtocol:
             return self._request(event)
         if isinstance(event, h2.events.ResponseReceived):
             status = {str(k): str(v) for k, v in event.headers or []}.get(":status", "0")
-            return [Response(int(event.stream_id or 0), int(status))]
+            code = int(status) if status.isascii() and status.isdigit() else 0  # 0: not 200
+            return [Response(int(event.stream_id or 0), code)]
         if isinstance(event, h2.events.StreamEnded):
             self._release(int(event.stream_id or 0))
             return [EndOfStream(int(event.stream_id or 0))]

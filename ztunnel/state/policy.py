@@ -239,7 +239,7 @@ def compile_policy(obj: Obj) -> CompiledPolicy | None:
     deny = action in ("DENY", "CUSTOM")
     try:
         rules = tuple(m for r in spec.get("rules") or [] if (m := _compile_rule(r, deny)))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return CompiledPolicy(key, meta["namespace"], "DENY", selector, (), f"invalid: {exc}")
     return CompiledPolicy(key, meta["namespace"], "DENY" if deny else action, selector, rules)
 

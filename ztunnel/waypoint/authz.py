@@ -189,7 +189,7 @@ def compile_l7(obj: Obj) -> L7Policy | None:
     deny = action in ("DENY", "CUSTOM")
     try:
         rules = tuple(m for r in spec.get("rules") or [] if (m := _compile_rule(r, deny)))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return L7Policy(key, ns, "DENY", targets, (), f"invalid: {exc}")
     return L7Policy(key, ns, "DENY" if deny else action, targets, rules)
 
