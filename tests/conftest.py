@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from localcluster import naming
+from tests.ci import in_ci
 
 ROOT_TIERS = ("netns", "e2e")
 
@@ -45,7 +46,7 @@ def _root_guard(request: pytest.FixtureRequest) -> None:
     problem = missing_root_requirement()
     if problem is None:
         return
-    if os.environ.get("CI") == "true":
+    if in_ci():
         pytest.fail(f"CI=true: {problem}")
     pytest.skip(problem)
 

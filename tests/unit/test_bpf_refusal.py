@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 
 from bpf.loader import final_source
 from bpf.refusal import HELPERS, refusal
+from tests.ci import in_ci
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,7 @@ def test_helper_numbers_are_the_kernels() -> None:
     header = uapi_header()
     if header is None:
         problem = "no uapi linux/bpf.h (scripts/bootstrap installs linux-headers-amd64)"
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail(f"CI=true: {problem}")
         pytest.skip(problem)
     text = header.read_text()

@@ -18,6 +18,7 @@ import pytest
 from common import tls
 from controller.ca import authority
 from tests import pki
+from tests.ci import in_ci
 from tests.unit.ztunnel.harness import ECHO_PORT, Mesh, mesh
 from ztunnel.identity.manager import WorkloadCertificate
 
@@ -67,7 +68,7 @@ async def node_connect(m: Mesh, tmp: Path, svid: list[str], authority_: str) -> 
 
 
 needs_node = pytest.mark.skipif(
-    shutil.which("node") is None and not __import__("os").environ.get("CI"),
+    shutil.which("node") is None and not in_ci(),
     reason="needs node (scripts/bootstrap installs nodejs)",
 )
 
