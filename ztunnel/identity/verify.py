@@ -29,6 +29,8 @@ class Reason(enum.StrEnum):
     """Why a peer was rejected: a metric label and a log field."""
 
     MALFORMED = "malformed_certificate"
+    ALPN = "alpn_not_h2"
+    NO_CERTIFICATE = "no_certificate"
     NO_URI_SAN = "no_uri_san"
     MULTIPLE_URI_SANS = "multiple_uri_sans"
     INVALID_SPIFFE_ID = "invalid_spiffe_id"
@@ -163,10 +165,10 @@ def verify_transport(
     connection in view to close it if a later CRL revokes its peer."""
     ssl_object = transport.get_extra_info("ssl_object")
     if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
-        raise PeerRejected(Reason.MALFORMED, "ALPN must be h2")
+        raise PeerRejected(Reason.ALPN, "ALPN must be h2")
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
-        raise PeerRejected(Reason.NO_URI_SAN, "no peer certificate")
+        raise PeerRejected(Reason.NO_CERTIFICATE, "no peer certificate")
     cert, now = _load(der), datetime.now(UTC)
     identity = verify_certificate(
         cert,

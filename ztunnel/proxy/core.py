@@ -163,6 +163,9 @@ class ProxyCore:
     def release(self) -> None:
         self.hbone_in -= 1
 
+    def handshake_failed(self, reason: str) -> None:
+        self.metrics.reject("inbound", reason)
+
     def on_memory(self, usage: overload.Usage | None) -> None:
         """A housekeeping tick's memory sample (L-6): enter the stage it calls for and shed."""
         stage = self.memory = overload.follow(self.memory, usage, self.metrics.memory_stage, log)

@@ -33,10 +33,23 @@ _RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class Gatekeeper(Protocol):
-    """Who decides: takes a slot for a new connection (False: refuse it), gives it back."""
+    """Who decides: takes a slot for a new connection (False: refuse it), gives it back; and
+    hears why a handshake failed (`handshake_failure`), to count it."""
 
     def admit(self) -> bool: ...
     def release(self) -> None: ...
+    def handshake_failed(self, reason: str) -> None: ...
+
+
+def handshake_failure(exc: BaseException) -> str:
+    """A failed handshake's metric reason: `tls_` and OpenSSL's own reason (a bounded set:
+    `tls_peer_did_not_return_a_certificate`, `tls_unsupported_protocol` ...), the timeout, or
+    the connection lost during it."""
+    if isinstance(exc, TimeoutError):
+        return "tls_handshake_timeout"
+    if isinstance(exc, ssl.SSLError) and isinstance(exc.reason, str):
+        return "tls_" + exc.reason.lower()
+    return "tls_connection_lost"
 
 
 class Closing(Protocol):
@@ -125,6 +138,7 @@ class TlsListener:
             )
         except (OSError, ssl.SSLError, TimeoutError) as exc:  # the transport closed the socket
             log.debug("TLS handshake failed: %s", exc)
+            self.gate.handshake_failed(handshake_failure(exc))
             _over(protocol)
         except BaseException:
             conn.close()

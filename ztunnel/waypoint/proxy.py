@@ -167,6 +167,9 @@ class WaypointProxy:
     def release(self) -> None:
         self._held -= 1
 
+    def handshake_failed(self, reason: str) -> None:
+        self.tcp_metrics.reject("waypoint", reason)
+
     def _refusal(self, counted: int) -> str | None:
         """Why new work is refused now, if it is. `counted`: 1 when its own connection is in
         `_held` already (a tunnel request), 0 when it is not (a connection being accepted)."""

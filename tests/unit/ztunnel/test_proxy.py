@@ -574,7 +574,7 @@ def test_an_overloaded_ztunnel_refuses_hbone_before_tls_and_new_streams_with_503
                 "node2",
                 "ambientmesh_ztunnel_rejections_total",
                 direction="inbound",
-                reason="peer_malformed_certificate",
+                reason="peer_alpn_not_h2",
             )
             == 1
         )

@@ -33,6 +33,7 @@ from ztunnel.proxy.tlslistener import TlsListener
 class Slots:
     def __init__(self, cap: int) -> None:
         self.cap, self.used, self.refused = cap, 0, 0
+        self.failures: list[str] = []
 
     def admit(self) -> bool:
         if self.used >= self.cap:
@@ -43,6 +44,9 @@ class Slots:
 
     def release(self) -> None:
         self.used -= 1
+
+    def handshake_failed(self, reason: str) -> None:
+        self.failures.append(reason)
 
 
 class Ends(asyncio.Protocol):
