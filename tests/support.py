@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -11,6 +12,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from pyroute2.netlink.exceptions import NetlinkError
 
 from api import ports
 from localcluster import naming, teardown
@@ -161,14 +164,17 @@ def agent_readiness(node_ns: str) -> tuple[int, str]:
 
 def our_filters(netns: str | None) -> int:
     """How many tc filters of ours (the agent's priority) are on any link of `netns` (None:
-    this one)."""
+    this one). A link without a clsact qdisc lists none; only a link that vanished during the
+    scan is passed over (anything else raises: a count of 0 must mean none)."""
     count = 0
     with attach._ipr(netns) as ipr:
         for link in ipr.get_links():
             for parent in (attach.INGRESS, attach.EGRESS):
                 try:
                     filters = ipr.get_filters(link["index"], parent=parent)
-                except Exception:
-                    continue
+                except NetlinkError as exc:
+                    if exc.code in (errno.ENODEV, errno.ENOENT):
+                        continue
+                    raise
                 count += sum(1 for f in filters if (int(f["info"]) >> 16) == attach.PRIO)
     return count

@@ -107,8 +107,17 @@ def frames(draw: Any) -> bytes:
 def test_hbone_random_frame_sequences(sequence: list[bytes]) -> None:
     proto = server()
     feed(proto, [PREFACE + hf.SettingsFrame(0).serialize(), *sequence])
-    # Whatever happened, the connection still answers or is cleanly closed.
-    assert proto.closed is None or isinstance(proto.closed, p.Closed)
+    # Whatever happened, the connection still answers a PING, or it is closed for good.
+    ping = hf.PingFrame(0)
+    ping.opaque_data = b"stillup!"
+    proto.receive(bytes(ping.serialize()))
+    out = proto.data_to_send() + b"".join(proto.data_to_send_buffers())
+    if proto.closed is None:
+        ack = hf.PingFrame(0, flags=["ACK"])
+        ack.opaque_data = b"stillup!"
+        assert bytes(ack.serialize()) in out, "an open connection stopped answering"
+    else:
+        assert proto.receive(bytes(ping.serialize())) == [], "a closed connection still reads"
 
 
 @FUZZ
