@@ -298,7 +298,8 @@ class Agent:
         return True
 
     def check_drift(self, force: bool = False) -> int:
-        """Repair what someone else removed (F-3); returns the number of repairs."""
+        """Repair what someone else removed or changed (F-3): ztunnel's and the pods' filters,
+        the pods' map entries; returns the number of repairs."""
         assert self.datapath is not None
         now = time.monotonic()
         if not force and now - self._last_drift < self.settings.drift_interval_s:
@@ -324,7 +325,7 @@ class Agent:
                     continue
                 self.metrics.drift.labels(kind="pod_filter").inc()
                 repairs += 1
-            if ip not in in_map:
+            if in_map.get(ip) != c.ifindex:  # removed, or changed behind our back
                 try:
                     self.datapath.enroll(ip, c.ifindex)
                 except OSError as exc:  # the map filled up meanwhile (someone else's entries)

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
+from bpf.loader import compile_datapath
 from controller.ca import authority
 from localcluster import naming, pods, system, teardown, topology
 from localcluster.cluster import Cluster
@@ -512,12 +514,38 @@ def test_pods_deleted_and_added_while_the_agent_is_down_are_reconciled(
         ambientctl(cluster, "delete", "pod", "fresh", "-n", "mesh")
 
 
+DRIFT_BOUND_S = 5.0  # the agent checks every 2 s (ARCHITECTURE); 3 s of margin for a busy CI
+
+
+def _drift_repairs(node_ns: str, kind: str) -> float:
+    _, text = http_get_in(node_ns, "127.0.0.1", 15025, "/metrics")
+    found = re.search(
+        rf'^ambientmesh_node_agent_drift_repairs_total{{kind="{kind}"}} (\S+)$',
+        text.decode(),
+        re.MULTILINE,
+    )
+    return float(found.group(1)) if found else 0.0
+
+
+def _repaired_within_bound(
+    node_ns: str, kind: str, before: float, fixed: Callable[[], bool]
+) -> None:
+    started = time.monotonic()
+    wait_for(lambda: _drift_repairs(node_ns, kind) > before and fixed(), 15, f"{kind} repaired")
+    took = time.monotonic() - started
+    assert took <= DRIFT_BOUND_S, f"{kind} repaired after {took:.1f} s"
+
+
 def test_drift_is_detected_and_repaired(mesh: dict[str, str]) -> None:
-    """F-3: someone deletes our filter from a pod veth; the agent puts it back within seconds."""
+    """F-3: someone deletes our filter from a pod veth, deletes the pod's map entry, or points
+    it at another interface; the agent puts each back within the bound, counted by kind, and
+    the pod is meshed again (never silently outside the mesh)."""
     cluster = mesh["cluster"]
     store = Cluster(cluster).store
     captured = system.agent_status(store, "node1")["captured"]
-    ifindex = next(v["ifindex"] for v in captured.values() if v["pod"] == "mesh/client")
+    ip, ifindex = next(
+        (v["ip"], v["ifindex"]) for v in captured.values() if v["pod"] == "mesh/client"
+    )
     node_ns = naming.node_netns(cluster, "node1")
     link = subprocess.run(
         ["ip", "-n", node_ns, "-o", "link", "show"], capture_output=True, text=True, check=True
@@ -527,23 +555,30 @@ def test_drift_is_detected_and_repaired(mesh: dict[str, str]) -> None:
         for line in link.splitlines()
         if line.startswith(f"{ifindex}: ")
     )
+
+    def filter_back() -> bool:
+        shown = subprocess.run(
+            ["tc", "-n", node_ns, "filter", "show", "dev", veth, "ingress"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return "pod_out" in shown
+
+    before = _drift_repairs(node_ns, "pod_filter")
     subprocess.run(["tc", "-n", node_ns, "filter", "del", "dev", veth, "ingress"], check=True)
-    status, body = http_get_in(node_ns, "127.0.0.1", 15025, "/metrics")
-
-    def repaired() -> bool:
-        _, text = http_get_in(node_ns, "127.0.0.1", 15025, "/metrics")
-        return 'ambientmesh_node_agent_drift_repairs_total{kind="pod_filter"}' in text.decode()
-
-    wait_for(repaired, 10, "drift repair")
-    shown = subprocess.run(
-        ["tc", "-n", node_ns, "filter", "show", "dev", veth, "ingress"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert "pod_out" in shown
+    _repaired_within_bound(node_ns, "pod_filter", before, filter_back)
+    datapath = compile_datapath(naming.bpf_pin_dir(cluster) / "node1")  # the agent's pins
+    for drift in ("deleted", "wrong ifindex"):
+        before = _drift_repairs(node_ns, "map_entry")
+        if drift == "deleted":
+            datapath.unenroll(ip)
+        else:
+            datapath.enroll(ip, ifindex + 1000)
+        _repaired_within_bound(
+            node_ns, "map_entry", before, lambda: datapath.enrolled_ips().get(ip) == ifindex
+        )
     assert curl(cluster, "mesh/client", mesh["server"]) == "200"
-    del status, body
 
 
 def test_unenrolling_a_namespace_returns_its_pods_to_plaintext(
@@ -601,6 +636,15 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
+def _active_connections(cluster: str, node: str) -> float:
+    found = re.findall(
+        r"^ambientmesh_ztunnel_active_connections(?:\{[^}]*\})? (\S+)$",
+        metrics(cluster, node),
+        re.MULTILINE,
+    )
+    return sum(float(v) for v in found)
+
+
 def test_memory_per_open_connection_stays_within_budget(mesh: dict[str, str]) -> None:
     """L-4 / PERF.md: ≤ 8 KiB of ztunnel RSS per open tunneled connection, at each end."""
     cluster, n = mesh["cluster"], 300
@@ -627,6 +671,10 @@ def test_memory_per_open_connection_stays_within_budget(mesh: dict[str, str]) ->
     assert json.loads(hold.stdout.readline()) == {"held": n}
     time.sleep(0.5)
     per_connection = (sum(_rss_kib(pid) for pid in pids) - before) / n / len(pids)
+    # What is measured is held by these two processes: each counts the n connections open
+    active = [_active_connections(cluster, node) for node in ("node1", "node2")]
     hold.wait(30)
-    print(f"ztunnel RSS per open connection per end: {per_connection:.1f} KiB")
-    assert per_connection <= 8.0
+    print(f"ztunnel RSS per open connection per end: {per_connection:.1f} KiB, active {active}")
+    assert min(active) >= n, f"the ztunnels hold {active} connections, not {n}"
+    # A range, not a ceiling alone (measured 2-3 KiB): near 0, nothing was measured.
+    assert 0.2 <= per_connection <= 8.0

@@ -54,6 +54,10 @@ hyperframe.frame.DataFrame._body_repr = _data_frame_repr  # type: ignore[method-
 DATA = 0x0
 END_STREAM = 0x1
 PADDED = 0x8
+END_HEADERS = 0x4
+HEADER_BLOCK = frozenset({0x1, 0x5, 0x9})  # HEADERS, PUSH_PROMISE, CONTINUATION
+# Until our SETTINGS are acknowledged h2 reports no header list size: ztunnel's 64 KiB holds.
+HEADER_BLOCK_DEFAULT = 64 * 1024
 PREFACE_SIZE = 24  # "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" (RFC 9113 §3.4), checked by h2
 RECORD = 16 * 1024  # a TLS record's payload: smaller buffers are merged into one write
 
@@ -102,6 +106,7 @@ class H2Connection(h2.connection.H2Connection):
         self._reader = FrameReader(self.max_inbound_frame_size)
         self._preface_left = 0 if config.client_side else PREFACE_SIZE
         self._preface = bytearray(self._preface_left)
+        self._block = 0  # bytes of the header block being received (H-6)
 
     def send_available(
         self, stream_id: int, data: bytes | bytearray | memoryview, limit: int
@@ -194,6 +199,8 @@ class H2Connection(h2.connection.H2Connection):
                 if frame.type == DATA and self._takes_data_directly(frame):
                     events += self._receive_data(frame)
                 else:
+                    if frame.type in HEADER_BLOCK:
+                        self._count_header_block(frame)
                     events += super().receive_data(frame.header + frame.payload)
                 # A SETTINGS ack may have changed what the next header may announce.
                 self._reader.max_frame_size = self.max_inbound_frame_size
@@ -202,6 +209,21 @@ class H2Connection(h2.connection.H2Connection):
             self._terminate_connection(ErrorCodes.FRAME_SIZE_ERROR)
             raise h2.exceptions.FrameTooLargeError(str(exc)) from None
         return events
+
+    def _count_header_block(self, frame: Frame) -> None:
+        """RELIABILITY H-6 (CVE-2024-27316 class): a header block may take no more bytes than
+        the header list we advertise, whatever number of CONTINUATION frames it comes in. h2
+        checks the list only once the block is whole, and caps the frames (64) but not their
+        bytes: up to 64 MiB at our 1 MiB frame size. Past it: GOAWAY(ENHANCE_YOUR_CALM)."""
+        self._block += frame.length
+        limit = self.local_settings.max_header_list_size or HEADER_BLOCK_DEFAULT
+        if self._block > limit:
+            self._terminate_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+            raise h2.exceptions.DenialOfServiceError(
+                f"header block of more than {limit} bytes (header list limit)"
+            )
+        if frame.flags & END_HEADERS:
+            self._block = 0
 
     def _takes_data_directly(self, frame: Frame) -> bool:
         return (
