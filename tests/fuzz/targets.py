@@ -11,6 +11,10 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported by each target when it runs: after atheris instruments them
+    from ztunnel.waypoint.authz import Request
 
 CORPUS = Path(__file__).parent / "corpus"
 # What atheris instruments for coverage when a target runs under scripts/fuzz.
@@ -312,19 +316,17 @@ def mesh_config(data: bytes) -> None:
     snapshot = workloads.build(new, "node1", "cluster.local", int(message["version"]))
     _probe_policies(snapshot)
     wp = waypoint_state.build(new, "demo", "waypoint", "cluster.local", 1)
-    request = authz.Request(
-        "10.244.1.3",
-        "cluster.local/ns/demo/sa/client",
-        "10.244.1.4",
-        80,
-        "GET",
-        "/a",
-        "server",
-        {"x": "y"},
-        "/a?b",
-    )
+    request = _request()
     authz.evaluate_l7(wp.l7, "demo", "waypoint", ["server"], request)
     waypoint_state.resolve(wp, "10.96.0.11", 80)
+
+
+def _request() -> Request:
+    """An HTTP request for the compiled L7 policies to judge."""
+    from ztunnel.waypoint import authz  # noqa: PLC0415
+
+    client = "cluster.local/ns/demo/sa/client"
+    return authz.Request("10.244.1.3", client, "10.244.1.4", 80, "GET", "/a", "server", {"x": "y"})
 
 
 def manifest(data: bytes) -> None:
@@ -340,17 +342,7 @@ def manifest(data: bytes) -> None:
     except (ManifestError, ObjectError, RecursionError):
         return
     conn = policy.Connection("10.244.1.3", "cluster.local/ns/demo/sa/client", "10.244.1.4", 80)
-    request = authz.Request(
-        "10.244.1.3",
-        "cluster.local/ns/demo/sa/client",
-        "10.244.1.4",
-        80,
-        "GET",
-        "/a",
-        "server",
-        {},
-        "/a",
-    )
+    request = _request()
     for obj in objects:
         if obj.get("kind") == "AuthorizationPolicy":
             if (l4 := policy.compile_policy(obj)) is not None:
