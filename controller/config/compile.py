@@ -3,7 +3,8 @@
 What a proxy gets (DESIGN "Config distribution"; the issue asks to document the cost):
 - a ztunnel: every workload's address record (any pod may be a destination; remote ones
   without labels, which only local policy selection needs), every service, and the policies and
-  PeerAuthentications of the root namespace and of the namespaces that have a pod on its node;
+  PeerAuthentications of the root namespace and of the namespaces that have a pod on its node
+  (not the MeshConfig: its settings are the waypoint's);
 - a waypoint: everything.
 Every proxy gets the waypoints (a Gateway of class istio-waypoint, its ready pods' addresses and
 their ServiceAccount). A workload is fronted by the waypoint its pod, else its namespace, else a
@@ -212,8 +213,10 @@ def view(mesh: Mesh, proxy: Proxy) -> dict[str, Resource]:
         kind = res["type"]
         if kind == "workload" and res["node"] != proxy.node and key in mesh.remote:
             out[key] = mesh.remote[key]
-        elif kind in {"workload", "service", "waypoint", "crl", "meshconfig"}:
+        elif kind in {"workload", "service", "waypoint", "crl"}:
             out[key] = res
+        elif kind == "meshconfig":
+            continue  # the waypoint's settings: a ztunnel (or an older one) has no use for them
         elif res["namespace"] in local_ns or res["namespace"] == ROOT_NAMESPACE:
             if kind == "policy" and (res["spec"].get("targetRefs") or res["spec"].get("targetRef")):
                 continue  # bound to a waypoint: enforced there, not at ztunnel
