@@ -53,11 +53,13 @@ class HboneConnection(asyncio.BufferedProtocol):
         on_request: RequestCallback | None = None,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         verify_peer: Callable[[asyncio.Transport], SpiffeId] | None = None,
+        on_fault: Callable[[str], None] | None = None,
     ) -> None:
         self.proto = p.HboneProtocol(client=client, limits=limits, clock=time.monotonic)
         self.on_request = on_request
         self.idle_timeout_s = idle_timeout_s
         self.verify_peer = verify_peer
+        self.on_fault = on_fault  # counts a close for the peer's fault (its metric reason)
         self.handlers: dict[int, StreamHandler] = {}
         self.transport: asyncio.Transport | None = None
         self.peer: SpiffeId | None = None  # set once verified, by whoever made the connection
@@ -178,6 +180,8 @@ class HboneConnection(asyncio.BufferedProtocol):
 
     def _on_closed(self, event: p.Closed) -> None:
         log.info("HBONE connection %s closed: %s", self.peer_addr, event.reason)
+        if event.fault and self.on_fault is not None:
+            self.on_fault(event.fault)
         self._close_soon()
 
     # --- streams ---------------------------------------------------------------------------------

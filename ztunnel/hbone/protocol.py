@@ -115,11 +115,22 @@ class WindowOpened:
 
 @dataclass(frozen=True)
 class Closed:
-    """The connection is over. `remote` says who is to blame; `reason` is for logs/metrics."""
+    """The connection is over. `remote` says who is to blame; `reason` is for logs. `fault`:
+    the metric reason when we closed it for what the peer did (a bounded set), else ""."""
 
     error_code: int
     reason: str
     remote: bool
+    fault: str = ""
+
+
+def protocol_fault(code: int) -> str:
+    """The metric reason of a connection closed for the peer's protocol error: `h2_` and the
+    RFC 9113 §7 name (`h2_protocol_error`, `h2_enhance_your_calm` ...)."""
+    try:
+        return "h2_" + ErrorCodes(code).name.lower()
+    except ValueError:
+        return "h2_unknown_error"
 
 
 __all__ = ["ErrorCodes"]
@@ -252,15 +263,14 @@ class HboneProtocol:
             # h2 decodes header values (header_encoding) before its own checks: a value that
             # is not UTF-8 is the peer's protocol error, and the connection ends with a GOAWAY
             self.h2.close_connection(ErrorCodes.PROTOCOL_ERROR)
-            self.closed = Closed(ErrorCodes.PROTOCOL_ERROR, f"header not UTF-8: {exc}", remote=True)
+            self.closed = Closed(
+                ErrorCodes.PROTOCOL_ERROR, f"header not UTF-8: {exc}", True, "h2_header_not_utf8"
+            )
             return [self.closed]
         except h2.exceptions.ProtocolError as exc:
             # h2 has already queued a GOAWAY with the right code.
-            self.closed = Closed(
-                int(getattr(exc, "error_code", ErrorCodes.PROTOCOL_ERROR)),
-                f"protocol error: {exc}",
-                remote=True,
-            )
+            code = int(getattr(exc, "error_code", ErrorCodes.PROTOCOL_ERROR))
+            self.closed = Closed(code, f"protocol error: {exc}", True, protocol_fault(code))
             return [self.closed]
         events: list[Event] = []
         for event in raw:
@@ -303,7 +313,10 @@ class HboneProtocol:
         if self._pending_control > self.limits.max_pending_control:
             self.goaway(ErrorCodes.ENHANCE_YOUR_CALM, "control frame flood while not reading")
             self.closed = Closed(
-                ErrorCodes.ENHANCE_YOUR_CALM, "control frame flood while not reading", remote=True
+                ErrorCodes.ENHANCE_YOUR_CALM,
+                "control frame flood while not reading",
+                True,
+                "h2_control_flood",
             )
             return [self.closed]
         return [WindowOpened(0)] if opens_window else []
@@ -317,7 +330,9 @@ class HboneProtocol:
                 self._resets.popleft()
             if len(self._resets) > self.limits.max_resets:
                 self.goaway(ErrorCodes.ENHANCE_YOUR_CALM, "rapid reset")
-                self.closed = Closed(ErrorCodes.ENHANCE_YOUR_CALM, "rapid reset", remote=True)
+                self.closed = Closed(
+                    ErrorCodes.ENHANCE_YOUR_CALM, "rapid reset", True, "h2_rapid_reset"
+                )
                 return [Reset(stream_id, int(event.error_code or 0), True), self.closed]
         return [Reset(stream_id, int(event.error_code or 0), bool(event.remote_reset))]
 

@@ -110,6 +110,7 @@ class InboundProxy(ProxyCore):
             limits=self.settings.limits,
             on_request=self._on_request,
             verify_peer=verify_client,
+            on_fault=lambda reason: self.metrics.reject("inbound", reason),
         )
         conn.original_dst = original_dst  # type: ignore[attr-defined]
         return conn

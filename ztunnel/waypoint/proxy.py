@@ -150,6 +150,7 @@ class WaypointProxy:
             limits=self.settings.limits,
             on_request=self._on_request,
             verify_peer=self._verify_client,
+            on_fault=lambda reason: self.tcp_metrics.reject("waypoint", reason),
         )
         self._conns.add(conn)
         conn.closed.add_done_callback(lambda _: self._conns.discard(conn))

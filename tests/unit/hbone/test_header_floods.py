@@ -54,6 +54,7 @@ def test_continuation_bytes_past_the_header_list_limit_get_goaway_enhance_your_c
     filler = [frame_bytes(hf.ContinuationFrame(1, data=b"\x00" * 16384)) for _ in range(40)]
     taken = feed_until_closed(proto, [frame_bytes(headers), *filler])
     assert proto.closed is not None and proto.closed.error_code == p.ErrorCodes.ENHANCE_YOUR_CALM
+    assert proto.closed.fault == "h2_enhance_your_calm"  # the metric's reason
     assert taken <= LIMIT // 16384 + 2, "more than the header list limit was buffered"
     assert goaway_code(proto.data_to_send()) == p.ErrorCodes.ENHANCE_YOUR_CALM
     assert proto.receive(filler[0]) == [], "a closed connection still reads"

@@ -128,17 +128,21 @@ def test_connect_with_path_is_a_protocol_error() -> None:
 
 
 def test_rapid_reset_gets_enhance_your_calm() -> None:
-    """H-8: the layer above h2 bounds peer resets."""
+    """H-8: the layer above h2 bounds peer resets: the reset past the limit, not one before,
+    closes the connection with GOAWAY(ENHANCE_YOUR_CALM), named for the metric, and the
+    client hears the GOAWAY."""
     client, server, _ = pair(p.Limits(max_resets=10, reset_window_s=1.0))
-    events: list[p.Event] = []
-    for _ in range(11):
+    for i in range(11):
         sid = client.open("10.0.0.1:80")
         client.reset(sid)
-        _, got = pump(client, server)
-        events += got
-    closed = [e for e in events if isinstance(e, p.Closed)]
-    assert closed
+        heard, got = pump(client, server)
+        closed = [e for e in got if isinstance(e, p.Closed)]
+        assert bool(closed) == (i == 10), f"reset {i + 1}: closed {closed}"
     assert closed[0].error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    assert closed[0].fault == "h2_rapid_reset"
+    goaway = [e for e in heard if isinstance(e, p.Closed)]
+    assert goaway and goaway[0].error_code == ErrorCodes.ENHANCE_YOUR_CALM, heard
+    assert not goaway[0].fault, "the client did nothing wrong"
 
 
 def test_resets_spread_over_time_are_fine() -> None:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
+import h2.exceptions
 import pytest
 
 from common import tls
@@ -24,6 +26,9 @@ from tests.unit.ztunnel.harness import ECHO_PORT, Mesh, mesh
 from ztunnel.identity.manager import WorkloadCertificate
 
 NODE_CLIENT = Path(__file__).with_name("connect_client.js")
+
+
+REJECTIONS = "ambientmesh_ztunnel_rejections_total"
 
 
 def run(body: Callable[[Mesh], Awaitable[None]]) -> None:
@@ -196,5 +201,36 @@ def test_what_a_valid_peer_may_ask_for(authority_: str, method: str, status: int
         if method == "GET":
             headers += [(":scheme", "https"), (":path", "/")]
         assert await _h2_request(m, headers) == status
+
+    run(body)
+
+
+def test_rapid_reset_through_real_tls_is_cut_off_and_counted() -> None:
+    """H-8 through sockets and TLS: a valid peer that opens and resets streams at full speed
+    gets GOAWAY(ENHANCE_YOUR_CALM) past the limit (200 in 10 s), and the close is counted."""
+
+    async def body(m: Mesh) -> None:
+        reader, writer = await _tls(m, _client_ctx(m))
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        headers = [(":method", "CONNECT"), (":authority", f"{m.server_ip}:{ECHO_PORT}")]
+        for i in range(300):
+            sid = 2 * i + 1
+            conn.send_headers(sid, headers)
+            conn.reset_stream(sid)
+        writer.write(conn.data_to_send())
+        code = None
+        with contextlib.suppress(ConnectionError, ssl.SSLError, h2.exceptions.ProtocolError):
+            while code is None and (data := await asyncio.wait_for(reader.read(65536), 5)):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.ConnectionTerminated):
+                        code = event.error_code
+        writer.close()
+        assert code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+        for _ in range(50):
+            if m.metric("node2", REJECTIONS, direction="inbound", reason="h2_rapid_reset"):
+                break
+            await asyncio.sleep(0.02)
+        assert m.metric("node2", REJECTIONS, direction="inbound", reason="h2_rapid_reset") == 1
 
     run(body)
