@@ -35,6 +35,7 @@ from localcluster import naming
 from localcluster.store import FileStore, StoreWatcher
 from ztunnel.config.bootstrap import Bootstrap, add_kubernetes_flags, check_kubernetes_flags
 from ztunnel.config.client import ClientMetrics, ConfigClient
+from ztunnel.hbone import protocol as hbone
 from ztunnel.identity import revocation
 from ztunnel.identity.manager import CertificateManager
 from ztunnel.metrics import ProxyMetrics
@@ -326,6 +327,18 @@ def parse_args(argv: list[str]) -> Settings:
         default=0,
         help="shed load as RSS nears this (default: the container's cgroup memory limit)",
     )
+    parser.add_argument(
+        "--hbone-header-timeout",
+        type=float,
+        default=hbone.HEADER_TIMEOUT_S,
+        help="seconds an HBONE peer has for its first request and for any header block",
+    )
+    parser.add_argument(
+        "--hbone-stall-timeout",
+        type=float,
+        default=hbone.STALL_TIMEOUT_S,
+        help="seconds a tunnel may go without its peer taking a byte it has for it",
+    )
     add_kubernetes_flags(parser)
     parser.add_argument(
         "--no-transparent",
@@ -338,6 +351,9 @@ def parse_args(argv: list[str]) -> Settings:
         socks_port=args.socks_port,
         transparent=not args.no_transparent,
         original_source=not args.no_transparent,
+        limits=hbone.Limits(
+            header_timeout_s=args.hbone_header_timeout, stall_timeout_s=args.hbone_stall_timeout
+        ),
     )
     return Settings(
         cluster=args.cluster,

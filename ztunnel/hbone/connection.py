@@ -69,8 +69,11 @@ class HboneConnection(asyncio.BufferedProtocol):
         self.closed = self._loop.create_future()
         self.write_paused = False
         self.retired = False  # no new streams (the peer refused one: it is draining)
-        self._last_rx = time.monotonic()
+        self._last_rx = self._last_ping = time.monotonic()
         self._idle_since: float | None = time.monotonic()
+        self._paused_since = 0.0
+        # The timer ticks often enough for the shortest timeout to fire within half of it.
+        self._tick_s = min(PING_INTERVAL_S, limits.header_timeout_s / 2, limits.stall_timeout_s / 2)
         self._timer: asyncio.TimerHandle | None = None
         self._flush_pending = False
         self._wrote_this_tick = False
@@ -91,7 +94,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         self.transport = tls_transport
         self.proto.start()
         self._flush()
-        self._timer = self._loop.call_later(PING_INTERVAL_S, self._tick)
+        self._timer = self._loop.call_later(self._tick_s, self._tick)
 
     def data_received(self, data: bytes) -> None:
         if self.transport is None:
@@ -130,6 +133,7 @@ class HboneConnection(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self._paused_since = time.monotonic()
         for handler in list(self.handlers.values()):
             handler.on_write_paused()
 
@@ -143,8 +147,9 @@ class HboneConnection(asyncio.BufferedProtocol):
 
     def _dispatch(self, event: p.Event) -> None:
         handle = _DISPATCH.get(type(event))
-        if handle is not None:
-            handle(self, event)
+        if handle is None:
+            return
+        handle(self, event)
 
     def _on_connect(self, event: p.ConnectRequest) -> None:
         if self.on_request is None:
@@ -180,8 +185,8 @@ class HboneConnection(asyncio.BufferedProtocol):
 
     def _on_closed(self, event: p.Closed) -> None:
         log.info("HBONE connection %s closed: %s", self.peer_addr, event.reason)
-        if event.fault and self.on_fault is not None:
-            self.on_fault(event.fault)
+        if event.fault:
+            self._fault(event.fault)
         self._close_soon()
 
     # --- streams ---------------------------------------------------------------------------------
@@ -297,12 +302,35 @@ class HboneConnection(asyncio.BufferedProtocol):
             )
             self._abort()
             return
+        if self.write_paused and now - self._paused_since > self.proto.limits.stall_timeout_s:
+            # RELIABILITY H-10: the peer reads nothing, not even our PINGs.
+            log.warning(
+                "HBONE peer %s has read nothing for %.0fs: closing",
+                self.peer_addr,
+                now - self._paused_since,
+            )
+            self._fault("hbone_peer_not_reading")
+            self._abort()
+            return
         if self._idle_since is not None and now - self._idle_since > self.idle_timeout_s:
             self.goaway(reason="idle")
             return
-        self.proto.ping(int(now * 1000).to_bytes(8, "big"))
+        for event in self.proto.expire(now):
+            if isinstance(event, p.Reset):
+                log.warning("HBONE stream %d to %s stalled: reset", event.stream_id, self.peer_addr)
+                self._fault("h2_stream_stalled")
+            self._dispatch(event)
+        if self.proto.closed is not None:
+            return  # closed by a timeout (`_on_closed`)
+        if now - self._last_ping >= PING_INTERVAL_S - self._tick_s / 2:  # a timer may be early
+            self._last_ping = now
+            self.proto.ping(int(now * 1000).to_bytes(8, "big"))
         self._flush()
-        self._timer = self._loop.call_later(PING_INTERVAL_S, self._tick)
+        self._timer = self._loop.call_later(self._tick_s, self._tick)
+
+    def _fault(self, reason: str) -> None:
+        if self.on_fault is not None:
+            self.on_fault(reason)
 
     def _abort(self) -> None:
         if self.transport is not None:

@@ -107,6 +107,7 @@ class H2Connection(h2.connection.H2Connection):
         self._preface_left = 0 if config.client_side else PREFACE_SIZE
         self._preface = bytearray(self._preface_left)
         self._block = 0  # bytes of the header block being received (H-6)
+        self.header_block_open = False  # a HEADERS frame came without END_HEADERS (C-2)
 
     def send_available(
         self, stream_id: int, data: bytes | bytearray | memoryview, limit: int
@@ -224,6 +225,9 @@ class H2Connection(h2.connection.H2Connection):
             )
         if frame.flags & END_HEADERS:
             self._block = 0
+            self.header_block_open = False
+        else:
+            self.header_block_open = True
 
     def _takes_data_directly(self, frame: Frame) -> bool:
         return (

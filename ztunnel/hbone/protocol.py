@@ -8,6 +8,10 @@ and h2 leaves to its user:
   GOAWAY(ENHANCE_YOUR_CALM). h2 does not bound this.
 - Control-frame flood against a peer that never reads (PING/SETTINGS acks piling up): more than
   `max_pending_control` answers queued without the peer reading → GOAWAY(ENHANCE_YOUR_CALM).
+- Timeouts (RELIABILITY C-2, H-10), judged by `expire(now)`, which the edge calls on its timer:
+  a server connection whose first request, or any header block, is not complete within
+  `header_timeout_s` gets GOAWAY; a stream whose send window has let nothing through for
+  `stall_timeout_s` while we had data for it is reset.
 - Settings: concurrent streams, windows, header list size and frame size from `Limits`.
 Errors are events (`Closed`, with who is to blame), never exceptions escaping `receive`.
 """
@@ -44,6 +48,14 @@ RESET_WINDOW_S = 10.0
 # PING/SETTINGS acks we will queue for a peer that does not read (Envoy: 1000 outbound control
 # frames, http2.outbound_control_flood).
 MAX_PENDING_CONTROL = 1000
+# The first CONNECT follows the TLS handshake at once (a ztunnel or waypoint opens a connection
+# for a stream it has); a header block is one burst of frames. hyper's HTTP/1 header read
+# timeout is 30 s, nginx's client_header_timeout 60 s; a machine peer needs far less.
+HEADER_TIMEOUT_S = 10.0
+# A peer that lets no byte of a stream through for this long has stopped reading it. Envoy's
+# stream idle timeout (5 min) also ends a stream held by a closed window; Helidon's HTTP/2
+# flow-control timeout is 15 s. Long, because a TCP tunnel's reader may pause for a while.
+STALL_TIMEOUT_S = 300.0
 SEND_FRAMES = 64  # DATA frames one `send` queues at most: bounds the work of one call
 # Acks of small messages are handed to h2 in batches of up to this many bytes per stream (or
 # less: see `_ack_batch`): h2 sends a WINDOW_UPDATE only per half window consumed anyway, and
@@ -63,6 +75,8 @@ class Limits:
     max_resets: int = MAX_RESETS
     reset_window_s: float = RESET_WINDOW_S
     max_pending_control: int = MAX_PENDING_CONTROL
+    header_timeout_s: float = HEADER_TIMEOUT_S
+    stall_timeout_s: float = STALL_TIMEOUT_S
 
 
 # --- events -------------------------------------------------------------------------------------
@@ -182,6 +196,9 @@ class HboneProtocol:
         self._resets: deque[float] = deque()
         self._pending_control = 0
         self._held: dict[int, int] = {}  # stream id → consumed bytes not yet handed to h2
+        self._waiting_since: float | None = None  # server: opened, no request complete yet
+        self._block_since: float | None = None  # a header block open since
+        self._stalled: dict[int, float] = {}  # stream id → last send progress while blocked
         # Held acks never starve a sender: per stream they stay under an eighth of its window,
         # and over every stream under an eighth of the connection's (h2 itself returns window
         # once half of it is consumed).
@@ -203,6 +220,8 @@ class HboneProtocol:
         }
         if self.client:
             settings[h2.settings.SettingCodes.ENABLE_PUSH] = 0
+        else:
+            self._waiting_since = self.clock()
         self.h2.update_settings(settings)
         extra = self.limits.connection_window - int(self.h2.inbound_flow_control_window)
         if extra > 0:
@@ -272,6 +291,11 @@ class HboneProtocol:
             code = int(getattr(exc, "error_code", ErrorCodes.PROTOCOL_ERROR))
             self.closed = Closed(code, f"protocol error: {exc}", True, protocol_fault(code))
             return [self.closed]
+        if self.h2.header_block_open:
+            if self._block_since is None:
+                self._block_since = self.clock()
+        else:
+            self._block_since = None
         events: list[Event] = []
         for event in raw:
             events.extend(self._translate(event))
@@ -296,6 +320,7 @@ class HboneProtocol:
             return [EndOfStream(int(event.stream_id or 0))]
         if isinstance(event, h2.events.StreamReset):
             self._release(int(event.stream_id or 0))
+            self._stalled.pop(int(event.stream_id or 0), None)
             return self._reset(event)
         if isinstance(event, h2.events.WindowUpdated):
             return [WindowOpened(int(event.stream_id or 0))]
@@ -338,6 +363,7 @@ class HboneProtocol:
 
     def _request(self, event: h2.events.RequestReceived) -> list[Event]:
         stream_id = int(event.stream_id or 0)
+        self._waiting_since = None
         headers: dict[str, str] = {}
         for name, value in event.headers or []:
             headers[str(name)] = str(value)
@@ -386,9 +412,16 @@ class HboneProtocol:
         """Queue as much of `data` as flow control allows; returns how many bytes were taken."""
         try:
             limit = self.h2.max_outbound_frame_size * SEND_FRAMES
-            return self.h2.send_available(stream_id, data, limit)
+            taken = int(self.h2.send_available(stream_id, data, limit))
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, KeyError):
             return 0
+        if taken < len(data):
+            # Held by the window: the stall clock starts, or restarts on any progress.
+            if taken or stream_id not in self._stalled:
+                self._stalled[stream_id] = self.clock()
+        elif self._stalled:
+            self._stalled.pop(stream_id, None)
+        return taken
 
     def end(self, stream_id: int) -> None:
         with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
@@ -396,6 +429,7 @@ class HboneProtocol:
 
     def reset(self, stream_id: int, code: int = ErrorCodes.CANCEL) -> None:
         self._release(stream_id)
+        self._stalled.pop(stream_id, None)
         with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             self.h2.reset_stream(stream_id, error_code=code)
 
@@ -429,3 +463,27 @@ class HboneProtocol:
 
     def ping(self, opaque: bytes) -> None:
         self.h2.ping(opaque)
+
+    # --- timeouts ---------------------------------------------------------------------------------
+
+    def expire(self, now: float) -> list[Event]:
+        """What the timeouts end at `now`: a `Closed` (GOAWAY sent, fault `h2_header_timeout`)
+        or a `Reset` (sent, `remote=False`) for each stream stalled past `stall_timeout_s`."""
+        if self.closed is not None:
+            return []
+        limit = self.limits.header_timeout_s
+        for since, what in ((self._waiting_since, "request"), (self._block_since, "header block")):
+            if since is not None and now - since > limit:
+                reason = f"{what} not complete within {limit:g}s"
+                self.goaway(ErrorCodes.NO_ERROR, reason)
+                self.closed = Closed(ErrorCodes.NO_ERROR, reason, True, "h2_header_timeout")
+                return [self.closed]
+        events: list[Event] = []
+        for stream_id, since in list(self._stalled.items()):
+            stream = self.h2.streams.get(stream_id)
+            if stream is None or stream.closed:
+                del self._stalled[stream_id]  # closed meanwhile
+            elif now - since > self.limits.stall_timeout_s:
+                self.reset(stream_id, ErrorCodes.CANCEL)
+                events.append(Reset(stream_id, ErrorCodes.CANCEL, remote=False))
+        return events

@@ -190,6 +190,7 @@ class OutboundProxy(ProxyCore):
             handshake_timeout_s=HANDSHAKE_TIMEOUT_S,
         )
         assert conn.transport is not None
+        conn.on_fault = lambda reason: self.metrics.reject("outbound", reason)
         self.metrics.dialed(conn.transport.get_extra_info("ssl_object").session_reused)
         return conn
 

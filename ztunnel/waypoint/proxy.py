@@ -378,7 +378,7 @@ class WaypointProxy:
         sock = await sockets.dial(
             key.dst, src_ip=None, transparent=False, timeout_s=CONNECT_TIMEOUT_S
         )
-        return await pool.connect(
+        conn = await pool.connect(
             sock,
             self._client_ctx[1],
             trust_domain=key.src.trust_domain,
@@ -386,6 +386,8 @@ class WaypointProxy:
             limits=self.settings.limits,
             handshake_timeout_s=HANDSHAKE_TIMEOUT_S,
         )
+        conn.on_fault = lambda reason: self.tcp_metrics.reject("waypoint", reason)
+        return conn
 
     # --- shutdown --------------------------------------------------------------------------------
 

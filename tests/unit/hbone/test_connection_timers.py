@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from ztunnel.hbone import connection
-from ztunnel.hbone.connection import HboneConnection
+from ztunnel.hbone import protocol as p
+from ztunnel.hbone.connection import DEFAULT_LIMITS, HboneConnection
 
 
 class Wire:
@@ -69,10 +70,19 @@ def short_timers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(connection, "PING_TIMEOUT_S", 0.1)
 
 
-async def pair(idle_timeout_s: float = 300.0) -> tuple[HboneConnection, HboneConnection, Wire]:
-    """(client, server, the client's outgoing wire)."""
-    client = HboneConnection(client=True, idle_timeout_s=idle_timeout_s)
-    server = HboneConnection(client=False, on_request=lambda c, r: c.respond(r.stream_id, 200))
+async def pair(
+    idle_timeout_s: float = 300.0,
+    limits: p.Limits = DEFAULT_LIMITS,
+    faults: list[str] | None = None,
+) -> tuple[HboneConnection, HboneConnection, Wire]:
+    """(client, server, the client's outgoing wire). The server's faults go to `faults`."""
+    client = HboneConnection(client=True, idle_timeout_s=idle_timeout_s, limits=limits)
+    server = HboneConnection(
+        client=False,
+        limits=limits,
+        on_request=lambda c, r: c.respond(r.stream_id, 200),
+        on_fault=(faults if faults is not None else []).append,
+    )
     to_server, to_client = Wire(), Wire()
     to_server.peer, to_client.peer = server, client
     client.connection_made(to_server)  # type: ignore[arg-type]
@@ -126,6 +136,58 @@ def test_a_connection_without_streams_goes_away_after_the_idle_timeout() -> None
         await asyncio.sleep(0.3)
         assert wire.closing and not wire.aborted
         assert any(data[3:4] == b"\x07" for data in wire.sent), "GOAWAY went out"
+        stop(client, server)
+
+    asyncio.run(main())
+
+
+def test_a_connection_whose_first_request_never_comes_gets_goaway_and_is_counted() -> None:
+    """C-2 at the edge: the timer asks the protocol, and the close is the peer's fault."""
+
+    async def main() -> None:
+        faults: list[str] = []
+        client, server, _ = await pair(limits=p.Limits(header_timeout_s=0.1), faults=faults)
+        await asyncio.sleep(0.3)
+        assert faults == ["h2_header_timeout"]
+        server_wire = server.transport
+        assert isinstance(server_wire, Wire)
+        assert server_wire.closing and not server_wire.aborted
+        assert any(data[3:4] == b"\x07" for data in server_wire.sent), "GOAWAY went out"
+        stop(client, server)
+
+    asyncio.run(main())
+
+
+def test_a_request_in_time_keeps_the_connection() -> None:
+    async def main() -> None:
+        faults: list[str] = []
+        client, server, wire = await pair(limits=p.Limits(header_timeout_s=0.1), faults=faults)
+        client.open_stream("10.0.0.1:80", {}, Handler())
+        await asyncio.sleep(0.3)
+        assert faults == [] and not wire.closing
+        stop(client, server)
+
+    asyncio.run(main())
+
+
+def test_a_peer_that_reads_nothing_for_the_stall_timeout_is_aborted_and_counted() -> None:
+    """H-10: our writes stay paused (the peer's TCP window is shut, PINGs cannot go out) while
+    the peer may still send: the connection is aborted, and every stream on it reset."""
+
+    async def main() -> None:
+        faults: list[str] = []
+        client, server, _ = await pair(limits=p.Limits(stall_timeout_s=0.2), faults=faults)
+        handler = Handler()
+        client.open_stream("10.0.0.1:80", {}, handler)
+        await asyncio.sleep(0.02)
+        server.pause_writing()  # what the transport says when its buffer is over the mark
+        await asyncio.sleep(0.1)
+        server_wire = server.transport
+        assert isinstance(server_wire, Wire)
+        assert not server_wire.aborted, "aborted before the stall timeout"
+        await asyncio.sleep(0.3)
+        assert server_wire.aborted
+        assert faults == ["hbone_peer_not_reading"]
         stop(client, server)
 
     asyncio.run(main())

@@ -19,6 +19,7 @@ from api import validate
 from api.spiffe import controller_identity
 from controller.main import Controller, Settings
 from localcluster.store import ClusterInfo, ClusterStore, ObjectSet
+from ztunnel.hbone import protocol as p
 from ztunnel.identity.caclient import CaClient
 from ztunnel.identity.manager import CertificateManager
 from ztunnel.metrics import ProxyMetrics
@@ -190,7 +191,9 @@ async def refused_before_tls(address: tuple[str, int]) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def mesh(cluster: str = "c", ttl_s: int = 3600) -> AsyncIterator[Mesh]:
+async def mesh(
+    cluster: str = "c", ttl_s: int = 3600, limits: p.Limits | None = None
+) -> AsyncIterator[Mesh]:
     store = ClusterStore(cluster)
     store.create(ClusterInfo(cluster, 2, workload_cert_ttl_s=ttl_s))
     net = random.randint(1, 254)
@@ -228,6 +231,7 @@ async def mesh(cluster: str = "c", ttl_s: int = 3600) -> AsyncIterator[Mesh]:
             socks_port=free_port() if node == "node1" else 0,
             transparent=False,
             hbone_target_port=hbone_port,
+            limits=limits or p.Limits(),
         )
         proxy = Proxy(settings, _snapshot_of(m, node), m.managers[node], m.metrics[node])
         await proxy.start()
