@@ -149,7 +149,22 @@ class HboneConnection(asyncio.BufferedProtocol):
         handle = _DISPATCH.get(type(event))
         if handle is None:
             return
-        handle(self, event)
+        stream_id = getattr(event, "stream_id", 0)
+        if not stream_id:
+            handle(self, event)
+            return
+        try:
+            handle(self, event)
+        except Exception:
+            # One tunnel's failure ends its stream, never the connection other tunnels share
+            # (an exception here would close the transport under all of them).
+            log.exception("HBONE stream %d from %s: handler failed", stream_id, self.peer_addr)
+            self._fault("stream_handler_error")
+            handler = self._forget(stream_id)
+            self.proto.reset(stream_id, ErrorCodes.INTERNAL_ERROR)
+            if handler is not None:
+                with contextlib.suppress(Exception):
+                    handler.on_reset(ErrorCodes.INTERNAL_ERROR)
 
     def _on_connect(self, event: p.ConnectRequest) -> None:
         if self.on_request is None:

@@ -180,6 +180,9 @@ class InboundProxy(ProxyCore):
                 timeout_s=CONNECT_TIMEOUT_S,
             )
             await asyncio.get_running_loop().create_connection(lambda: tunnel, sock=sock)
+            if tunnel.done:  # the stream was reset meanwhile: the tunnel reset the socket
+                conn.reset(request.stream_id)  # a no-op for a stream the peer reset
+                return
         except (OSError, TimeoutError) as exc:
             self.metrics.reject("inbound", "upstream_unreachable")
             log.info("inbound to %s failed: %s", request.authority, exc)

@@ -69,13 +69,16 @@ class Tunnel(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         tcp = self.tcp = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        if self._done:
+            sockets.reset(tcp)  # the stream was reset while this connection was being made
+            return
         if self.conn is None:
             tcp.pause_reading()  # nothing to send into until the stream is up
         if self._early:
             tcp.write(bytes(self._early))
             self._early.clear()
-        if self._stream_eof and tcp.can_write_eof():
-            tcp.write_eof()
+        if self._stream_eof:
+            self._write_eof()
 
     def data_received(self, data: bytes) -> None:
         self.stats.to_stream += len(data)
@@ -136,8 +139,8 @@ class Tunnel(asyncio.Protocol):
 
     def on_end(self) -> None:
         self._stream_eof = True
-        if self.tcp is not None and not self.tcp.is_closing() and self.tcp.can_write_eof():
-            self.tcp.write_eof()
+        if self.tcp is not None and not self.tcp.is_closing():
+            self._write_eof()
         self._maybe_finish()
 
     def on_reset(self, error_code: int) -> None:
@@ -163,7 +166,23 @@ class Tunnel(asyncio.Protocol):
         held = len(self._pending) + len(self._early) + len(self._fresh or b"")
         return held + (self.tcp.get_write_buffer_size() if self.tcp is not None else 0)
 
+    @property
+    def done(self) -> bool:
+        return self._done
+
     # --- internals ------------------------------------------------------------------------------
+
+    def _write_eof(self) -> None:
+        """FIN to the TCP peer. `shutdown` raises when the peer has already reset the socket
+        (ENOTCONN): that is this tunnel's end, and must not propagate into the HBONE connection
+        it shares with other tunnels (a regression: it closed all of them)."""
+        assert self.tcp is not None
+        if not self.tcp.can_write_eof():
+            return
+        try:
+            self.tcp.write_eof()
+        except OSError as exc:
+            self.abort(f"tcp: {exc}")
 
     def _pump(self) -> None:
         conn, tcp = self.conn, self.tcp
