@@ -3,8 +3,9 @@
 `track(identities)` keeps a worker per identity that fetches at once, renews at half-life, retries
 with jittered capped backoff while keeping a still-valid certificate, and drops a certificate the
 moment it expires (fail closed: no certificate means that identity's traffic is refused).
-`get(identity)` serves the proxy on demand. Fetches share a bounded CA concurrency (L-5: many
-identities at start-up must not stampede the CA). Decisions are in `schedule` (pure).
+`get(identity)` serves the proxy on demand. Fetches share a bounded CA concurrency, by priority
+(L-5, `csrqueue`): one a connection waits on first, then first certificates, then renewals;
+renewals are spread by a jitter drawn per certificate. Decisions are in `schedule` (pure).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from api.spiffe import SpiffeId
 from common.keys import key_pem, new_key
 from ztunnel.identity import schedule
 from ztunnel.identity.caclient import CaClient, CaError
+from ztunnel.identity.csrqueue import CsrQueue, Priority
 
 log = logging.getLogger("ztunnel.identity")
 
@@ -54,6 +56,7 @@ class _Slot:
     retry_at: datetime | None = None
     last_error: str = ""
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    demanded: bool = False  # a connection waits for a certificate of this identity
     task: asyncio.Task[None] | None = None
 
 
@@ -75,7 +78,7 @@ class CertificateManager:
         self.clock = clock
         self.jitter = jitter
         self._slots: dict[SpiffeId, _Slot] = {}
-        self._ca_slots = asyncio.Semaphore(CA_CONCURRENCY)
+        self.csrs = CsrQueue(CA_CONCURRENCY)
         # Called when an identity's certificate expires with no replacement: connections that
         # were authenticated with it must end (RELIABILITY F-7, "close at not_after").
         self.on_expired: list[Callable[[SpiffeId], None]] = []
@@ -109,6 +112,8 @@ class CertificateManager:
         slot = self._slots[identity]
         if (cert := self.current(identity)) is not None:
             return cert
+        self.csrs.promote(identity, Priority.REALTIME)
+        slot.demanded = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(slot.ready.wait(), GET_TIMEOUT_S)
         if (cert := self.current(identity)) is None:
@@ -140,8 +145,12 @@ class CertificateManager:
 
     async def _fetch(self, identity: SpiffeId, slot: _Slot) -> None:
         key = new_key()
+        if slot.demanded and self.current(identity) is None:
+            priority = Priority.REALTIME
+        else:
+            priority = Priority.WARMUP if slot.cert is None else Priority.BACKGROUND
         try:
-            async with self._ca_slots:
+            async with self.csrs.slot(identity, priority):
                 issued = await self.ca.sign(identity, key, self.ttl_s)
         except CaError as exc:
             slot.failures += 1
@@ -166,12 +175,16 @@ class CertificateManager:
             key_pem(key),
             issued.bundle_pem,
             schedule.Validity(
-                issued.leaf.not_valid_before_utc, issued.leaf.not_valid_after_utc, self.clock()
+                issued.leaf.not_valid_before_utc,
+                issued.leaf.not_valid_after_utc,
+                self.clock(),
+                self.jitter(),
             ),
             issued.leaf.serial_number,
             issued.leaf.issuer,
         )
         slot.failures, slot.backoff, slot.retry_at, slot.last_error = 0, 0, None, ""
+        slot.demanded = False
         slot.ready.set()
         log.info(
             "certificate for %s: serial %x, valid until %s",

@@ -1,8 +1,10 @@
 """When to renew a certificate and how long to wait after a failure (pure; time is an argument).
 
-Renew at half of the lifetime left when the certificate arrived (Istio and ztunnel renew at
-half-life; measuring from arrival, not from notBefore, matters because CAs backdate notBefore to
-absorb clock skew: with a short TTL, half-life from notBefore can lie before issuance). If
+Renew at half of the lifetime left when the certificate arrived, give or take 1% of it (Istio
+and ztunnel renew at half-life; Istio's SECRET_GRACE_PERIOD_RATIO_JITTER, 0.01, keeps
+certificates fetched together, such as a node's 500 at start-up, from renewing together).
+Measuring from arrival, not from notBefore, matters because CAs backdate notBefore to absorb
+clock skew: with a short TTL, half-life from notBefore can lie before issuance. If
 notBefore lies in the future beyond the tolerated skew, renew at once (ztunnel's
 `get_duration_until_refresh`). After a failure, retry with capped exponential
 backoff and equal jitter, per identity, so a recovering CA is not hit by every node at once.
@@ -21,6 +23,9 @@ RETRY_INITIAL = timedelta(seconds=0.5)
 RETRY_CAP = timedelta(seconds=150)
 
 
+# Renewal lands within ±1% of the lifetime around half-life (Istio: 0.01).
+RENEW_JITTER = 0.01
+
 # Never fetch the same identity twice within this, whatever the certificate says (a guard
 # against a CA that issues already-stale certificates).
 MIN_REFRESH_INTERVAL = timedelta(seconds=1)
@@ -31,12 +36,14 @@ class Validity:
     not_before: datetime
     not_after: datetime
     received: datetime
+    jitter: float = 0.5  # in [0, 1), drawn once per certificate; 0.5: exactly half-life
 
 
 def refresh_at(validity: Validity, now: datetime) -> datetime:
     if validity.not_before > now + CLOCK_SKEW:
         return now
-    half = max((validity.not_after - validity.received) / 2, MIN_REFRESH_INTERVAL)
+    ratio = 0.5 + RENEW_JITTER * (2 * validity.jitter - 1)
+    half = max((validity.not_after - validity.received) * ratio, MIN_REFRESH_INTERVAL)
     return validity.received + half
 
 

@@ -18,6 +18,20 @@ def test_refresh_at_half_life() -> None:
     assert schedule.refresh_at(DAY, NOW) == NOW + 12 * H
 
 
+@pytest.mark.parametrize(
+    ("jitter", "after"),
+    [
+        (0.0, 24 * H * 0.49),  # the earliest: 1% of the lifetime before half-life
+        (0.5, 12 * H),
+        (0.75, 24 * H * 0.505),
+        (1.0, 24 * H * 0.51),  # the bound jitter never reaches
+    ],
+)
+def test_renewal_is_spread_around_half_life(jitter: float, after: timedelta) -> None:
+    validity = Validity(NOW, NOW + 24 * H, NOW, jitter)
+    assert schedule.refresh_at(validity, NOW) == NOW + after
+
+
 def test_not_before_in_the_future_refreshes_now() -> None:
     assert schedule.refresh_at(Validity(NOW + H, NOW + 2 * H, NOW), NOW) == NOW
 
