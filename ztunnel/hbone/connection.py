@@ -69,6 +69,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         self.closed = self._loop.create_future()
         self.write_paused = False
         self.retired = False  # no new streams (the peer refused one: it is draining)
+        self._drained = False  # close once the last stream ends (`close_when_idle`)
         self._last_rx = self._last_ping = time.monotonic()
         self._idle_since: float | None = time.monotonic()
         self._paused_since = 0.0
@@ -198,6 +199,12 @@ class HboneConnection(asyncio.BufferedProtocol):
         for handler in targets:
             handler.on_writable()
 
+    def _on_going_away(self, event: p.GoingAway) -> None:
+        log.info(
+            "HBONE peer %s drains: streams up to %d go on", self.peer_addr, event.last_stream_id
+        )
+        self._close_if_done()
+
     def _on_closed(self, event: p.Closed) -> None:
         log.info("HBONE connection %s closed: %s", self.peer_addr, event.reason)
         if event.fault:
@@ -214,6 +221,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         handler = self.handlers.pop(stream_id, None)
         if not self.handlers:
             self._idle_since = time.monotonic()
+            self._close_if_done()
         return handler
 
     def finished(self, stream_id: int) -> None:
@@ -261,11 +269,30 @@ class HboneConnection(asyncio.BufferedProtocol):
             and self.transport is not None
             and not self.transport.is_closing()
             and (self.proto.closed is None)
+            and not self.proto.going_away  # either side drains: no new stream on it
         )
 
     @property
     def accepting_streams(self) -> bool:
         return self.usable and self.proto.accepting_streams
+
+    def drain(self) -> None:
+        """Server: GOAWAY(NO_ERROR) now, the streams already accepted go on, and the connection
+        closes when the last of them ends (or at `goaway`, the drain deadline)."""
+        self.proto.graceful_goaway()
+        self._flush()
+        self._close_if_done()
+
+    def close_when_idle(self) -> None:
+        """Client: our own drain. Close as soon as no stream is left (at once if none is)."""
+        self._drained = True
+        self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        """A connection going away (either side's drain) closes once it carries nothing."""
+        going = self._drained or self.proto.going_away
+        if going and not self.handlers and self.proto.closed is None:
+            self.goaway(reason="drained")
 
     def goaway(self, code: int = ErrorCodes.NO_ERROR, reason: str = "local close") -> None:
         self.proto.goaway(code, reason)
@@ -360,5 +387,6 @@ _DISPATCH: dict[type, Callable[[HboneConnection, Any], None]] = {
     p.EndOfStream: HboneConnection._on_end,
     p.Reset: HboneConnection._on_reset,
     p.WindowOpened: HboneConnection._on_window,
+    p.GoingAway: HboneConnection._on_going_away,
     p.Closed: HboneConnection._on_closed,
 }

@@ -24,6 +24,14 @@ what changes is how DATA bytes get in and out, and one refusal:
    alone, with RST_STREAM(REFUSED_STREAM) as RFC 9113 §5.1.2 allows, where h2 would tear down
    the whole connection (TooManyStreamsError). The override keeps HPACK in step, the stream id
    order, and h2's record of streams it reset (later frames on them get RST_STREAM too).
+4. Graceful GOAWAY (RFC 9113 §6.8: "a server [...] sends a GOAWAY frame [...] while
+   continuing to process streams already initiated"). h2 treats every GOAWAY, sent or
+   received, as the end of the connection, which would cut every tunnel of a peer that drains
+   (as ztunnel and Envoy do, with NO_ERROR) and keep us from draining gracefully ourselves.
+   A GOAWAY with NO_ERROR is instead recorded (`peer_last_stream_id`), reported as h2's
+   ConnectionTerminated event, and the connection stays open for streams up to its last
+   stream id; `send_graceful_goaway` sends one without closing. Any other error code is h2's
+   terminal GOAWAY, as before.
 """
 
 from __future__ import annotations
@@ -108,6 +116,7 @@ class H2Connection(h2.connection.H2Connection):
         self._preface = bytearray(self._preface_left)
         self._block = 0  # bytes of the header block being received (H-6)
         self.header_block_open = False  # a HEADERS frame came without END_HEADERS (C-2)
+        self.peer_last_stream_id: int | None = None  # the peer's graceful GOAWAY, if any
 
     def send_available(
         self, stream_id: int, data: bytes | bytearray | memoryview, limit: int
@@ -272,3 +281,26 @@ class H2Connection(h2.connection.H2Connection):
         refuse = hyperframe.frame.RstStreamFrame(frame.stream_id)
         refuse.error_code = ErrorCodes.REFUSED_STREAM
         return [refuse], []
+
+    # --- graceful GOAWAY (4) ------------------------------------------------------------------
+
+    def send_graceful_goaway(self, last_stream_id: int) -> None:
+        """GOAWAY(NO_ERROR, `last_stream_id`) with the connection kept open for the streams
+        up to it (a drain); `close_connection` ends it later."""
+        frame = hyperframe.frame.GoAwayFrame(0)
+        frame.last_stream_id = last_stream_id
+        frame.error_code = ErrorCodes.NO_ERROR
+        self._data_to_send += frame.serialize()
+
+    def _receive_goaway_frame(self, frame: Any) -> Any:
+        if frame.error_code != ErrorCodes.NO_ERROR:
+            return super()._receive_goaway_frame(frame)
+        last = int(frame.last_stream_id)
+        if self.peer_last_stream_id is not None:
+            last = min(last, self.peer_last_stream_id)  # it may only go down (§6.8)
+        self.peer_last_stream_id = last
+        event = h2.events.ConnectionTerminated()
+        event.error_code = ErrorCodes.NO_ERROR
+        event.last_stream_id = last
+        event.additional_data = frame.additional_data or None
+        return [], [event]

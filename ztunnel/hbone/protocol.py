@@ -128,6 +128,14 @@ class WindowOpened:
 
 
 @dataclass(frozen=True)
+class GoingAway:
+    """The peer drains (GOAWAY with NO_ERROR): streams up to `last_stream_id` go on, no new
+    ones may be opened; ours above it were never processed (a `Reset` REFUSED_STREAM each)."""
+
+    last_stream_id: int
+
+
+@dataclass(frozen=True)
 class Closed:
     """The connection is over. `remote` says who is to blame; `reason` is for logs. `fault`:
     the metric reason when we closed it for what the peer did (a bounded set), else ""."""
@@ -149,7 +157,7 @@ def protocol_fault(code: int) -> str:
 
 __all__ = ["ErrorCodes"]
 
-Event = ConnectRequest | Response | Data | EndOfStream | Reset | WindowOpened | Closed
+Event = ConnectRequest | Response | Data | EndOfStream | Reset | WindowOpened | GoingAway | Closed
 
 
 class AuthorityError(ValueError):
@@ -193,6 +201,7 @@ class HboneProtocol:
         self.clock = clock
         self.h2 = H2Connection(config=config)
         self.closed: Closed | None = None
+        self.last_stream_id: int | None = None  # our graceful GOAWAY's, once sent (a drain)
         self._resets: deque[float] = deque()
         self._pending_control = 0
         self._held: dict[int, int] = {}  # stream id → consumed bytes not yet handed to h2
@@ -247,6 +256,17 @@ class HboneProtocol:
             self.closed = Closed(code, reason, remote=False)
         return self.closed
 
+    def graceful_goaway(self) -> None:
+        """Server: drain. GOAWAY(NO_ERROR) naming the last stream we accepted; those go on,
+        later ones are refused (REFUSED_STREAM: safe to retry elsewhere). `goaway` ends it."""
+        if self.closed is None and self.last_stream_id is None:
+            self.last_stream_id = int(self.h2.highest_inbound_stream_id)
+            self.h2.send_graceful_goaway(self.last_stream_id)
+
+    @property
+    def going_away(self) -> bool:
+        return self.last_stream_id is not None or self.h2.peer_last_stream_id is not None
+
     @property
     def open_streams(self) -> int:
         return int(self.h2.open_outbound_streams + self.h2.open_inbound_streams)
@@ -254,8 +274,10 @@ class HboneProtocol:
     @property
     def accepting_streams(self) -> bool:
         """Client side: may another stream be opened on this connection now?"""
-        return self.closed is None and (
-            self.h2.open_outbound_streams < self.h2.remote_settings.max_concurrent_streams
+        return (
+            self.closed is None
+            and self.h2.peer_last_stream_id is None
+            and self.h2.open_outbound_streams < self.h2.remote_settings.max_concurrent_streams
         )
 
     # --- input ------------------------------------------------------------------------------------
@@ -329,9 +351,20 @@ class HboneProtocol:
         if isinstance(event, h2.events.PingReceived):
             return self._control(opens_window=False)
         if isinstance(event, h2.events.ConnectionTerminated):
+            if self.h2.peer_last_stream_id is not None and event.error_code == 0:
+                return self._going_away(self.h2.peer_last_stream_id)
             self.closed = Closed(int(event.error_code or 0), "peer sent GOAWAY", remote=True)
             return [self.closed]
         return []
+
+    def _going_away(self, last_stream_id: int) -> list[Event]:
+        events: list[Event] = [GoingAway(last_stream_id)]
+        ours = 1 if self.client else 0  # client streams are odd
+        for stream_id, stream in list(self.h2.streams.items()):
+            if stream_id % 2 == ours and stream_id > last_stream_id and not stream.closed:
+                self.reset(stream_id, ErrorCodes.REFUSED_STREAM)
+                events.append(Reset(stream_id, ErrorCodes.REFUSED_STREAM, remote=True))
+        return events
 
     def _control(self, *, opens_window: bool) -> list[Event]:
         self._pending_control += 1
@@ -364,6 +397,9 @@ class HboneProtocol:
     def _request(self, event: h2.events.RequestReceived) -> list[Event]:
         stream_id = int(event.stream_id or 0)
         self._waiting_since = None
+        if self.last_stream_id is not None and stream_id > self.last_stream_id:
+            self.reset(stream_id, ErrorCodes.REFUSED_STREAM)  # after our GOAWAY: not processed
+            return []
         headers: dict[str, str] = {}
         for name, value in event.headers or []:
             headers[str(name)] = str(value)

@@ -113,6 +113,10 @@ class InboundProxy(ProxyCore):
             on_fault=lambda reason: self.metrics.reject("inbound", reason),
         )
         conn.original_dst = original_dst  # type: ignore[attr-defined]
+        self.hbone_conns.add(conn)
+        conn.closed.add_done_callback(lambda _: self.hbone_conns.discard(conn))
+        if self.draining:
+            conn.drain()  # accepted in the instant the listeners closed
         return conn
 
     def _on_request(self, conn: HboneConnection, request: p.ConnectRequest) -> None:

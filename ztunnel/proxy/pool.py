@@ -97,6 +97,12 @@ class Pool:
             closed += len(idle)
         return closed
 
+    def drain(self) -> None:
+        """No new streams on any pooled connection; each closes when its last stream ends."""
+        for conn in self.connections():
+            conn.retired = True
+            conn.close_when_idle()
+
     def close(self) -> None:
         for conn in self.connections():
             conn.goaway(reason="shutting down")

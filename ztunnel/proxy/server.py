@@ -54,6 +54,11 @@ class Proxy(OutboundProxy, InboundProxy):
         until the deadline, then cut them."""
         self.draining = True
         self.stop_listening()
+        # RELIABILITY F-4(b): peers learn at once (GOAWAY NO_ERROR) and open new tunnels to
+        # our replacement, while the tunnels they have go on until they end or the deadline.
+        for conn in list(self.hbone_conns):
+            conn.drain()
+        self.pool.drain()
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline_s
         # Connections still being set up (accepted, tunnel not yet up) count as open too.
@@ -62,6 +67,8 @@ class Proxy(OutboundProxy, InboundProxy):
         for record in list(self.active.values()):
             record.abort("drain deadline")
         self.pool.close()
+        for conn in list(self.hbone_conns):
+            conn.goaway(reason="drain deadline")
 
     def recheck_policies(self) -> int:
         """F-10: after a config change, close open connections that policy now denies."""

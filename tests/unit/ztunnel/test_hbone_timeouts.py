@@ -89,7 +89,8 @@ def test_a_tunnel_whose_reader_stopped_is_reset_after_the_stall_timeout() -> Non
                     break
                 await asyncio.sleep(0.05)
             await asyncio.wait_for(flooding, 10)
-            assert stalled == 1, "the stalled stream was not reset"
+            # Reset by whichever timer fires first; both may, before the other RST arrives.
+            assert stalled in (1, 2), "the stalled stream was not reset"
             ended_by = "clean end"
             try:
                 while await asyncio.wait_for(reader.read(1 << 20), 10):
@@ -98,6 +99,10 @@ def test_a_tunnel_whose_reader_stopped_is_reset_after_the_stall_timeout() -> Non
                 ended_by = "reset"
             writer.close()
             assert ended_by == "reset"
+            for _ in range(100):  # the far ztunnel learns of the reset a moment later
+                if not m.proxies["node1"].active and not m.proxies["node2"].active:
+                    break
+                await asyncio.sleep(0.02)
             assert not m.proxies["node1"].active
             assert not m.proxies["node2"].active
 
