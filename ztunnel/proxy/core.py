@@ -74,6 +74,7 @@ class _HboneListener:
     serial: int
     trust: int  # the trust bundle's hash
     born: float  # loop time of the context (its ticket keys): replaced when too old
+    uid: str  # the pod it was made for: an IP reused by another pod gets a new listener
 
 
 @dataclass

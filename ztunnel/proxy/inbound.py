@@ -39,40 +39,43 @@ class InboundProxy(ProxyCore):
         to `<pod IP>:15008`. The certificate is therefore chosen by original destination, as
         ztunnel does, with no SNI; TLS starts with the first byte; and a pod without a
         certificate has no listener, so its inbound HBONE is dropped by the datapath (counted as
-        DROP_NO_LISTENER): fail closed. Rotation reloads the certificate in place. A new trust
+        DROP_NO_LISTENER): fail closed. A listener belongs to one pod (its UID): an IP another
+        pod now holds gets a new listener, and streams on connections accepted by the old one
+        are refused (F-9, `routing.plan_inbound`). Rotation reloads the certificate in place. A new trust
         bundle (root rotation, RELIABILITY F-8) needs a new context, since a context's store
         only grows: a listener with it is bound beside the old one (SO_REUSEPORT, so no
         connection is refused), which then stops accepting; from then on a removed root's
         leaves are refused, and tickets of the old context (its keys) no longer resume. The
         same replaces a context whose ticket keys are `tls.TICKET_KEY_LIFETIME_S` old."""
         snap = self.snapshot()
-        wanted: dict[str, tuple[SpiffeId, Any]] = {}
+        wanted: dict[str, tuple[SpiffeId, Any, str]] = {}
         if snap is not None:
             for ip, w in snap.by_ip.items():
                 if w.node == snap.node and w.enrolled and (cert := self.certs.current(w.identity)):
-                    wanted[ip] = (w.identity, cert)
+                    wanted[ip] = (w.identity, cert, w.uid)
         for ip in [ip for ip in self.hbone if ip not in wanted]:
             self.hbone.pop(ip).server.close()
         now = asyncio.get_running_loop().time()
-        for ip, (identity, cert) in wanted.items():
+        for ip, (identity, cert, uid) in wanted.items():
             listener = self.hbone.get(ip)
             trust = hash(tuple(cert.bundle_pem))
             if (
                 listener is not None
-                and (listener.identity, listener.trust) == (identity, trust)
+                and (listener.identity, listener.trust, listener.uid) == (identity, trust, uid)
                 and now - listener.born < tls.TICKET_KEY_LIFETIME_S
             ):
                 if listener.serial != cert.serial:
                     tls.load_identity(listener.ctx, cert.chain_pem, cert.key_pem)
                     listener.serial = cert.serial
                 continue
-            if listener is not None and listener.identity != identity:
+            same_pod = listener is not None and listener.uid == uid
+            if listener is not None and not same_pod:
                 listener.server.close()  # another pod's IP now: never answer with its identity
-            self.hbone[ip] = self._listen_hbone(ip, identity, cert)
-            if listener is not None and listener.identity == identity:
+            self.hbone[ip] = self._listen_hbone(ip, identity, cert, uid)
+            if listener is not None and same_pod:
                 listener.server.close()  # a new bundle or ticket keys: the old one goes after
 
-    def _listen_hbone(self, ip: str, identity: SpiffeId, cert: Any) -> _HboneListener:
+    def _listen_hbone(self, ip: str, identity: SpiffeId, cert: Any, uid: str) -> _HboneListener:
         ctx = tls.server_context(
             cert.chain_pem,
             cert.key_pem,
@@ -85,14 +88,14 @@ class InboundProxy(ProxyCore):
         server = TlsListener(
             sock,
             ctx,
-            lambda: self._hbone_protocol(ip),
+            lambda: self._hbone_protocol(ip, uid),
             self,
             handshake_timeout_s=HANDSHAKE_TIMEOUT_S,
         )
         trust, born = hash(tuple(cert.bundle_pem)), asyncio.get_running_loop().time()
-        return _HboneListener(server, ctx, identity, cert.serial, trust, born)
+        return _HboneListener(server, ctx, identity, cert.serial, trust, born, uid)
 
-    def _hbone_protocol(self, original_dst: str) -> HboneConnection:
+    def _hbone_protocol(self, original_dst: str, uid: str) -> HboneConnection:
         def verify_client(transport: asyncio.Transport) -> SpiffeId:
             try:
                 peer = self._verify(transport, verify.Purpose.CLIENT, None)
@@ -113,6 +116,7 @@ class InboundProxy(ProxyCore):
             on_fault=lambda reason: self.metrics.reject("inbound", reason),
         )
         conn.original_dst = original_dst  # type: ignore[attr-defined]
+        conn.workload_uid = uid  # type: ignore[attr-defined]
         self.hbone_conns.add(conn)
         conn.closed.add_done_callback(lambda _: self.hbone_conns.discard(conn))
         if self.draining:
@@ -139,6 +143,7 @@ class InboundProxy(ProxyCore):
             original_dst_ip=getattr(conn, "original_dst", target_ip),
             src_ip=src_ip,
             src_principal=principal,
+            listener_uid=getattr(conn, "workload_uid", None),
         )
         plan = judge(self.snapshot())
         if not plan.allowed:

@@ -117,8 +117,10 @@ def plan_inbound(  # noqa: PLR0911 - one return per rule, in order
     original_dst_ip: str,
     src_ip: str,
     src_principal: str | None,
+    listener_uid: str | None = None,
 ) -> Inbound:
-    """For HBONE `src_principal` is the verified peer; for plaintext (15006) it is None."""
+    """For HBONE `src_principal` is the verified peer, and `listener_uid` the pod whose
+    certificate the connection was accepted with; for plaintext (15006) both are None."""
     if snap is None:
         return Inbound(False, "no_config", 503)
     if target_port in ports.ZTUNNEL_PORTS:
@@ -129,6 +131,10 @@ def plan_inbound(  # noqa: PLR0911 - one return per rule, in order
     if dst is None or not dst.enrolled:
         reason = "ambiguous_destination" if target_ip in snap.ambiguous else "unknown_destination"
         return Inbound(False, reason, 400)
+    if listener_uid is not None and dst.uid != listener_uid:
+        # F-9: the IP is another pod's now. The peer was answered with the old pod's
+        # certificate: nothing reaches the new one under it (ztunnel checks the netns inode).
+        return Inbound(False, "workload_replaced", 503, dst)
     if snap.unconverged and ({dst.namespace, ALL_NAMESPACES} & snap.unconverged):
         return Inbound(False, "policy_not_synced", 503, dst)  # F-11: fail closed, not open
     waypoint = snap.waypoint_identity(dst.namespace, dst.waypoint) if dst.waypoint else None

@@ -99,6 +99,35 @@ def test_ip_claimed_by_two_pods_is_ambiguous() -> None:
     assert (got.allowed, got.reason) == (False, "ambiguous_destination")
 
 
+@pytest.mark.parametrize(
+    ("listener_uid", "allowed", "reason"),
+    [
+        (None, True, "allowed"),  # plaintext (15006): no listener, no certificate
+        ("UID", True, "allowed"),  # the pod the listener's certificate belongs to
+        ("gone", False, "workload_replaced"),  # the IP is another pod's now
+    ],
+)
+def test_delivery_only_to_the_pod_the_listener_was_made_for(
+    listener_uid: str | None, allowed: bool, reason: str
+) -> None:
+    """F-9: a peer accepted with the old pod's certificate reaches nothing of the new one."""
+    dst = SNAP2.local("10.244.2.3")
+    assert dst is not None
+    uid = dst.uid if listener_uid == "UID" else listener_uid
+    got = plan_inbound(
+        SNAP2,
+        target_ip="10.244.2.3",
+        target_port=80,
+        original_dst_ip="10.244.2.3",
+        src_ip="10.244.1.3",
+        src_principal="cluster.local/ns/mesh/sa/default",
+        listener_uid=uid,
+    )
+    assert (got.allowed, got.reason if not got.allowed else "allowed") == (allowed, reason)
+    if not allowed:
+        assert got.status == 503
+
+
 PRINCIPAL = "cluster.local/ns/mesh/sa/default"
 
 

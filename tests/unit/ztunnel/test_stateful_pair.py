@@ -164,25 +164,17 @@ async def open_client(m: Mesh, number: int) -> Client:
 
 
 class World:
-    """The mesh the examples share, and node2's inbound HBONE connections (the proxy keeps no
-    list of them: its listener factory is wrapped to see each one made)."""
+    """The mesh the examples share."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, m: Mesh) -> None:
         self.loop, self.m = loop, m
-        self.inbound: list[HboneConnection] = []
-        proxy = m.proxies["node2"]
-        make = proxy._hbone_protocol
 
-        def recording(original_dst: str) -> HboneConnection:
-            conn = make(original_dst)
-            self.inbound.append(conn)
-            return conn
-
-        proxy._hbone_protocol = recording  # type: ignore[method-assign]
+    @property
+    def inbound(self) -> list[HboneConnection]:
+        return [c for c in self.m.proxies["node2"].hbone_conns if not c.closed.done()]
 
     def hbone(self) -> list[tuple[str, HboneConnection]]:
         """Every live HBONE connection: node1's pooled ones, node2's accepted ones."""
-        self.inbound = [c for c in self.inbound if not c.closed.done()]
         pooled = [("node1", c) for c in self.m.proxies["node1"].pool.connections()]
         live = [c for c in pooled if not c[1].closed.done()]
         return [*live, *[("node2", c) for c in self.inbound]]
