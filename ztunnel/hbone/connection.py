@@ -284,8 +284,8 @@ class HboneConnection(asyncio.BufferedProtocol):
         self._close_if_done()
 
     def close_when_idle(self) -> None:
-        """Client: our own drain. Close as soon as no stream is left (at once if none is)."""
-        self._drained = True
+        """Client: our own drain. No new stream; close as soon as none is left."""
+        self.retired = self._drained = True
         self._close_if_done()
 
     def _close_if_done(self) -> None:

@@ -130,7 +130,7 @@ class ProxyCore:
         self._ctx_cache: dict[tuple[str, int, int], ssl.SSLContext] = {}
         self.hbone: dict[str, _HboneListener] = {}
         self.hbone_in = 0  # inbound HBONE connections, handshaking or open
-        self.hbone_conns: set[HboneConnection] = set()  # inbound, past the handshake: to drain
+        self.hbone_conns: set[HboneConnection] = set()  # inbound ones, for the drain
         self.draining = False
         self.memory = overload.Stage.NORMAL
         certs.on_expired.append(self.pool.drop_identity)

@@ -36,17 +36,17 @@ log = logging.getLogger("ztunnel.proxy")
 class InboundProxy(ProxyCore):
     async def sync_hbone_listeners(self) -> None:
         """One HBONE listener per local enrolled pod that has a certificate, bound (transparently)
-        to `<pod IP>:15008`. The certificate is therefore chosen by original destination, as
-        ztunnel does, with no SNI; TLS starts with the first byte; and a pod without a
-        certificate has no listener, so its inbound HBONE is dropped by the datapath (counted as
-        DROP_NO_LISTENER): fail closed. A listener belongs to one pod (its UID): an IP another
-        pod now holds gets a new listener, and streams on connections accepted by the old one
-        are refused (F-9, `routing.plan_inbound`). Rotation reloads the certificate in place. A new trust
-        bundle (root rotation, RELIABILITY F-8) needs a new context, since a context's store
-        only grows: a listener with it is bound beside the old one (SO_REUSEPORT, so no
-        connection is refused), which then stops accepting; from then on a removed root's
-        leaves are refused, and tickets of the old context (its keys) no longer resume. The
-        same replaces a context whose ticket keys are `tls.TICKET_KEY_LIFETIME_S` old."""
+        to `<pod IP>:15008`. The certificate is therefore chosen by original destination, as ztunnel
+        does, with no SNI; TLS starts with the first byte; and a pod without a certificate has no
+        listener, so its inbound HBONE is dropped by the datapath (counted as DROP_NO_LISTENER):
+        fail closed. A listener belongs to one pod (its UID): an IP another pod now holds gets a new
+        listener, and streams on connections accepted by the old one are refused (F-9,
+        `routing.plan_inbound`). Rotation reloads the certificate in place. A new trust bundle (root
+        rotation, RELIABILITY F-8) needs a new context, since a context's store only grows: a
+        listener with it is bound beside the old one (SO_REUSEPORT, so no connection is refused),
+        which then stops accepting; from then on a removed root's leaves are refused, and tickets of
+        the old context (its keys) no longer resume. The same replaces a context whose ticket keys
+        are `tls.TICKET_KEY_LIFETIME_S` old."""
         snap = self.snapshot()
         wanted: dict[str, tuple[SpiffeId, Any, str]] = {}
         if snap is not None:

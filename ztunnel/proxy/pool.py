@@ -100,7 +100,6 @@ class Pool:
     def drain(self) -> None:
         """No new streams on any pooled connection; each closes when its last stream ends."""
         for conn in self.connections():
-            conn.retired = True
             conn.close_when_idle()
 
     def close(self) -> None:
