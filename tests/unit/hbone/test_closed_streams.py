@@ -10,6 +10,7 @@ import tracemalloc
 
 import hyperframe.frame
 
+from tests.unit.hbone.test_graceful_goaway import opened
 from tests.unit.hbone.test_protocol import pair, pump
 from ztunnel.hbone import h2conn
 from ztunnel.hbone import protocol as p
@@ -52,10 +53,7 @@ def test_data_in_flight_after_our_reset_is_a_stream_matter_even_once_h2_forgot_i
     """What makes the low bound safe: our DATA path answers a frame on any stream below the
     highest id with RST_STREAM(STREAM_CLOSED), remembered or not, and the connection lives."""
     client, server, _ = pair()
-    sid = client.open("10.0.0.1:80")
-    pump(client, server)
-    server.respond(sid, 200)
-    pump(client, server)
+    sid = opened(client, server)
     server.reset(sid)
     server.data_to_send()  # the RST_STREAM is still on its way when the client's DATA arrives
     for _ in range(h2conn.H2Connection.MAX_CLOSED_STREAMS + 10):  # h2 forgets the reset one
