@@ -23,6 +23,8 @@ import yaml
 from controller.ca import authority
 
 MANIFESTS = Path(__file__).resolve().parents[1] / "manifests" / "kubernetes"
+# Vendored from upstream and not templated: their regexes are full of `$`.
+VERBATIM = frozenset({"10-crds.yaml"})
 FILES = ("00-namespace.yaml", "10-crds.yaml", "20-rbac.yaml", "30-controller.yaml", "40-node.yaml")
 FIELD_MANAGER = "ambientctl"
 Obj = dict[str, Any]
@@ -91,9 +93,11 @@ def load_values(overrides: list[str], defaults: Path = MANIFESTS / "values.yaml"
 
 
 def _render_file(name: str, values: dict[str, Any]) -> list[Obj]:
-    text = string.Template((MANIFESTS / name).read_text()).substitute(
-        {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in values.items()}
-    )
+    text = (MANIFESTS / name).read_text()
+    if name not in VERBATIM:
+        text = string.Template(text).substitute(
+            {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in values.items()}
+        )
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 

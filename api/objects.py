@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from api import mesh, names, ports
+from api import istio_rules, mesh, names, ports, schema
 from api.ambient import WAYPOINT_CLASS
 from api.errors import ObjectError
 
@@ -23,8 +23,6 @@ ISTIO_SECURITY_VERSIONS = frozenset({"security.istio.io/v1", "security.istio.io/
 DEFAULT_NAMESPACE = "default"
 DEFAULT_SERVICE_ACCOUNT = "default"
 RESTART_POLICIES = ("Always", "OnFailure", "Never")
-AUTHZ_ACTIONS = ("ALLOW", "DENY", "AUDIT", "CUSTOM")
-MTLS_MODES = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")
 MAX_PORT = 65535
 
 
@@ -166,35 +164,32 @@ def _validate_service(obj: Obj, c: _Checker) -> None:
     obj["spec"] = spec
 
 
-def _validate_authorization_policy(obj: Obj, c: _Checker) -> None:
-    spec = c.mapping("spec", obj.get("spec"))
-    action = spec.get("action", "ALLOW")
-    if action not in AUTHZ_ACTIONS:
-        c.fail("spec.action", f"must be one of {', '.join(AUTHZ_ACTIONS)}, got {action!r}")
+def _refuse(c: _Checker, problems: list[schema.Problem]) -> None:
+    """One line for the user: the first problem, and how many more there are."""
+    if problems:
+        first, more = problems[0], len(problems) - 1
+        c.fail(first.field, first.reason + (f" (and {more} more)" if more else ""))
+
+
+def _validate_istio(
+    obj: Obj, c: _Checker, rules: Callable[[Mapping[str, Any]], list[schema.Problem]]
+) -> None:
+    """The CRD's schema as the API server checks it, then Istio's webhook rules on top."""
+    _refuse(c, schema.problems(obj["apiVersion"], obj["kind"], obj))
+    # Stored as the API server stores it: nulls pruned, so "from: null" reads as no `from`.
+    spec = obj["spec"] = schema.pruned(c.mapping("spec", obj.get("spec")))
+    _refuse(c, rules(spec))
     if "selector" in spec:
-        selector = c.mapping("spec.selector", spec["selector"], required=True)
+        selector = c.mapping("spec.selector", spec["selector"])
         c.check("spec.selector.matchLabels", names.labels(selector.get("matchLabels")))
-    for i, rule in enumerate(c.seq("spec.rules", spec.get("rules"))):
-        c.mapping(f"spec.rules[{i}]", rule, required=True)
+
+
+def _validate_authorization_policy(obj: Obj, c: _Checker) -> None:
+    _validate_istio(obj, c, istio_rules.authorization_policy)
 
 
 def _validate_peer_authentication(obj: Obj, c: _Checker) -> None:
-    spec = c.mapping("spec", obj.get("spec"))
-    if "selector" in spec:
-        selector = c.mapping("spec.selector", spec["selector"], required=True)
-        c.check("spec.selector.matchLabels", names.labels(selector.get("matchLabels")))
-    mtls = c.mapping("spec.mtls", spec.get("mtls"))
-    if mtls.get("mode", "UNSET") not in MTLS_MODES:
-        c.fail("spec.mtls.mode", f"must be one of {', '.join(MTLS_MODES)}")
-    for port, value in c.mapping("spec.portLevelMtls", spec.get("portLevelMtls")).items():
-        field = f"spec.portLevelMtls[{port}]"
-        try:
-            number = int(port)
-        except (TypeError, ValueError):
-            number = 0
-        c.port(field, number)
-        if c.mapping(field, value, required=True).get("mode", "UNSET") not in MTLS_MODES:
-            c.fail(f"{field}.mode", f"must be one of {', '.join(MTLS_MODES)}")
+    _validate_istio(obj, c, istio_rules.peer_authentication)
 
 
 GATEWAY_VERSIONS = frozenset({"gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1"})
@@ -286,7 +281,8 @@ def validate(raw: Mapping[str, Any]) -> Obj:
     if kind is None:
         known = ", ".join(sorted(KINDS))
         raise ObjectError(label, "kind", f"unknown kind {raw.get('kind')!r} (known: {known})")
-    if raw.get("apiVersion") not in kind.api_versions:
+    api_version = raw.get("apiVersion")
+    if not isinstance(api_version, str) or api_version not in kind.api_versions:
         want = " or ".join(sorted(kind.api_versions))
         raise ObjectError(label, "apiVersion", f"must be {want}, got {raw.get('apiVersion')!r}")
     obj: Obj = copy.deepcopy(dict(raw))

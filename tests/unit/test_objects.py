@@ -130,7 +130,11 @@ PA = {
     "apiVersion": "security.istio.io/v1beta1",
     "kind": "PeerAuthentication",
     "metadata": {"name": "strict", "namespace": "shop"},
-    "spec": {"mtls": {"mode": "STRICT"}, "portLevelMtls": {8080: {"mode": "PERMISSIVE"}}},
+    "spec": {
+        "selector": {"matchLabels": {"app": "db"}},
+        "mtls": {"mode": "STRICT"},
+        "portLevelMtls": {8080: {"mode": "PERMISSIVE"}},
+    },
 }
 
 
@@ -146,7 +150,7 @@ def test_istio_policies_are_accepted() -> None:
         (with_("spec.rules", ["x"], AP), "spec.rules[0]"),
         (with_("spec.selector", {"matchLabels": {"a b": "c"}}, AP), "spec.selector.matchLabels"),
         (with_("spec.mtls.mode", "LOOSE", PA), "spec.mtls.mode"),
-        (with_("spec.portLevelMtls", {"http": {"mode": "STRICT"}}, PA), "spec.portLevelMtls[http]"),
+        (with_("spec.portLevelMtls", {"http": {"mode": "STRICT"}}, PA), "spec.portLevelMtls"),
         (with_("spec.portLevelMtls", {80: {"mode": "X"}}, PA), "spec.portLevelMtls[80].mode"),
         (with_("apiVersion", "security.istio.io/v2", PA), "apiVersion"),
     ],
