@@ -66,6 +66,68 @@ MAX_SERVICE_ACCOUNTS = 16  # Istio's "arbitrary limit to avoid unbounded configu
 MAX_SERVICE_ACCOUNT_LEN = 320
 
 
+DRY_RUN = "istio.io/dry-run"
+# Go's strconv.ParseBool, which Istio reads the dry-run annotation with.
+_GO_BOOLS = frozenset(
+    {"1", "t", "T", "TRUE", "true", "True", "0", "f", "F", "FALSE", "false", "False"}
+)
+# Annotations istiod sets on objects it generates; a user setting one would escalate privileges.
+_INTERNAL = ("internal.istio.io/parents", "internal.istio.io/parent-namespace")
+_ALWAYS_REJECT = "internal.istio.io/webhook-always-reject"
+
+
+def metadata(kind: str, meta: Mapping[str, Any], spec: Mapping[str, Any]) -> list[Problem]:
+    """validateMetadata: the dry-run annotation (AuthorizationPolicy's ALLOW and DENY only) and
+    the annotations users may not set."""
+    annotations = meta.get("annotations") or {}
+    where = f"metadata.annotations[{DRY_RUN}]"
+    ref = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+    out: list[Problem] = []
+    if DRY_RUN in annotations:
+        value, action = annotations[DRY_RUN], spec.get("action", "ALLOW")
+        if kind != "AuthorizationPolicy":
+            out.append(
+                Problem(
+                    where,
+                    f"{ref} has unsupported annotation {DRY_RUN}, please remove the annotation",
+                )
+            )
+        elif action not in ("ALLOW", "DENY"):
+            out.append(
+                Problem(
+                    where,
+                    f"the annotation {DRY_RUN} currently only supports action ALLOW/DENY, "
+                    f"found action {action} in {ref}",
+                )
+            )
+        elif value not in _GO_BOOLS:
+            out.append(
+                Problem(
+                    where,
+                    f"{ref} has annotation {DRY_RUN} with invalid value ({value}): "
+                    f'strconv.ParseBool: parsing "{value}": invalid syntax',
+                )
+            )
+    if _ALWAYS_REJECT in annotations:
+        out.append(
+            Problem("metadata.annotations", f'"{_ALWAYS_REJECT}" annotation found, rejecting')
+        )
+    for name in _INTERNAL:
+        if name in annotations:
+            out.append(
+                Problem(
+                    "metadata.annotations",
+                    f'"{name}" annotation found, this may not be set by users',
+                )
+            )
+    return out
+
+
+def is_dry_run(meta: Mapping[str, Any]) -> bool:
+    """Whether a valid AuthorizationPolicy is only to be evaluated and reported."""
+    return (meta.get("annotations") or {}).get(DRY_RUN) in ("1", "t", "T", "TRUE", "true", "True")
+
+
 def authorization_policy(spec: Mapping[str, Any]) -> list[Problem]:
     return [*_selector_type(spec), *_action(spec), *_rules(spec)]
 
@@ -200,14 +262,14 @@ def _source(field: str, source: Mapping[str, Any] | None, rule: int) -> Iterator
     for name in _SOURCE_FIELDS:
         values = source.get(name) or []
         where = f"{field}.{name}"
-        if name.endswith(("IpBlocks", "ipBlocks")):
-            yield from _ips(where, values)
         if name in ("serviceAccounts", "notServiceAccounts"):
             yield from _service_accounts(where, _title(name), values)
         elif name in ("trustDomains", "notTrustDomains"):
             yield from _trust_domains(where, _title(name), values)
         else:
             yield from _empty_values(where, _title(name), values)
+        if name.endswith(("IpBlocks", "ipBlocks")):
+            yield from _ips(where, [v for v in values if v])
 
 
 def _operation(field: str, op: Mapping[str, Any] | None, rule: int) -> Iterator[Problem]:
@@ -219,9 +281,9 @@ def _operation(field: str, op: Mapping[str, Any] | None, rule: int) -> Iterator[
     for name in (*_OPERATION_FIELDS, *_PATH_FIELDS):
         values = op.get(name) or []
         where = f"{field}.{name}"
-        if name in ("ports", "notPorts"):
-            yield from _ports(where, values)
         yield from _empty_values(where, _title(name), values)
+        if name in ("ports", "notPorts"):
+            yield from _ports(where, [v for v in values if v])
         if name in _PATH_FIELDS:
             yield from _path_templates(where, _title(name), values)
 

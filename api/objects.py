@@ -178,6 +178,7 @@ def _validate_istio(
     _refuse(c, schema.problems(obj["apiVersion"], obj["kind"], obj))
     # Stored as the API server stores it: nulls pruned, so "from: null" reads as no `from`.
     spec = obj["spec"] = schema.pruned(c.mapping("spec", obj.get("spec")))
+    _refuse(c, istio_rules.metadata(obj["kind"], obj["metadata"], spec))
     _refuse(c, rules(spec))
     if "selector" in spec:
         selector = c.mapping("spec.selector", spec["selector"])

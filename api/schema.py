@@ -26,7 +26,8 @@ from celpy.adapter import json_to_cel
 from celpy.evaluation import CELEvalError
 
 CRD_FILES = (Path(__file__).resolve().parent.parent / "manifests/kubernetes/10-crds.yaml",)
-# Keywords a node's children are reached through; the rest constrain the node's own value.
+# Keywords a node's children are reached through; the rest constrain the node's own value
+# (but "required", which names a child, so the problem is reported at the child as kube does).
 _STRUCTURE = frozenset({"properties", "items", "additionalProperties", "x-kubernetes-validations"})
 _CEL_ENV = celpy.Environment()
 
@@ -113,10 +114,12 @@ def _unknown(path: str, parent: Mapping[str, Any]) -> str:
 
 
 def _value_problems(schema: Mapping[str, Any], value: Any, path: str) -> Iterator[Problem]:
-    shallow = {k: v for k, v in schema.items() if k not in _STRUCTURE}
-    if "type" not in shallow and not any(k in shallow for k in ("enum", "oneOf", "anyOf")):
-        return
+    shallow = {k: v for k, v in schema.items() if k not in _STRUCTURE and k != "required"}
     where = path or "<root>"
+    if isinstance(value, Mapping):
+        for name in schema.get("required", ()):
+            if name not in value:
+                yield Problem(_join(path, name), "Required value")
     for error in jsonschema.Draft7Validator(shallow).iter_errors(value):
         yield Problem(where, _k8s_reason(error, where))
 
@@ -137,7 +140,14 @@ def _json_key(key: Any) -> str:
     return key if isinstance(key, str) else str(key)
 
 
-_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array"}
+_JSON_TYPES = {
+    type(None): "null",
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+    list: "array",
+}
 
 
 def _type_name(value: Any) -> str:
@@ -155,7 +165,6 @@ def _k8s_reason(error: jsonschema.ValidationError, where: str) -> str:
     words: dict[str, str] = {
         "enum": 'Unsupported value: "{value}": supported values: {supported}',
         "type": 'Invalid value: "{type}": {where} in body must be of type {arg}',
-        "required": "Required value: {message}",
         "maxItems": "Too many: {size}: must have at most {arg} items",
         "minItems": "Invalid value: {size}: {where} in body should have at least {arg} items",
         "maxLength": "Too long: may not be more than {arg} bytes",
