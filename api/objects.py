@@ -171,26 +171,29 @@ def _refuse(c: _Checker, problems: list[schema.Problem]) -> None:
         c.fail(first.field, first.reason + (f" (and {more} more)" if more else ""))
 
 
-def _validate_istio(
-    obj: Obj, c: _Checker, rules: Callable[[Mapping[str, Any]], list[schema.Problem]]
-) -> None:
-    """The CRD's schema as the API server checks it, then Istio's webhook rules on top."""
-    _refuse(c, schema.problems(obj["apiVersion"], obj["kind"], obj))
+_ISTIO_RULES: dict[str, Callable[[Mapping[str, Any]], list[schema.Problem]]] = {
+    "AuthorizationPolicy": istio_rules.authorization_policy,
+    "PeerAuthentication": istio_rules.peer_authentication,
+}
+
+
+def istio_problems(obj: Mapping[str, Any]) -> list[schema.Problem]:
+    """Everything the API server and Istio's webhook would refuse in one of Istio's objects:
+    the CRD's schema first (Istio's rules assume its types), then the webhook's rules."""
+    found = schema.problems(obj["apiVersion"], obj["kind"], obj)
+    if found:
+        return found
+    spec = schema.pruned(obj.get("spec") or {})
+    meta = obj.get("metadata") or {}
+    return [*istio_rules.metadata(obj["kind"], meta, spec), *_ISTIO_RULES[obj["kind"]](spec)]
+
+
+def _validate_istio(obj: Obj, c: _Checker) -> None:
+    _refuse(c, istio_problems(obj))
     # Stored as the API server stores it: nulls pruned, so "from: null" reads as no `from`.
-    spec = obj["spec"] = schema.pruned(c.mapping("spec", obj.get("spec")))
-    _refuse(c, istio_rules.metadata(obj["kind"], obj["metadata"], spec))
-    _refuse(c, rules(spec))
+    spec = obj["spec"] = schema.pruned(obj.get("spec") or {})
     if "selector" in spec:
-        selector = c.mapping("spec.selector", spec["selector"])
-        c.check("spec.selector.matchLabels", names.labels(selector.get("matchLabels")))
-
-
-def _validate_authorization_policy(obj: Obj, c: _Checker) -> None:
-    _validate_istio(obj, c, istio_rules.authorization_policy)
-
-
-def _validate_peer_authentication(obj: Obj, c: _Checker) -> None:
-    _validate_istio(obj, c, istio_rules.peer_authentication)
+        c.check("spec.selector.matchLabels", names.labels(spec["selector"].get("matchLabels")))
 
 
 GATEWAY_VERSIONS = frozenset({"gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1"})
@@ -243,14 +246,14 @@ KINDS: dict[str, Kind] = {
             ISTIO_SECURITY_VERSIONS,
             True,
             "authorizationpolicies",
-            _validate_authorization_policy,
+            _validate_istio,
         ),
         Kind(
             "PeerAuthentication",
             ISTIO_SECURITY_VERSIONS,
             True,
             "peerauthentications",
-            _validate_peer_authentication,
+            _validate_istio,
         ),
         Kind("Gateway", GATEWAY_VERSIONS, True, "gateways", _validate_gateway),
     )

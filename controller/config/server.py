@@ -36,6 +36,9 @@ SNAPSHOT_SLOTS = 16
 READ_CHUNK = 256 * 1024
 
 
+_KIND_NAMES = {"policy": "AuthorizationPolicy", "peerauth": "PeerAuthentication"}
+
+
 class ConfigMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.connected = Gauge(
@@ -57,6 +60,12 @@ class ConfigMetrics:
         )
         self.nacks = Counter(
             "ambientmesh_controller_nacks", "Updates a proxy rejected", registry=registry
+        )
+        self.invalid = Gauge(
+            "ambientmesh_controller_invalid_objects",
+            "Objects Istio's validation refuses, enforced as fail-closed stand-ins, by kind",
+            ["kind"],
+            registry=registry,
         )
         self.push_seconds = Histogram(
             "ambientmesh_controller_push_seconds",
@@ -109,6 +118,7 @@ class ConfigServer:
         self._new_version = asyncio.Condition()
         self._snapshot_slots = asyncio.Semaphore(SNAPSHOT_SLOTS)
         self._sessions: set[_Session] = set()
+        self.invalid: dict[str, tuple[str, str]] = {}  # resource key: (type, reason)
 
     async def run(self) -> None:
         """Compile each new source revision; wake the sessions when the result changed."""
@@ -117,7 +127,24 @@ class ConfigServer:
             objects = await self.cache.next_revision(revision)
             revision = objects.revision
             self._compiled = await asyncio.to_thread(compile_mesh, objects)  # 10 000 pods: ~100 ms
+            self._report_invalid(self._compiled)
             await self._publish()
+
+    def _report_invalid(self, mesh: Mesh) -> None:
+        """Name each refused object once per reason (log), count them (metrics), list them
+        (status): the user finds why a workload's traffic is refused without reading code."""
+        found = {
+            key: (res["type"], res["invalid"])
+            for key, res in mesh.resources.items()
+            if res.get("invalid")
+        }
+        for key, (kind, reason) in sorted(found.items()):
+            if self.invalid.get(key) != (kind, reason):
+                log.warning("%s %s is invalid, enforced fail-closed: %s", kind, key, reason)
+        self.invalid = found
+        for kind in ("policy", "peerauth"):
+            count = sum(1 for k, _ in found.values() if k == kind)
+            self.metrics.invalid.labels(kind=_KIND_NAMES[kind]).set(count)
 
     async def set_crl(self, pem: str | None) -> None:
         """The CA's CRL (None: none), streamed to every proxy with the rest of the mesh."""
@@ -146,6 +173,10 @@ class ConfigServer:
         return {
             "version": self.version,
             "proxies": [p.as_dict() for p in sorted(self.proxies.values(), key=lambda p: p.id)],
+            "invalid": [
+                {"kind": _KIND_NAMES[kind], "object": key.split("/", 1)[1], "reason": reason}
+                for key, (kind, reason) in sorted(self.invalid.items())
+            ],
         }
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

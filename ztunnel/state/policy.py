@@ -225,7 +225,9 @@ class CompiledPolicy:
         return self.selector is None or all(labels.get(k) == v for k, v in self.selector.items())
 
     def matches(self, c: Connection) -> bool:
-        return bool(self.error) or any(rule(c) for rule in self.rules)
+        # A policy that failed to compile here denies everything; a stand-in for an invalid
+        # object (controller/config/invalid) carries its reason and rules that fail closed.
+        return (self.action == "DENY" and bool(self.error)) or any(rule(c) for rule in self.rules)
 
 
 def compile_policy(obj: Obj) -> CompiledPolicy | None:
@@ -241,7 +243,8 @@ def compile_policy(obj: Obj) -> CompiledPolicy | None:
         rules = tuple(m for r in spec.get("rules") or [] if (m := _compile_rule(r, deny)))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return CompiledPolicy(key, meta["namespace"], "DENY", selector, (), f"invalid: {exc}")
-    return CompiledPolicy(key, meta["namespace"], "DENY" if deny else action, selector, rules)
+    action = "DENY" if deny else action
+    return CompiledPolicy(key, meta["namespace"], action, selector, rules, obj.get("invalid", ""))
 
 
 def evaluate(
@@ -279,7 +282,13 @@ def decide(applicable: Sequence[Judged[T]], subject: T) -> Decision:
     for p in allows:
         if p.matches(subject):
             return Decision(True, p.key, "allowed_by_policy")
-    return Decision(False, "", "no_allow_match")
+    # No ALLOW matched: when an invalid one applies, it is the likely reason; name it.
+    broken = next((p for p in allows if p.error), None)
+    return (
+        Decision(False, broken.key, "policy_invalid")
+        if broken
+        else Decision(False, "", "no_allow_match")
+    )
 
 
 def mtls_mode(

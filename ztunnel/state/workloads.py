@@ -148,7 +148,8 @@ def _waypoint(res: Resource, trust_domain: str) -> Waypoint:
 
 
 def _as_object(res: Resource) -> Obj:
-    return {"metadata": {"namespace": res["namespace"], "name": res["name"]}, "spec": res["spec"]}
+    meta = {"namespace": res["namespace"], "name": res["name"]}
+    return {"metadata": meta, "spec": res["spec"], "invalid": res.get("invalid", "")}
 
 
 def build(

@@ -163,7 +163,7 @@ class L7Policy:
         )
 
     def matches(self, r: Request) -> bool:
-        return bool(self.error) or any(rule(r) for rule in self.rules)
+        return (self.action == "DENY" and bool(self.error)) or any(rule(r) for rule in self.rules)
 
 
 def _targets(spec: Mapping[str, Any]) -> frozenset[tuple[str, str]]:
@@ -191,7 +191,8 @@ def compile_l7(obj: Obj) -> L7Policy | None:
         rules = tuple(m for r in spec.get("rules") or [] if (m := _compile_rule(r, deny)))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return L7Policy(key, ns, "DENY", targets, (), f"invalid: {exc}")
-    return L7Policy(key, ns, "DENY" if deny else action, targets, rules)
+    action = "DENY" if deny else action
+    return L7Policy(key, ns, action, targets, rules, obj.get("invalid", ""))
 
 
 def evaluate_l7(

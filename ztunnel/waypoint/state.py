@@ -54,7 +54,8 @@ class WaypointState:
 
 def _unbound(res: Resource) -> dict[str, object]:
     spec = {k: v for k, v in res["spec"].items() if k not in ("targetRefs", "targetRef")}
-    return {"metadata": {"namespace": res["namespace"], "name": res["name"]}, "spec": spec}
+    meta = {"namespace": res["namespace"], "name": res["name"]}
+    return {"metadata": meta, "spec": spec, "invalid": res.get("invalid", "")}
 
 
 def build(
@@ -69,6 +70,7 @@ def build(
         obj = {
             "metadata": {"namespace": res["namespace"], "name": res["name"]},
             "spec": res["spec"],
+            "invalid": res.get("invalid", ""),
         }
         bound = compile_l7(obj)
         if bound is None:
