@@ -27,12 +27,16 @@ from api.objects import Obj
 L7_SOURCE = ("requestPrincipals", "notRequestPrincipals", "remoteIpBlocks", "notRemoteIpBlocks")
 L7_OPERATION = ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths")
 UNSPECIFIED = "0.0.0.0"  # noqa: S104 - an address to compare, not to bind
+# Istio's ztunnel knows the first five; the identity ones it treats as HTTP attributes (an ALLOW
+# rule using them is dropped) though the peer certificate holds them: we judge them here.
 L4_CONDITIONS = (
     "source.ip",
     "source.namespace",
     "source.principal",
     "destination.ip",
     "destination.port",
+    "source.serviceAccount",
+    "source.trustDomain",
 )
 
 
@@ -50,10 +54,53 @@ class Connection:
         return namespace_of(self.src_principal)
 
 
+def _parts(principal: str | None) -> list[str] | None:
+    parts = (principal or "").split("/")
+    return parts if len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa" else None
+
+
 def namespace_of(principal: str | None) -> str | None:
     """The namespace of a principal `td/ns/<ns>/sa/<sa>`."""
-    parts = (principal or "").split("/")
-    return parts[2] if len(parts) == 5 and parts[1] == "ns" else None
+    parts = _parts(principal)
+    return parts[2] if parts else None
+
+
+def service_account_of(principal: str | None) -> str | None:
+    """`<ns>/<sa>` of a principal `td/ns/<ns>/sa/<sa>`, the form `serviceAccounts` match."""
+    parts = _parts(principal)
+    return f"{parts[2]}/{parts[4]}" if parts else None
+
+
+def trust_domain_of(principal: str | None) -> str | None:
+    parts = _parts(principal)
+    return parts[0] if parts else None
+
+
+def _qualified(values: Iterable[Any], namespace: str) -> list[str]:
+    return [str(v) if "/" in str(v) else f"{namespace}/{v}" for v in values]
+
+
+def qualify(rule: Mapping[str, Any], namespace: str) -> dict[str, Any]:
+    """The rule with its service accounts as `<ns>/<sa>`: in Istio's `serviceAccounts` and
+    `source.serviceAccount`, a bare `sa` is of the policy's namespace (matched exactly; its
+    webhook refuses wildcards there)."""
+    out = dict(rule)
+    if rule.get("from"):
+        out["from"] = []
+        for entry in rule["from"]:
+            source = dict(entry.get("source") or {})
+            for k in ("serviceAccounts", "notServiceAccounts"):
+                if k in source:
+                    source[k] = _qualified(source[k] or [], namespace)
+            out["from"].append({**entry, "source": source})
+    if rule.get("when"):
+        out["when"] = [
+            {**w, **{k: _qualified(w.get(k) or [], namespace) for k in ("values", "notValues")}}
+            if w.get("key") == "source.serviceAccount"
+            else w
+            for w in rule["when"]
+        ]
+    return out
 
 
 @dataclass(frozen=True)
@@ -110,6 +157,15 @@ def _source_in(values: list[str]) -> Matcher:
     return lambda c: _in(nets, c.src_ip)
 
 
+def _service_account_in(values: list[str]) -> Matcher:
+    wanted = set(values)
+    return lambda c: service_account_of(c.src_principal) in wanted
+
+
+def _trust_domain_in(patterns: list[str]) -> Matcher:
+    return lambda c: any(string_match(p, trust_domain_of(c.src_principal)) for p in patterns)
+
+
 def _port_in(values: list[str]) -> Matcher:
     ports = _ports(values)
     return lambda c: c.dst_port in ports
@@ -124,6 +180,10 @@ _FIELDS: dict[str, tuple[Callable[[list[str]], Matcher], bool]] = {
     "notPrincipals": (_principal_in, True),
     "namespaces": (_namespace_in, False),
     "notNamespaces": (_namespace_in, True),
+    "serviceAccounts": (_service_account_in, False),
+    "notServiceAccounts": (_service_account_in, True),
+    "trustDomains": (_trust_domain_in, False),
+    "notTrustDomains": (_trust_domain_in, True),
     "ipBlocks": (_source_in, False),
     "notIpBlocks": (_source_in, True),
     "ports": (_port_in, False),
@@ -152,6 +212,8 @@ def _condition(cond: Mapping[str, Any]) -> Matcher:
         "source.principal": lambda c: c.src_principal,
         "destination.ip": lambda c: c.dst_ip,
         "destination.port": lambda c: str(c.dst_port),
+        "source.serviceAccount": lambda c: service_account_of(c.src_principal),
+        "source.trustDomain": lambda c: trust_domain_of(c.src_principal),
     }
     get = getters[str(key)]
     if key in ("source.ip", "destination.ip"):
@@ -240,7 +302,11 @@ def compile_policy(obj: Obj) -> CompiledPolicy | None:
     action = spec.get("action", "ALLOW")
     deny = action in ("DENY", "CUSTOM")
     try:
-        rules = tuple(m for r in spec.get("rules") or [] if (m := _compile_rule(r, deny)))
+        rules = tuple(
+            m
+            for r in spec.get("rules") or []
+            if (m := _compile_rule(qualify(r, meta["namespace"]), deny))
+        )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return CompiledPolicy(key, meta["namespace"], "DENY", selector, (), f"invalid: {exc}")
     action = "DENY" if deny else action

@@ -8,7 +8,9 @@ request. Pure. Istio's semantics (security.istio.io/v1), as for L4 (`ztunnel.sta
   without rules matches nothing; `{}` matches everything. AUDIT never decides.
 - Strings: exact, prefix `abc*`, suffix `*abc`, or `*` (present). Hosts compare without case and
   without a port. Methods compare exactly. Paths match normalized (`waypoint.paths`): the
-  path the upstream receives.
+  path the upstream receives; one with `{*}` (a segment) or `{**}` (the rest) is a template.
+- `serviceAccounts` and `source.serviceAccount` are `<ns>/<sa>`, a bare `<sa>` of the policy's
+  namespace; `trustDomains` and `source.trustDomain` match the peer's trust domain.
 - What a waypoint cannot judge (`requestPrincipals` and `request.auth.*`: no JWT validation): an
   ALLOW rule using it is dropped, a DENY rule loses it — more restrictive either way.
 - A policy that fails to compile denies every request it would bind to (fail closed).
@@ -17,12 +19,22 @@ request. Pure. Istio's semantics (security.istio.io/v1), as for L4 (`ztunnel.sta
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from api.objects import Obj
-from ztunnel.state.policy import Decision, decide, namespace_of, rule_matcher, string_match
+from ztunnel.state.policy import (
+    Decision,
+    decide,
+    namespace_of,
+    qualify,
+    rule_matcher,
+    service_account_of,
+    string_match,
+    trust_domain_of,
+)
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 UNSUPPORTED_SOURCE = ("requestPrincipals", "notRequestPrincipals")
@@ -41,6 +53,7 @@ class Request:
     host: str
     headers: Mapping[str, str]  # lower-case names; repeated headers joined with ","
     target: str = ""  # the request-target the upstream receives: `path` and the query
+    sni: str | None = None  # `connection.sni`
 
     @property
     def src_namespace(self) -> str | None:
@@ -71,15 +84,47 @@ def _ports(values: list[str]) -> Matcher:
     return lambda r: r.dst_port in ports
 
 
+def _service_accounts(values: list[str]) -> Matcher:
+    wanted = set(values)  # `<ns>/<sa>`: policy.qualify made them so
+    return lambda r: service_account_of(r.src_principal) in wanted
+
+
+# Envoy's uri_template (which Istio 1.22+ uses for a path with `{*}` or `{**}`): one segment of
+# RFC 3986 pchar, or the rest of the path (slashes too); literal segments match as themselves.
+_ONE_SEGMENT = r"[a-zA-Z0-9\-._~%!$&'()+,;:@=]+"
+_ANY_SEGMENTS = r"[a-zA-Z0-9\-._~%!$&'()+,;:@=/]*"
+
+
+def path_template(pattern: str) -> re.Pattern[str] | None:
+    """The regex of a path template, or None for a plain Istio string match."""
+    if "{*}" not in pattern and "{**}" not in pattern:
+        return None
+    parts = [
+        _ONE_SEGMENT if seg == "{*}" else _ANY_SEGMENTS if seg == "{**}" else re.escape(seg)
+        for seg in pattern.split("/")
+    ]
+    return re.compile("/".join(parts))
+
+
+def _paths(values: list[str]) -> Matcher:
+    templates = [t for v in values if (t := path_template(v))]
+    plain = [v for v in values if path_template(v) is None]
+    return lambda r: (
+        any(t.fullmatch(r.path) for t in templates) or any(string_match(v, r.path) for v in plain)
+    )
+
+
 _BUILDERS: dict[str, Callable[[list[str]], Matcher]] = {
     "principals": lambda v: _any(v, lambda r: r.src_principal),
     "namespaces": lambda v: _any(v, lambda r: r.src_namespace),
+    "serviceAccounts": _service_accounts,
+    "trustDomains": lambda v: _any(v, lambda r: trust_domain_of(r.src_principal)),
     "ipBlocks": lambda v: _ips(v, lambda r: r.src_ip),
     "remoteIpBlocks": lambda v: _ips(v, lambda r: r.src_ip),  # no trusted proxies: the peer
     "hosts": _hosts,
     "ports": _ports,
     "methods": lambda v: _any(v, lambda r: r.method),
-    "paths": lambda v: _any(v, lambda r: r.path),
+    "paths": _paths,
 }
 
 
@@ -109,6 +154,11 @@ def _getter(key: str) -> Callable[[Request], str | None]:
         "source.principal": lambda r: r.src_principal,
         "destination.ip": lambda r: r.dst_ip,
         "destination.port": lambda r: str(r.dst_port),
+        "source.serviceAccount": lambda r: service_account_of(r.src_principal),
+        "source.trustDomain": lambda r: trust_domain_of(r.src_principal),
+        # Envoy's requested server name of the downstream TLS connection: the waypoint's
+        # inner connections are plaintext HTTP, so there is none (notValues always pass).
+        "connection.sni": lambda r: r.sni,
     }
     if key not in getters:
         raise KeyError(key)
@@ -188,7 +238,9 @@ def compile_l7(obj: Obj) -> L7Policy | None:
     action = spec.get("action", "ALLOW")
     deny = action in ("DENY", "CUSTOM")
     try:
-        rules = tuple(m for r in spec.get("rules") or [] if (m := _compile_rule(r, deny)))
+        rules = tuple(
+            m for r in spec.get("rules") or [] if (m := _compile_rule(qualify(r, ns), deny))
+        )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return L7Policy(key, ns, "DENY", targets, (), f"invalid: {exc}")
     action = "DENY" if deny else action
