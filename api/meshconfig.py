@@ -32,6 +32,7 @@ MAX_RESOURCES = 200_000  # 10 000 pods + services + policies, with 10x room
 MAX_LABELS = 64
 MAX_ENDPOINTS = 10_000
 MAX_STRING = 253  # a DNS subdomain, the longest name Kubernetes allows
+MAX_REASON = 1024  # why the controller refused an object (controller/config/invalid.py)
 MAX_CRL = 1024 * 1024  # ~30 000 revoked serials
 CRL_KEY = "crl/ca"
 MESH_KEY = "meshconfig/mesh"
@@ -146,6 +147,11 @@ def _policy(res: Mapping[str, Any]) -> None:
     """An AuthorizationPolicy spec in the shape its compilers read (RELIABILITY F-12: a
     hostile one is NACKed here, never a crash of the proxy that applies it)."""
     spec = _spec(res)
+    if not isinstance(res.get("dryRun", False), bool):
+        raise ConfigError("dryRun: want a boolean")
+    reason = res.get("invalid", "")
+    if not isinstance(reason, str) or len(reason) > MAX_REASON:
+        raise ConfigError(f"invalid: want a reason of at most {MAX_REASON} characters")
     _objects(spec.get("targetRefs"), "targetRefs")
     _objects([spec["targetRef"]] if spec.get("targetRef") is not None else [], "targetRef")
     for i, rule in enumerate(_objects(spec.get("rules"), "rules")):

@@ -4,10 +4,13 @@ rejections by reason, and the access log: one line per closed connection."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from ztunnel.state.policy import Shadow
 
 access_log = logging.getLogger("ztunnel.access")
 
@@ -76,6 +79,18 @@ class ProxyMetrics:
             ["direction", "reason"],
             registry=registry,
         )
+        # Envoy's RBAC shadow stats under Istio's dry-run prefixes (`istio_dry_run_allow_`,
+        # `istio_dry_run_deny_`): what the dry-run policies would have decided.
+        self.dry_run = {
+            (engine, verdict): Counter(
+                f"istio_dry_run_{engine}_shadow_{verdict}",
+                f"Connections or requests the dry-run {engine.upper()} policies would have "
+                f"{verdict}",
+                registry=registry,
+            )
+            for engine in ("allow", "deny")
+            for verdict in ("allowed", "denied")
+        }
         self.dials = Counter(
             "ambientmesh_ztunnel_hbone_dials",
             "HBONE connections opened by the pool, by whether TLS resumed a session",
@@ -155,6 +170,19 @@ class ProxyMetrics:
 
     def reject(self, direction: str, reason: str) -> None:
         self.rejected.labels(direction=direction, reason=reason).inc()
+
+    def shadowed(self, shadows: Iterable[Shadow], what: str) -> None:
+        """Count and log the dry-run verdicts of one connection or request (`what`)."""
+        for s in shadows:
+            verdict = "allowed" if s.allowed else "denied"
+            self.dry_run[(s.engine, verdict)].inc()
+            access_log.info(
+                "dry-run %s: %s shadow_effective_policy_id=%s shadow_engine_result=%s",
+                s.engine,
+                what,
+                s.policy or "-",
+                verdict,
+            )
 
     def dialed(self, resumed: bool) -> None:
         self.dials.labels(resumed="true" if resumed else "false").inc()

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from api import mesh
+from api import istio_rules, mesh
 from api.ambient import ROOT_NAMESPACE, WAYPOINT_CLASS, enrolled, use_waypoint, waypoint_of
 from api.meshconfig import Resource, key_of
 from api.objects import Obj, istio_problems
@@ -175,6 +175,8 @@ def _spec_resource(obj: Obj) -> Resource:
         "namespace": meta["namespace"],
         "spec": obj.get("spec") or {},
     }
+    if obj["kind"] == "AuthorizationPolicy" and istio_rules.is_dry_run(meta):
+        res["dryRun"] = True
     if problems := _problems(_content_key(obj)):
         res["spec"] = stand_in(obj.get("spec"), problems)
         res["invalid"] = invalid.reason(problems)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from api.meshconfig import MAX_REASON
 from api.schema import Problem
 
 _SELECTION = ("selector", "targetRef", "targetRefs")
@@ -27,7 +28,11 @@ _SELECTION = ("selector", "targetRef", "targetRefs")
 def reason(problems: Sequence[Problem]) -> str:
     """One line: the first problem, and how many more there are."""
     first, more = problems[0], len(problems) - 1
-    return f"{first.field}: {first.reason}" + (f" (and {more} more)" if more else "")
+    tail = f" (and {more} more)" if more else ""
+    text = f"{first.field}: {first.reason}"
+    if len(text) + len(tail) > MAX_REASON:  # a 320-character service account, quoted
+        text = text[: MAX_REASON - len(tail) - 3] + "..."
+    return text + tail
 
 
 def _selection(spec: Any, problems: Sequence[Problem], allowed: Sequence[str]) -> dict[str, Any]:

@@ -146,6 +146,9 @@ class InboundProxy(ProxyCore):
             listener_uid=getattr(conn, "workload_uid", None),
         )
         plan = judge(self.snapshot())
+        if plan.decision is not None and plan.decision.shadow:
+            what = f"inbound {src_ip} ({principal}) -> {request.authority}"
+            self.metrics.shadowed(plan.decision.shadow, what)
         if not plan.allowed:
             self.metrics.reject("inbound", plan.reason)
             log.info(

@@ -4,8 +4,10 @@ connection. Pure: no I/O, no clock. Semantics are Istio's (security.istio.io/v1)
 - Scope: a policy applies to a workload in its namespace whose labels match `selector`
   (no selector: every workload of the namespace); in the root namespace, to every namespace.
   Policies with `targetRefs` belong to a waypoint and are ignored here.
-- Order: any matching DENY (or CUSTOM: we cannot call an external authorizer, so it fails closed)
-  denies; else, if ALLOW policies apply, one must match; else allow. AUDIT never decides.
+- Order: any matching DENY denies; else, if ALLOW policies apply, one must match; else allow.
+  AUDIT never decides. CUSTOM is skipped, as Istio's ztunnel does: its waypoint enforces it.
+- `istio.io/dry-run: "true"` (the controller's `dryRun`): evaluated, reported in the decision's
+  `shadow`, never enforced.
 - A policy with no rules matches nothing (an ALLOW with no rules therefore allows nothing);
   an empty rule `{}` matches everything.
 - L7-only attributes (methods, paths, hosts, request principals, request.* conditions …) cannot be
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 from api.ambient import ROOT_NAMESPACE
@@ -104,10 +106,21 @@ def qualify(rule: Mapping[str, Any], namespace: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class Shadow:
+    """What a dry-run engine would have decided (Envoy's RBAC shadow rules, as Istio builds
+    them: one engine for the dry-run ALLOW policies, one for the dry-run DENY ones)."""
+
+    engine: str  # "allow" | "deny"
+    allowed: bool
+    policy: str  # the effective policy "ns/name", or ""
+
+
+@dataclass(frozen=True)
 class Decision:
     allowed: bool
     policy: str  # "ns/name" of the deciding policy, or "" (default)
     reason: str  # for the `reason` metric label and the access log
+    shadow: tuple[Shadow, ...] = ()  # dry-run verdicts, when dry-run policies apply
 
 
 Matcher = Callable[[Connection], bool]
@@ -280,6 +293,7 @@ class CompiledPolicy:
     selector: Mapping[str, str] | None
     rules: tuple[Matcher, ...] = field(default=())
     error: str = ""  # compile failure: the policy denies every selected workload
+    dry_run: bool = False  # `istio.io/dry-run`: evaluated and reported, never enforced
 
     def selects(self, namespace: str, labels: Mapping[str, str], root: str) -> bool:
         if self.namespace not in (namespace, root):
@@ -300,7 +314,10 @@ def compile_policy(obj: Obj) -> CompiledPolicy | None:
     key = f"{meta['namespace']}/{meta['name']}"
     selector = (spec.get("selector") or {}).get("matchLabels") if "selector" in spec else None
     action = spec.get("action", "ALLOW")
-    deny = action in ("DENY", "CUSTOM")
+    if action == "CUSTOM":
+        return None  # as Istio's ztunnel: "ztunnel does not support the CUSTOM action"
+    deny = action == "DENY"
+    dry_run = bool(obj.get("dryRun"))
     try:
         rules = tuple(
             m
@@ -308,9 +325,10 @@ def compile_policy(obj: Obj) -> CompiledPolicy | None:
             if (m := _compile_rule(qualify(r, meta["namespace"]), deny))
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        return CompiledPolicy(key, meta["namespace"], "DENY", selector, (), f"invalid: {exc}")
-    action = "DENY" if deny else action
-    return CompiledPolicy(key, meta["namespace"], action, selector, rules, obj.get("invalid", ""))
+        error = f"invalid: {exc}"
+        return CompiledPolicy(key, meta["namespace"], "DENY", selector, (), error, dry_run)
+    invalid = obj.get("invalid", "")
+    return CompiledPolicy(key, meta["namespace"], action, selector, rules, invalid, dry_run)
 
 
 def evaluate(
@@ -332,13 +350,35 @@ class Judged(Protocol[T_contra]):
     def action(self) -> str: ...
     @property
     def error(self) -> str: ...
+    @property
+    def dry_run(self) -> bool: ...
 
     def matches(self, subject: T_contra, /) -> bool: ...
 
 
 def decide(applicable: Sequence[Judged[T]], subject: T) -> Decision:
-    """Istio's order over the policies that apply (shared with the waypoint): a matching DENY
-    denies; else, when ALLOW policies apply, one must match; else allow."""
+    """Istio's order over the enforced policies that apply (shared with the waypoint): a
+    matching DENY denies; else, when ALLOW policies apply, one must match; else allow. The
+    dry-run ones are judged beside, into `shadow`."""
+    decision = _enforce([p for p in applicable if not p.dry_run], subject)
+    if dry := [p for p in applicable if p.dry_run]:
+        return replace(decision, shadow=_shadows(dry, subject))
+    return decision
+
+
+def _shadows(dry: Sequence[Judged[T]], subject: T) -> tuple[Shadow, ...]:
+    out = []
+    for engine, action in (("allow", "ALLOW"), ("deny", "DENY")):
+        engaged = [p for p in dry if p.action == action]
+        if not engaged:
+            continue
+        hit = next((p for p in engaged if p.matches(subject)), None)
+        allowed = (hit is not None) if action == "ALLOW" else hit is None
+        out.append(Shadow(engine, allowed, hit.key if hit else ""))
+    return tuple(out)
+
+
+def _enforce(applicable: Sequence[Judged[T]], subject: T) -> Decision:
     for p in applicable:
         if p.action == "DENY" and p.matches(subject):
             return Decision(False, p.key, "policy_invalid" if p.error else "denied_by_policy")

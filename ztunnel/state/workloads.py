@@ -147,9 +147,14 @@ def _waypoint(res: Resource, trust_domain: str) -> Waypoint:
     )
 
 
-def _as_object(res: Resource) -> Obj:
-    meta = {"namespace": res["namespace"], "name": res["name"]}
-    return {"metadata": meta, "spec": res["spec"], "invalid": res.get("invalid", "")}
+def policy_object(res: Resource, spec: Mapping[str, Any] | None = None) -> Obj:
+    """A policy resource as the object its compilers read (with the controller's verdicts)."""
+    return {
+        "metadata": {"namespace": res["namespace"], "name": res["name"]},
+        "spec": res["spec"] if spec is None else spec,
+        "invalid": res.get("invalid", ""),
+        "dryRun": res.get("dryRun", False),
+    }
 
 
 def build(
@@ -175,7 +180,9 @@ def build(
     for ip in ambiguous:
         del by_ip[ip]
     by_vip = {vip: svc for svc in map(_service, by_type.get("service", [])) for vip in svc.vips}
-    policies = tuple(p for r in by_type.get("policy", []) if (p := compile_policy(_as_object(r))))
+    policies = tuple(
+        p for r in by_type.get("policy", []) if (p := compile_policy(policy_object(r)))
+    )
     return Snapshot(
         revision=version,
         node=node,
@@ -183,7 +190,7 @@ def build(
         by_ip=by_ip,
         ambiguous=frozenset(ambiguous),
         policies=policies,
-        peer_auths=tuple(_as_object(r) for r in by_type.get("peerauth", [])),
+        peer_auths=tuple(policy_object(r) for r in by_type.get("peerauth", [])),
         mesh_cidrs=tuple(ipaddress.ip_network(c) for c in mesh_cidrs),
         by_uid=by_uid,
         by_vip=by_vip,

@@ -203,6 +203,7 @@ class L7Policy:
     targets: frozenset[tuple[str, str]]  # (kind, name) in the policy's namespace
     rules: tuple[Matcher, ...] = field(default=())
     error: str = ""
+    dry_run: bool = False
 
     def binds(self, namespace: str, gateway: str, services: Iterable[str] = ()) -> bool:
         """Bound to the waypoint `namespace/gateway`, or to one of the `services` it fronts
@@ -237,14 +238,15 @@ def compile_l7(obj: Obj) -> L7Policy | None:
     targets = _targets(spec)
     action = spec.get("action", "ALLOW")
     deny = action in ("DENY", "CUSTOM")
+    dry_run = bool(obj.get("dryRun"))
     try:
         rules = tuple(
             m for r in spec.get("rules") or [] if (m := _compile_rule(qualify(r, ns), deny))
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        return L7Policy(key, ns, "DENY", targets, (), f"invalid: {exc}")
+        return L7Policy(key, ns, "DENY", targets, (), f"invalid: {exc}", dry_run)
     action = "DENY" if deny else action
-    return L7Policy(key, ns, action, targets, rules, obj.get("invalid", ""))
+    return L7Policy(key, ns, action, targets, rules, obj.get("invalid", ""), dry_run)
 
 
 def evaluate_l7(

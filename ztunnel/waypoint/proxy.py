@@ -281,6 +281,8 @@ class WaypointProxy:
         judge = rejudge(target, lambda state, now: decide.authorize_tcp(state, now, connection))
         what = f"TCP {flow.src_ip}->{target.ip}:{target.port}"
         with self.lasting.hold(judge, abort, what) as verdict:
+            if verdict.shadow:
+                self.tcp_metrics.shadowed(verdict.shadow, what)
             if not verdict.allowed:
                 self.tcp_metrics.reject("waypoint", verdict.reason)
                 stream.abort()
@@ -415,7 +417,11 @@ class _Hooks:
         state = self.proxy.state()  # the newest policies judge every request
         if state is None:
             return Decision(False, "", "no_config")
-        return decide.authorize_http(state, self.target, request)
+        decision = decide.authorize_http(state, self.target, request)
+        if decision.shadow:
+            what = f"{request.method} {request.path} from {self.flow.src_ip}"
+            self.proxy.tcp_metrics.shadowed(decision.shadow, what)
+        return decision
 
     async def upstream(self) -> Pipe:
         pipe, self.destination = await self.proxy.open_upstream(self.flow, self.target)

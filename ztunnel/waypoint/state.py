@@ -54,8 +54,7 @@ class WaypointState:
 
 def _unbound(res: Resource) -> dict[str, object]:
     spec = {k: v for k, v in res["spec"].items() if k not in ("targetRefs", "targetRef")}
-    meta = {"namespace": res["namespace"], "name": res["name"]}
-    return {"metadata": meta, "spec": spec, "invalid": res.get("invalid", "")}
+    return workloads.policy_object(res, spec)
 
 
 def build(
@@ -67,12 +66,7 @@ def build(
     for res in resources.values():
         if res["type"] != "policy" or res["namespace"] != namespace:
             continue
-        obj = {
-            "metadata": {"namespace": res["namespace"], "name": res["name"]},
-            "spec": res["spec"],
-            "invalid": res.get("invalid", ""),
-        }
-        bound = compile_l7(obj)
+        bound = compile_l7(workloads.policy_object(res))
         if bound is None:
             continue
         l7.append(bound)
