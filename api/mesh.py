@@ -46,6 +46,9 @@ class MeshConfigError(ValueError):
 @dataclass(frozen=True)
 class MeshSettings:
     path_normalization: Normalization = DEFAULT_NORMALIZATION
+    # defaultConfig.gatewayTopology.numTrustedProxies: the X-Forwarded-For hops the waypoint
+    # trusts for `remote.ip` and `remoteIpBlocks` (Envoy's xff_num_trusted_hops; 0: the peer).
+    num_trusted_proxies: int = 0
 
 
 DEFAULTS = MeshSettings()
@@ -72,7 +75,36 @@ def load(document: object) -> dict[str, Any]:
 
 def settings(mesh: Mapping[str, Any]) -> MeshSettings:
     """The settings of a MeshConfig mapping, or MeshConfigError naming the field."""
-    return MeshSettings(path_normalization=_normalization(mesh.get("pathNormalization")))
+    return MeshSettings(
+        path_normalization=_normalization(mesh.get("pathNormalization")),
+        num_trusted_proxies=_trusted_proxies(mesh.get("defaultConfig")),
+    )
+
+
+MAX_TRUSTED_PROXIES = 64  # more hops than any real chain; bounds the header walk
+
+
+def _trusted_proxies(default_config: object) -> int:
+    if default_config is None:
+        return 0
+    if not isinstance(default_config, Mapping):
+        raise MeshConfigError("defaultConfig", "must be a mapping (ProxyConfig)")
+    topology = default_config.get("gatewayTopology")
+    if topology is None:
+        return 0
+    if not isinstance(topology, Mapping):
+        raise MeshConfigError("defaultConfig.gatewayTopology", "must be a mapping")
+    value = topology.get("numTrustedProxies", 0)
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or not 0 <= value <= MAX_TRUSTED_PROXIES
+    ):
+        raise MeshConfigError(
+            "defaultConfig.gatewayTopology.numTrustedProxies",
+            f"must be an integer 0-{MAX_TRUSTED_PROXIES}, got {value!r}",
+        )
+    return value
 
 
 def _normalization(value: object) -> Normalization:

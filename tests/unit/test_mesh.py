@@ -33,6 +33,15 @@ def configmap(mesh: Any, name: str = "istio", namespace: str = "istio-system") -
         ("- a list", "data.mesh"),
         ("a: [unclosed", "data.mesh"),
         (7, "data.mesh"),
+        (
+            "defaultConfig: {gatewayTopology: {numTrustedProxies: -1}}",
+            "data.mesh.defaultConfig.gatewayTopology.numTrustedProxies",
+        ),
+        (
+            "defaultConfig: {gatewayTopology: {numTrustedProxies: '2'}}",
+            "data.mesh.defaultConfig.gatewayTopology.numTrustedProxies",
+        ),
+        ("defaultConfig: []", "data.mesh.defaultConfig"),
     ],
 )
 def test_a_bad_mesh_config_is_refused_at_apply_with_its_field(mesh: Any, field: str) -> None:
@@ -78,3 +87,10 @@ def test_a_proxy_nacks_a_meshconfig_resource_it_cannot_read() -> None:
     bad = {"type": "meshconfig", "key": "mesh", "spec": {"pathNormalization": {"normalization": 3}}}
     with pytest.raises(meshconfig.ConfigError):
         meshconfig.validate(bad)
+
+
+def test_the_waypoint_trusts_as_many_forwarded_hops_as_the_mesh_config_says() -> None:
+    mesh = "defaultConfig: {gatewayTopology: {numTrustedProxies: 2}}"
+    objects = ObjectSet({ref_of(o): o for o in [validate(configmap(mesh))]}, 1)
+    state = build(view(compile_mesh(objects), Proxy("waypoint", "ns/wp")), "ns", "wp", "td", 1)
+    assert state.trusted_proxies == 2

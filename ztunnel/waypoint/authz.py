@@ -54,6 +54,12 @@ class Request:
     headers: Mapping[str, str]  # lower-case names; repeated headers joined with ","
     target: str = ""  # the request-target the upstream receives: `path` and the query
     sni: str | None = None  # `connection.sni`
+    remote_ip: str = ""  # the client X-Forwarded-For names, as far as trusted; "" = src_ip
+
+    @property
+    def client_ip(self) -> str:
+        """`remote.ip` and `remoteIpBlocks`: Envoy's remote address (original IP detection)."""
+        return self.remote_ip or self.src_ip
 
     @property
     def src_namespace(self) -> str | None:
@@ -120,7 +126,7 @@ _BUILDERS: dict[str, Callable[[list[str]], Matcher]] = {
     "serviceAccounts": _service_accounts,
     "trustDomains": lambda v: _any(v, lambda r: trust_domain_of(r.src_principal)),
     "ipBlocks": lambda v: _ips(v, lambda r: r.src_ip),
-    "remoteIpBlocks": lambda v: _ips(v, lambda r: r.src_ip),  # no trusted proxies: the peer
+    "remoteIpBlocks": lambda v: _ips(v, lambda r: r.client_ip),
     "hosts": _hosts,
     "ports": _ports,
     "methods": lambda v: _any(v, lambda r: r.method),
@@ -150,6 +156,7 @@ def _getter(key: str) -> Callable[[Request], str | None]:
         return lambda r: r.headers.get(name)
     getters: dict[str, Callable[[Request], str | None]] = {
         "source.ip": lambda r: r.src_ip,
+        "remote.ip": lambda r: r.client_ip,
         "source.namespace": lambda r: r.src_namespace,
         "source.principal": lambda r: r.src_principal,
         "destination.ip": lambda r: r.dst_ip,
@@ -165,10 +172,18 @@ def _getter(key: str) -> Callable[[Request], str | None]:
     return getters[key]
 
 
+_IP_KEYS = ("source.ip", "remote.ip", "destination.ip")
+
+
 def _condition(cond: Mapping[str, Any]) -> Matcher:
-    get = _getter(str(cond.get("key")))
+    key = str(cond.get("key"))
+    get = _getter(key)
     values = [str(v) for v in cond.get("values") or []]
     not_values = [str(v) for v in cond.get("notValues") or []]
+    if key in _IP_KEYS:  # addresses and CIDRs, as the ztunnel reads them
+        ips = _ips(values, lambda r: get(r) or "") if values else None
+        not_ips = _ips(not_values, lambda r: get(r) or "") if not_values else None
+        return lambda r: (ips is None or ips(r)) and not (not_ips is not None and not_ips(r))
     return lambda r: (
         (not values or any(string_match(v, get(r)) for v in values))
         and not any(string_match(v, get(r)) for v in not_values)

@@ -13,6 +13,7 @@ method that is not upper case (Istio), and a request target that does not normal
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
@@ -49,6 +50,7 @@ class Flow:
     dst_ip: str  # the original destination (a Service VIP or a pod IP)
     dst_port: int
     normalization: paths.Normalization = paths.DEFAULT
+    trusted_proxies: int = 0  # X-Forwarded-For hops trusted for the client address
     requests: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -105,6 +107,22 @@ def check_headers(headers: Iterable[tuple[str, str]]) -> None:
         raise Refused("both Content-Length and Transfer-Encoding")
 
 
+def trusted_client(xff: str | None, peer: str, trusted_hops: int) -> str:
+    """The client address Envoy's original IP detection yields with `use_remote_address` and
+    `xff_num_trusted_hops` = `trusted_hops`: the address that many hops from the right of
+    X-Forwarded-For, else (too few, or not an IP) the peer's. Left of it, anyone may write."""
+    if trusted_hops <= 0 or not xff:
+        return peer
+    hops = [h.strip() for h in xff.split(",")]
+    if len(hops) < trusted_hops:
+        return peer
+    candidate = hops[-trusted_hops]
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        return peer
+
+
 def policy_request(
     flow: Flow,
     method: str,
@@ -131,6 +149,7 @@ def policy_request(
             joined[name] = f"{joined[name]},{value}" if name in joined else value
     return Request(
         src_ip=flow.src_ip,
+        remote_ip=trusted_client(joined.get("x-forwarded-for"), flow.src_ip, flow.trusted_proxies),
         src_principal=flow.src_principal,
         dst_ip=flow.dst_ip,
         dst_port=flow.dst_port,

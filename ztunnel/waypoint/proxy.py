@@ -229,7 +229,8 @@ class WaypointProxy:
         # The path normalization a connection starts with is its own to the end, as a
         # listener's settings are Envoy's connections'
         normalization = state.normalization if state else paths.DEFAULT
-        flow = Flow(conn.peer_addr[0], principal, ip, target.target_port, normalization)
+        trusted = state.trusted_proxies if state else 0
+        flow = Flow(conn.peer_addr[0], principal, ip, target.target_port, normalization, trusted)
         task = asyncio.get_running_loop().create_task(self._serve(stream, flow, target))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -50,6 +50,7 @@ class WaypointState:
     l7: tuple[L7Policy, ...]
     tcp: tuple[tuple[L7Policy, CompiledPolicy], ...]  # each bound policy's L4 form
     normalization: Normalization = DEFAULT_NORMALIZATION  # MeshConfig pathNormalization
+    trusted_proxies: int = 0  # MeshConfig defaultConfig.gatewayTopology.numTrustedProxies
 
 
 def _unbound(res: Resource) -> dict[str, object]:
@@ -73,13 +74,15 @@ def build(
         if (l4 := compile_policy(_unbound(res))) is not None:
             tcp.append((bound, l4))
     key = lambda p: p.key  # noqa: E731 - a sort key
+    settings = settings_of(resources)
     return WaypointState(
         namespace,
         name,
         snapshot,
         tuple(sorted(l7, key=key)),
         tuple(sorted(tcp, key=lambda t: t[0].key)),
-        settings_of(resources).path_normalization,
+        settings.path_normalization,
+        settings.num_trusted_proxies,
     )
 
 
