@@ -90,7 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="allow changing an existing value")
     _namespace(p)
 
-    p = verb("get", verbs.get, "list objects (pods, namespaces, nodes, services, policies)")
+    p = verb(
+        "get",
+        verbs.get,
+        "list objects (pods, namespaces, nodes, services, configmaps, gateways, policies = "
+        "authorizationpolicies, peerauthentications; kubectl's short names: po, ns, no, svc, cm, "
+        "gtw, ap, pa)",
+    )
     p.add_argument("kind")
     p.add_argument("name", nargs="?")
     p.add_argument(

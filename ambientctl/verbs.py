@@ -13,20 +13,22 @@ from ambientctl import output
 from api import load_manifest
 from api.errors import ManifestError, ObjectError
 from api.objects import KINDS, Obj, ObjectRef
+from api.schema import crd_names
 from api.spiffe import check_trust_domain
 from localcluster import naming, system, teardown
 from localcluster.admission import parse_label_changes
 from localcluster.cluster import Cluster, ClusterError, refs_of
 
-# kubectl's names and short names for the kinds we serve.
+# kubectl's names and short names for the kinds we serve (the CRDs' own for Istio's kinds).
 _ALIASES = {
     **{k.plural: k.name for k in KINDS.values()},
     **{k.name.lower(): k.name for k in KINDS.values()},
+    **crd_names(),
+    "policies": "AuthorizationPolicy",  # what `get --help` offers: Istio's authorization policies
+    "gtw": "Gateway",  # the Gateway API CRD's short name
     "po": "Pod",
     "ns": "Namespace",
     "svc": "Service",
-    "ap": "AuthorizationPolicy",
-    "pa": "PeerAuthentication",
     "cm": "ConfigMap",
     "nodes": "Node",
     "node": "Node",

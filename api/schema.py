@@ -59,6 +59,18 @@ def schemas() -> dict[tuple[str, str], Mapping[str, Any]]:
     return out
 
 
+@functools.cache
+def crd_names() -> dict[str, str]:
+    """Every name kubectl accepts for the kinds of our CRDs: plural, singular, short names."""
+    out: dict[str, str] = {}
+    for path in CRD_FILES:
+        for crd in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            names = crd["spec"]["names"]
+            for name in (names["plural"], names["singular"], *names.get("shortNames", ())):
+                out[name] = names["kind"]
+    return out
+
+
 def problems(api_version: str, kind: str, obj: Mapping[str, Any]) -> list[Problem]:
     """What the API server would refuse in `obj` (metadata is the caller's to check)."""
     schema = schemas().get((api_version, kind))
