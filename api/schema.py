@@ -122,7 +122,7 @@ def _unknown(path: str, parent: Mapping[str, Any]) -> str:
     known = sorted(parent.get("properties", {}))
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f'unknown field "{path}"{hint}'
+    return f'unknown field "{name}"{hint}'  # the path leads the message already
 
 
 def _value_problems(schema: Mapping[str, Any], value: Any, path: str) -> Iterator[Problem]:
