@@ -200,23 +200,15 @@ GATEWAY_VERSIONS = frozenset({"gateway.networking.k8s.io/v1", "gateway.networkin
 
 
 def _validate_gateway(obj: Obj, c: _Checker) -> None:
-    """Gateway API's required fields; a waypoint (class `istio-waypoint`) needs its HBONE
-    listener, as Istio's `istioctl waypoint generate` writes it."""
-    spec = c.mapping("spec", obj.get("spec"), required=True)
-    cls = spec.get("gatewayClassName")
-    c.check("spec.gatewayClassName", names.dns_subdomain(cls))
-    listeners = c.seq("spec.listeners", spec.get("listeners"))
-    if not listeners:
-        c.fail("spec.listeners", "must list at least one listener")
-    for i, value in enumerate(listeners):
-        listener = c.mapping(f"spec.listeners[{i}]", value, required=True)
-        c.check(f"spec.listeners[{i}].name", names.dns_label(listener.get("name")))
-        c.port(f"spec.listeners[{i}].port", listener.get("port"))
-        if not isinstance(listener.get("protocol"), str):
-            c.fail(f"spec.listeners[{i}].protocol", "must be a string")
-    if cls == WAYPOINT_CLASS and not any(
-        isinstance(v, Mapping) and v.get("protocol") == "HBONE" and v.get("port") == ports.HBONE
-        for v in listeners
+    """The Gateway API CRD's schema and CEL rules, as the API server checks them (stored with
+    its defaults); a waypoint (class `istio-waypoint`) needs its HBONE listener, as Istio's
+    `istioctl waypoint generate` writes it."""
+    _refuse(c, schema.problems(obj["apiVersion"], obj["kind"], obj))
+    obj.update(schema.stored(obj["apiVersion"], obj["kind"], obj))
+    spec = obj["spec"]
+    listeners = spec["listeners"]
+    if spec["gatewayClassName"] == WAYPOINT_CLASS and not any(
+        v.get("protocol") == "HBONE" and v.get("port") == ports.HBONE for v in listeners
     ):
         c.fail(
             "spec.listeners", f"a waypoint needs a listener on {ports.HBONE} with protocol HBONE"

@@ -11,6 +11,7 @@ the API server prunes them before validating.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import re
@@ -22,10 +23,15 @@ from typing import Any
 import celpy
 import jsonschema
 import yaml
+from celpy import celtypes
 from celpy.adapter import json_to_cel
 from celpy.evaluation import CELEvalError
 
-CRD_FILES = (Path(__file__).resolve().parent.parent / "manifests/kubernetes/10-crds.yaml",)
+_MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
+CRD_FILES = (
+    _MANIFESTS / "kubernetes/10-crds.yaml",
+    _MANIFESTS / "gateway-api/standard-crds.yaml",
+)
 # Keywords a node's children are reached through; the rest constrain the node's own value
 # (but "required", which names a child, so the problem is reported at the child as kube does).
 _STRUCTURE = frozenset({"properties", "items", "additionalProperties", "x-kubernetes-validations"})
@@ -72,12 +78,43 @@ def crd_names() -> dict[str, str]:
 
 
 def problems(api_version: str, kind: str, obj: Mapping[str, Any]) -> list[Problem]:
-    """What the API server would refuse in `obj` (metadata is the caller's to check)."""
+    """What the API server would refuse in `obj` (metadata is the caller's to check), after
+    pruning nulls and applying the schema's defaults as it does."""
     schema = schemas().get((api_version, kind))
     if schema is None:
         return []
     body = pruned({k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")})
-    return list(_walk(schema, body, ""))
+    return list(_walk(schema, stored(api_version, kind, body), ""))
+
+
+def stored(api_version: str, kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """`body` (spec, status ...) as the API server stores it: nulls pruned, the schema's
+    `default`s filled in under `spec` (a Gateway listener's allowedRoutes, for one)."""
+    out = pruned(dict(body))
+    schema = schemas().get((api_version, kind))
+    spec_schema = (schema or {}).get("properties", {}).get("spec")
+    if spec_schema is not None and isinstance(out.get("spec"), Mapping):
+        out["spec"] = _defaulted(spec_schema, out["spec"])
+    return dict(out)
+
+
+def _defaulted(schema: Mapping[str, Any], value: Any) -> Any:
+    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        return [_defaulted(schema["items"], v) for v in value]
+    if not isinstance(value, Mapping):
+        return value
+    out = dict(value)
+    props = schema.get("properties") or {}
+    for name, sub in props.items():
+        if name not in out and "default" in sub:
+            out[name] = copy.deepcopy(sub["default"])
+    extra = schema.get("additionalProperties")
+    for name, child in out.items():
+        if name in props:
+            out[name] = _defaulted(props[name], child)
+        elif isinstance(extra, Mapping):
+            out[name] = _defaulted(extra, child)
+    return out
 
 
 def _join(path: str, name: str) -> str:
@@ -186,6 +223,9 @@ def _k8s_reason(error: jsonschema.ValidationError, where: str) -> str:
         "minProperties": "{where} in body should have at least {arg} properties",
         "maxProperties": "Too many: {size}: must have at most {arg} items",
         "oneOf": 'Invalid value: "{shown}": must validate one and only one schema (oneOf)',
+        "maximum": "Invalid value: {value}: {where} in body should be less than or equal to {arg}",
+        "minimum": "Invalid value: {value}: {where} in body should be greater than or equal to "
+        "{arg}",
     }
     template = words.get(str(error.validator), 'Invalid value: "{shown}": {message}')
     supported = ", ".join(f'"{v}"' for v in arg) if isinstance(arg, list) else ""
@@ -201,9 +241,17 @@ def _k8s_reason(error: jsonschema.ValidationError, where: str) -> str:
     )
 
 
+def _split(text: Any, separator: Any) -> celtypes.ListType:
+    """Kubernetes' CEL strings library `split` (the Gateway API's rules use it)."""
+    return celtypes.ListType([celtypes.StringType(p) for p in str(text).split(str(separator))])
+
+
+_CEL_FUNCTIONS: dict[str, Any] = {"split": _split}
+
+
 @functools.cache
 def _compiled(rule: str, message: str) -> _Rule:
-    return _Rule(_CEL_ENV.program(_CEL_ENV.compile(rule)), message)
+    return _Rule(_CEL_ENV.program(_CEL_ENV.compile(rule), functions=_CEL_FUNCTIONS), message)
 
 
 def _cel_problems(schema: Mapping[str, Any], value: Any, path: str) -> Iterator[Problem]:

@@ -1,6 +1,6 @@
-"""Istio's validation, case by case: its own invalid cases refused with its messages, and the
-valid objects of its tests, datasets and samples accepted (testdata/README says where each
-comes from)."""
+"""Istio's and the Gateway API's validation, case by case: their own invalid cases refused
+with their messages, and the valid objects of their tests, datasets and examples accepted (each
+testdata file says where its objects come from)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from api import schema
 from api.errors import ObjectError
 from api.objects import validate
 
@@ -93,3 +94,51 @@ def test_dry_run_takes_what_go_parsebool_takes(value: str) -> None:
         {"kind": "AuthorizationPolicy", "metadata": {"annotations": {"istio.io/dry-run": value}}}
     )
     validate(obj)
+
+
+GATEWAY_INVALID = _docs("gateway-invalid.yaml")
+GATEWAY_VALID = _docs("gateway-valid.yaml")
+
+
+@pytest.mark.parametrize("case", GATEWAY_INVALID, ids=[c["_case"] for c in GATEWAY_INVALID])
+def test_the_gateway_api_refuses_and_so_do_we(case: dict[str, Any]) -> None:
+    with pytest.raises(ObjectError) as err:
+        validate({k: v for k, v in case.items() if not k.startswith("_")})
+    assert case["_err"] in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "obj", GATEWAY_VALID, ids=[f"{i}-{d['metadata']['name']}" for i, d in enumerate(GATEWAY_VALID)]
+)
+def test_the_gateway_api_accepts_and_so_do_we(obj: dict[str, Any]) -> None:
+    validate(obj)
+
+
+def test_a_gateway_is_stored_with_its_defaults() -> None:
+    gateway = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "g"},
+        "spec": {
+            "gatewayClassName": "x",
+            "listeners": [{"name": "h", "port": 80, "protocol": "HTTP"}],
+        },
+    }
+    listener = validate(gateway)["spec"]["listeners"][0]
+    assert listener["allowedRoutes"] == {"namespaces": {"from": "Same"}}
+
+
+def _rules(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [r["rule"] for r in node.get("x-kubernetes-validations", [])]
+        return found + [r for v in node.values() for r in _rules(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _rules(v)]
+    return []
+
+
+def test_every_cel_rule_of_our_crds_compiles() -> None:
+    rules = {r for s in schema.schemas().values() for r in _rules(s)}
+    assert len(rules) > 20
+    for rule in rules:
+        schema._compiled(rule, "")  # raises on syntax cel-python cannot parse

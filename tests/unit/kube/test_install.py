@@ -129,8 +129,10 @@ def test_waypoint_template(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     objects = render_waypoint(load_values([]), "demo", "wp", tmp_path / "ca")
     gateway, root, account, deployment = objects
     assert [o["kind"] for o in objects] == ["Gateway", "ConfigMap", "ServiceAccount", "Deployment"]
+    # Stored with the CRD's default, as the API server stores it.
+    same = {"namespaces": {"from": "Same"}}
     assert validate(gateway)["spec"]["listeners"] == [
-        {"name": "mesh", "port": 15008, "protocol": "HBONE"}
+        {"name": "mesh", "port": 15008, "protocol": "HBONE", "allowedRoutes": same}
     ]
     assert {o["metadata"]["namespace"] for o in objects} == {"demo"}
     assert (root["metadata"]["name"], account["metadata"]["name"]) == ("ambientmesh-ca-root", "wp")
