@@ -49,6 +49,8 @@ class MeshSettings:
     # defaultConfig.gatewayTopology.numTrustedProxies: the X-Forwarded-For hops the waypoint
     # trusts for `remote.ip` and `remoteIpBlocks` (Envoy's xff_num_trusted_hops; 0: the peer).
     num_trusted_proxies: int = 0
+    # extensionProviders' names: what an AuthorizationPolicy's CUSTOM `provider.name` may say.
+    extension_providers: tuple[str, ...] = ()
 
 
 DEFAULTS = MeshSettings()
@@ -78,7 +80,26 @@ def settings(mesh: Mapping[str, Any]) -> MeshSettings:
     return MeshSettings(
         path_normalization=_normalization(mesh.get("pathNormalization")),
         num_trusted_proxies=_trusted_proxies(mesh.get("defaultConfig")),
+        extension_providers=_providers(mesh.get("extensionProviders")),
     )
+
+
+def _providers(value: object) -> tuple[str, ...]:
+    """The names of `extensionProviders` (each one mapping with a unique `name`, as Istio's
+    ValidateMeshConfig wants); what each provider is stays the waypoint's to read."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise MeshConfigError("extensionProviders", "must be a list")
+    out: list[str] = []
+    for i, provider in enumerate(value):
+        name = provider.get("name") if isinstance(provider, Mapping) else None
+        if not isinstance(name, str) or not name:
+            raise MeshConfigError(f"extensionProviders[{i}].name", "must be a non-empty string")
+        if name in out:
+            raise MeshConfigError(f"extensionProviders[{i}].name", f"duplicate name {name!r}")
+        out.append(name)
+    return tuple(out)
 
 
 MAX_TRUSTED_PROXIES = 64  # more hops than any real chain; bounds the header walk

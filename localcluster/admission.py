@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from api import names
+from api import mesh, names
+from api.ambient import ROOT_NAMESPACE
 from api.errors import ObjectError
 from api.objects import DEFAULT_NAMESPACE, KINDS, Obj, ObjectRef, ref_of
 from localcluster.store import ObjectSet
@@ -153,7 +154,33 @@ def apply(store: ObjectSet, incoming: list[Obj], nodes: list[NodePlan]) -> list[
             action = "configured"
         store.put(obj)
         changes.append(Change(ref, action, obj))
+    _check_custom_providers(store, [c.obj for c in changes if c.action != "unchanged"])
     return changes
+
+
+def _check_custom_providers(store: ObjectSet, admitted: list[Obj]) -> None:
+    """A CUSTOM policy names a provider of the mesh's MeshConfig (as it stands after this
+    apply). Istio's webhook lets a missing one in and its proxies then deny what the policy
+    matches (fail closed); we refuse it at apply, where the user can still fix it."""
+    policies = [
+        o
+        for o in admitted
+        if o["kind"] == "AuthorizationPolicy" and (o.get("spec") or {}).get("action") == "CUSTOM"
+    ]
+    if not policies:
+        return
+    configmap = store.get(ObjectRef("ConfigMap", ROOT_NAMESPACE, mesh.CONFIGMAP))
+    data = (configmap or {}).get("data") or {}
+    available = mesh.settings(mesh.load(data.get(mesh.CONFIGMAP_KEY, ""))).extension_providers
+    for policy in policies:
+        name = policy["spec"]["provider"]["name"]
+        if name not in available:
+            raise ObjectError(
+                str(ref_of(policy)),
+                "spec.provider.name",
+                f"available providers are [{' '.join(available)}] but found \"{name}\" "
+                f"(MeshConfig extensionProviders, ConfigMap {ROOT_NAMESPACE}/{mesh.CONFIGMAP})",
+            )
 
 
 def delete(store: ObjectSet, refs: list[ObjectRef], *, ignore_missing: bool) -> list[Change]:

@@ -188,3 +188,44 @@ def test_cluster_ip_is_immutable_and_headless_has_none(store: ObjectSet) -> None
         admission.apply(store, [service("a", clusterIP="10.96.0.99")], NODES)
     headless = admission.apply(store, [service("h", clusterIP="None")], NODES)
     assert headless[0].obj["spec"]["clusterIP"] == "None"
+
+
+def _custom(provider: str) -> dict[str, Any]:
+    return validate(
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": "ext", "namespace": "default"},
+            "spec": {"action": "CUSTOM", "provider": {"name": provider}, "rules": [{}]},
+        }
+    )
+
+
+def _mesh(*providers: str) -> list[dict[str, Any]]:
+    listed = ", ".join(
+        f"{{name: {p}, envoyExtAuthzHttp: {{service: x, port: 80}}}}" for p in providers
+    )
+    return [
+        validate(ns("istio-system")),
+        validate(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "istio", "namespace": "istio-system"},
+                "data": {"mesh": f"extensionProviders: [{listed}]"},
+            }
+        ),
+    ]
+
+
+def test_a_custom_policy_names_a_provider_of_the_mesh_config(store: ObjectSet) -> None:
+    with pytest.raises(ObjectError, match=r'available providers are \[\] but found "authz"'):
+        admission.apply(store, [_custom("authz")], NODES)
+    admission.apply(store, _mesh("opa", "authz"), NODES)
+    with pytest.raises(ObjectError, match=r'available providers are \[opa authz\] but found "x"'):
+        admission.apply(store, [_custom("x")], NODES)
+    admission.apply(store, [_custom("authz")], NODES)
+
+
+def test_a_provider_defined_in_the_same_apply_counts(store: ObjectSet) -> None:
+    admission.apply(store, [*_mesh("authz"), _custom("authz")], NODES)

@@ -42,6 +42,9 @@ def configmap(mesh: Any, name: str = "istio", namespace: str = "istio-system") -
             "data.mesh.defaultConfig.gatewayTopology.numTrustedProxies",
         ),
         ("defaultConfig: []", "data.mesh.defaultConfig"),
+        ("extensionProviders: {name: a}", "data.mesh.extensionProviders"),
+        ("extensionProviders: [{name: a}, {name: a}]", "data.mesh.extensionProviders[1].name"),
+        ("extensionProviders: [{envoyExtAuthzHttp: {}}]", "data.mesh.extensionProviders[0].name"),
     ],
 )
 def test_a_bad_mesh_config_is_refused_at_apply_with_its_field(mesh: Any, field: str) -> None:
