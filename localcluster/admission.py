@@ -178,7 +178,7 @@ def _check_custom_providers(store: ObjectSet, admitted: list[Obj]) -> None:
             raise ObjectError(
                 str(ref_of(policy)),
                 "spec.provider.name",
-                f"available providers are [{' '.join(available)}] but found \"{name}\" "
+                f'available providers are [{" ".join(available)}] but found "{name}" '
                 f"(MeshConfig extensionProviders, ConfigMap {ROOT_NAMESPACE}/{mesh.CONFIGMAP})",
             )
 

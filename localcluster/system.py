@@ -1,6 +1,8 @@
 """The mesh's own components in a local cluster, run as their Kubernetes workloads would run:
 the controller with host networking on node1 (as istiod on a control-plane node; reachable from
-every node at 172.18.0.2) and one ztunnel per node in its own netns (the DaemonSet pod).
+every node at 172.18.0.2), per node a node agent and a service proxy (kube-proxy's Service
+VIPs, which a real cluster has) in the node's netns, and one ztunnel in its own netns (the
+DaemonSet pod).
 Each runs under a shim, so it is restarted if it exits, and `down` finds it by its netns.
 They appear to `ambientctl logs` as `ambientmesh-system/<name>`.
 """
@@ -60,6 +62,15 @@ def components(cluster: str, plans: list[NodePlan], ca_dir: str = "") -> list[Co
                 plan.name,
                 naming.node_netns(cluster, plan.name),
                 [*python, "node_agent.main", "--cluster", cluster, "--node", plan.name],
+            )
+        )
+    for plan in plans:
+        out.append(  # kube-proxy's part: Service VIPs for pods outside the mesh
+            Component(
+                f"service-proxy-{plan.name}",
+                plan.name,
+                naming.node_netns(cluster, plan.name),
+                [*python, "localcluster.serviceproxy", "--cluster", cluster, "--node", plan.name],
             )
         )
     for plan in plans:
@@ -212,6 +223,8 @@ def health(component: Component, store: ClusterStore | None = None) -> str:
         if store is None:
             return "Unknown"
         return "Ready" if agent_status(store, component.node).get("ready") else "NotReady"
+    if component.name.startswith("service-proxy-"):
+        return _service_proxy_health(component, store)
     try:
         if component.name == CONTROLLER:
             kernel.connect_in(component.netns, "127.0.0.1", ports.CONTROLLER, 1.0).close()
@@ -222,6 +235,18 @@ def health(component: Component, store: ClusterStore | None = None) -> str:
     except OSError as exc:
         return f"NotReady ({exc.strerror or exc})"
     return "Ready" if status == 200 else f"NotReady ({body.decode().strip()})"
+
+
+def _service_proxy_health(component: Component, store: ClusterStore | None) -> str:
+    if store is None:
+        return "Unknown"
+    try:
+        status = json.loads((store.system_dir(component.name) / "serviceproxy.json").read_text())
+    except (OSError, ValueError):
+        return "NotReady (no rules applied yet)"
+    if status.get("lastError"):
+        return f"NotReady ({status['lastError']})"
+    return "Ready" if status.get("ready") else "NotReady (no rules applied yet)"
 
 
 def wait_ready(
