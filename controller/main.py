@@ -34,6 +34,7 @@ from controller.ca.service import CaMetrics, CaService
 from controller.ca.tokenreview import TokenReviewer
 from controller.config.compile import Proxy
 from controller.config.server import ConfigMetrics, ConfigServer
+from controller.status import StatusWriter
 from localcluster import naming
 from localcluster.store import ClusterStore
 from localcluster.topology import node_name
@@ -115,7 +116,17 @@ class Controller:
         self.registry = CollectorRegistry()
         if isinstance(self.source, KubeSource):
             self.source.metrics.register(self.registry)
-        self.config = ConfigServer(self.cache, self._authenticate, ConfigMetrics(self.registry))
+        writer = (
+            StatusWriter(self.source, self.registry)
+            if isinstance(self.source, KubeSource)
+            else None
+        )
+        self.config = ConfigServer(
+            self.cache,
+            self._authenticate,
+            ConfigMetrics(self.registry),
+            after_compile=writer.write if writer else None,
+        )
         self.crl = CrlSource(ca_dir / CRL_FILE, self.material, CrlMetrics(self.registry))
         self.ca = CaService(
             self.material,

@@ -55,13 +55,16 @@ class Resource:
 
 NAMESPACES = Resource("Namespace", "", "v1", "namespaces", cluster_scoped=True)
 PODS = Resource("Pod", "", "v1", "pods")
+AUTHORIZATION_POLICIES = Resource(
+    "AuthorizationPolicy", "security.istio.io", "v1", "authorizationpolicies"
+)
 RESOURCES = (
     NAMESPACES,
     PODS,
     Resource("Service", "", "v1", "services"),
     Resource("EndpointSlice", "discovery.k8s.io", "v1", "endpointslices"),
     Resource("ServiceAccount", "", "v1", "serviceaccounts"),
-    Resource("AuthorizationPolicy", "security.istio.io", "v1", "authorizationpolicies"),
+    AUTHORIZATION_POLICIES,
     Resource("PeerAuthentication", "security.istio.io", "v1", "peerauthentications"),
     Resource("Gateway", "gateway.networking.k8s.io", "v1", "gateways"),
     Resource("ConfigMap", "", "v1", "configmaps"),
@@ -216,6 +219,27 @@ class KubeSource:
             _preload_content=False,
             _request_timeout=params.get("_request_timeout"),
         )
+
+    async def patch_status(
+        self, res: Resource, namespace: str, name: str, status: Obj
+    ) -> tuple[int, str]:
+        """Merge `status` into an object's status subresource; (HTTP status, message)."""
+        path = f"{res.path.rsplit('/', 1)[0]}/namespaces/{namespace}/{res.plural}/{name}/status"
+        resp = await self.api.call_api(
+            path,
+            "PATCH",
+            header_params={
+                "Accept": "application/json",
+                "Content-Type": "application/merge-patch+json",
+            },
+            body={"status": status},
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _request_timeout=LIST_TIMEOUT_S,
+        )
+        async with resp:
+            body = await resp.json(content_type=None)
+        return resp.status, str(body.get("message", "")) if isinstance(body, dict) else ""
 
     async def _list(self, res: Resource) -> tuple[list[Obj], str]:
         items: list[Obj] = []

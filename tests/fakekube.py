@@ -119,6 +119,8 @@ class FakeKube:
     async def apply(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":
             return _status(401, "Unauthorized")
+        if request.content_type == "application/merge-patch+json":
+            return await self._patch_status(request)
         if request.content_type != "application/apply-patch+yaml":
             return _status(415, f"unsupported patch type {request.content_type}")
         body = await request.json()  # JSON is YAML: what kubernetes clients send
@@ -135,6 +137,24 @@ class FakeKube:
             }
         self.live[request.path] = body
         return web.json_response(body)
+
+    async def _patch_status(self, request: web.Request) -> web.Response:
+        """A merge patch of an object's status subresource (`.../<plural>/<name>/status`):
+        the stored object's status merged, a MODIFIED event, as the API server does."""
+        parts = request.path.split("/")
+        if len(parts) < 4 or parts[-1] != "status" or parts[-5] != "namespaces":
+            return _status(404, "only namespaced status subresources are faked")
+        namespace, plural, name = parts[-4], parts[-3], parts[-2]
+        path = "/".join([*parts[:-5], plural])
+        obj = self.objects.get(path, {}).get((namespace, name))
+        if obj is None:
+            return _status(404, f'{plural} "{name}" not found')
+        body = await request.json()
+        self.applied.append({"verb": "status", "path": request.path, "object": body})
+        updated = copy.deepcopy(obj)
+        updated["status"] = {**(obj.get("status") or {}), **body.get("status", {})}
+        await self._record(path, "MODIFIED", (namespace, name), updated)
+        return web.json_response(self.objects[path][(namespace, name)])
 
     async def delete_object(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":

@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from api.meshconfig import CRL_KEY, Resource
 from common.stream import MessageChannel
 from controller.config.compile import Mesh, Proxy, compile_mesh, diff, view
+from localcluster.store import ObjectSet
 from sources.base import Cache
 
 log = logging.getLogger("controller.config")
@@ -104,8 +105,10 @@ class ConfigServer:
         cache: Cache,
         authenticate: Callable[[dict[str, str]], Awaitable[Proxy | None]],
         metrics: ConfigMetrics,
+        after_compile: Callable[[ObjectSet, Mesh], Awaitable[None]] | None = None,
     ) -> None:
         self.cache = cache
+        self.after_compile = after_compile  # the status writer, on Kubernetes
         self.authenticate = authenticate
         self.metrics = metrics
         self.mesh: Mesh | None = None
@@ -129,6 +132,8 @@ class ConfigServer:
             self._compiled = await asyncio.to_thread(compile_mesh, objects)  # 10 000 pods: ~100 ms
             self._report_invalid(self._compiled)
             await self._publish()
+            if self.after_compile is not None:  # after the proxies have it: they come first
+                await self.after_compile(objects, self._compiled)
 
     def _report_invalid(self, mesh: Mesh) -> None:
         """Name each refused object once per reason (log), count them (metrics), list them

@@ -117,7 +117,8 @@ def test_rbac_grants_exactly_what_the_code_calls() -> None:
         o["metadata"]["name"]: o for o in render(load_values([])) if o["kind"] == "ClusterRole"
     }
     review = {("authentication.k8s.io", "tokenreviews", "create")}  # controller.ca.tokenreview
-    assert _grants(roles["ambientmesh-controller"]) == _watches(kube.RESOURCES) | review
+    status = {("security.istio.io", "authorizationpolicies/status", "patch")}  # controller.status
+    assert _grants(roles["ambientmesh-controller"]) == _watches(kube.RESOURCES) | review | status
     assert _grants(roles["ambientmesh-node-agent"]) == _watches(kube.node_agent_resources())
     bindings = [o for o in render(load_values([])) if o["kind"] == "ClusterRoleBinding"]
     assert {b["roleRef"]["name"] for b in bindings} == set(roles)
