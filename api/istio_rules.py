@@ -22,17 +22,18 @@ TARGET_KINDS = (
     ("gateway.networking.k8s.io", "Gateway"),
     ("gateway.networking.k8s.io", "GatewayClass"),
 )
+# In the order Istio checks them with CUSTOM, so the first problem named is the one it names.
 _SOURCE_FIELDS = (
-    "principals",
-    "notPrincipals",
-    "requestPrincipals",
-    "notRequestPrincipals",
     "namespaces",
     "notNamespaces",
     "serviceAccounts",
     "notServiceAccounts",
     "trustDomains",
     "notTrustDomains",
+    "principals",
+    "notPrincipals",
+    "requestPrincipals",
+    "notRequestPrincipals",
     "ipBlocks",
     "notIpBlocks",
     "remoteIpBlocks",
@@ -40,19 +41,9 @@ _SOURCE_FIELDS = (
 )
 _OPERATION_FIELDS = ("hosts", "notHosts", "ports", "notPorts", "methods", "notMethods")
 _PATH_FIELDS = ("paths", "notPaths")
-# Source fields Istio's CUSTOM action cannot match on (the ext_authz filter runs before them).
-_NOT_WITH_CUSTOM = (
-    "namespaces",
-    "notNamespaces",
-    "serviceAccounts",
-    "notServiceAccounts",
-    "trustDomains",
-    "notTrustDomains",
-    "principals",
-    "notPrincipals",
-    "requestPrincipals",
-    "notRequestPrincipals",
-)
+# Source fields Istio's CUSTOM action cannot match on: the identities (its ext_authz filter
+# runs before them), not the addresses.
+_NOT_WITH_CUSTOM = tuple(f for f in _SOURCE_FIELDS if not f.lower().endswith("ipblocks"))
 _KEYS_NOT_WITH_CUSTOM = (
     "source.namespace",
     "source.serviceAccount",
@@ -68,9 +59,8 @@ MAX_SERVICE_ACCOUNT_LEN = 320
 
 DRY_RUN = "istio.io/dry-run"
 # Go's strconv.ParseBool, which Istio reads the dry-run annotation with.
-_GO_BOOLS = frozenset(
-    {"1", "t", "T", "TRUE", "true", "True", "0", "f", "F", "FALSE", "false", "False"}
-)
+_GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_GO_BOOLS = _GO_TRUE | {"0", "f", "F", "FALSE", "false", "False"}
 # Annotations istiod sets on objects it generates; a user setting one would escalate privileges.
 _INTERNAL = ("internal.istio.io/parents", "internal.istio.io/parent-namespace")
 _ALWAYS_REJECT = "internal.istio.io/webhook-always-reject"
@@ -125,7 +115,7 @@ def metadata(kind: str, meta: Mapping[str, Any], spec: Mapping[str, Any]) -> lis
 
 def is_dry_run(meta: Mapping[str, Any]) -> bool:
     """Whether a valid AuthorizationPolicy is only to be evaluated and reported."""
-    return (meta.get("annotations") or {}).get(DRY_RUN) in ("1", "t", "T", "TRUE", "true", "True")
+    return (meta.get("annotations") or {}).get(DRY_RUN) in _GO_TRUE
 
 
 def authorization_policy(spec: Mapping[str, Any]) -> list[Problem]:

@@ -136,18 +136,26 @@ DEMO = Path(__file__).resolve().parents[1] / "manifests" / "demo" / "app.yaml"
 
 
 @contextmanager
-def demo_cluster(state_dir: Path) -> Iterator[str]:
-    """A test cluster (state in `state_dir`) running the demo app; removed, and checked to
-    leave nothing behind, afterwards."""
+def local_cluster(state_dir: Path) -> Iterator[str]:
+    """A test cluster of its own name (state in `state_dir`), up; removed, and checked to leave
+    nothing behind, afterwards."""
     os.environ[naming.STATE_DIR_ENV] = str(state_dir)
     name = f"{naming.TEST_CLUSTER_PREFIX}{os.urandom(3).hex()}"
     try:
         ambientctl(name, "up")
-        ambientctl(name, "apply", "-f", str(DEMO))
         yield name
     finally:
         teardown.down(name)
         assert leftovers(name) == []
+        os.environ.pop(naming.STATE_DIR_ENV, None)
+
+
+@contextmanager
+def demo_cluster(state_dir: Path) -> Iterator[str]:
+    """A test cluster running the demo app (`local_cluster`)."""
+    with local_cluster(state_dir) as name:
+        ambientctl(name, "apply", "-f", str(DEMO))
+        yield name
 
 
 def agent_readiness(node_ns: str) -> tuple[int, str]:

@@ -17,7 +17,7 @@ from cryptography import x509
 
 from bpf.loader import compile_datapath
 from controller.ca import authority
-from localcluster import naming, pods, system, teardown, topology
+from localcluster import naming, pods, system, topology
 from localcluster.cluster import Cluster
 from localcluster.netns import http_get_in
 from tests.support import (
@@ -25,7 +25,7 @@ from tests.support import (
     ambientctl,
     exec_background,
     get_json,
-    leftovers,
+    local_cluster,
     namespace_manifest,
     pod_manifest,
     wait_for,
@@ -44,11 +44,7 @@ PODS = [  # name, namespace, node, command
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    state = tmp_path_factory.mktemp("state")
-    os.environ[naming.STATE_DIR_ENV] = str(state)
-    cluster = f"{naming.TEST_CLUSTER_PREFIX}{os.urandom(3).hex()}"
-    try:
-        ambientctl(cluster, "up")
+    with local_cluster(tmp_path_factory.mktemp("state")) as cluster:
         docs = [namespace_manifest("mesh"), namespace_manifest("plain")]
         ambientctl(cluster, "apply", "-f", "-", stdin="\n---\n".join(docs))
         ambientctl(cluster, "label", "namespace", "mesh", "istio.io/dataplane-mode=ambient")
@@ -64,10 +60,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
 
             wait_for(serving, 20, name)
         yield ips
-    finally:
-        teardown.down(cluster)
-        assert leftovers(cluster) == []
-        del os.environ[naming.STATE_DIR_ENV]
 
 
 def curl(cluster: str, pod: str, ip: str, path: str = "/", port: int = 8080) -> str:

@@ -6,7 +6,6 @@ for a plaintext client — PERMISSIVE lets it in, STRICT refuses it."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from localcluster import naming, teardown
+from localcluster import naming
 from localcluster.servicerules import TABLE
 from tests.support import (
     ambientctl,
     get_json,
-    leftovers,
+    local_cluster,
     namespace_manifest,
     pod_manifest,
     wait_for,
@@ -42,11 +41,7 @@ def _service(name: str, namespace: str, app: str, **spec: Any) -> str:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    state = tmp_path_factory.mktemp("state")
-    os.environ[naming.STATE_DIR_ENV] = str(state)
-    name = f"{naming.TEST_CLUSTER_PREFIX}{os.urandom(3).hex()}"
-    try:
-        ambientctl(name, "up")
+    with local_cluster(tmp_path_factory.mktemp("state")) as name:
         docs = [namespace_manifest("plain"), namespace_manifest("mesh")]
         ambientctl(name, "apply", "-f", "-", stdin="\n---\n".join(docs))
         ambientctl(name, "label", "namespace", "mesh", "istio.io/dataplane-mode=ambient")
@@ -60,22 +55,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
             _service("echo", "mesh", "echo"),
         ]
         ambientctl(name, "apply", "-f", "-", stdin="\n---\n".join(docs))
+        services = (("web", "plain"), ("sticky", "plain"), ("nobody", "plain"), ("echo", "mesh"))
         vips = {
-            svc: get_json(name, "service", svc, "-n", ns)["spec"]["clusterIP"]
-            for svc, ns in (
-                ("web", "plain"),
-                ("sticky", "plain"),
-                ("nobody", "plain"),
-                ("echo", "mesh"),
-            )
+            s: get_json(name, "service", s, "-n", ns)["spec"]["clusterIP"] for s, ns in services
         }
         vips["cluster"] = name
         wait_for(lambda: _served_by(name, "plain/client", vips["echo"]) == "server", 20, "echo")
         yield vips
-    finally:
-        teardown.down(name)
-        assert leftovers(name) == []
-        del os.environ[naming.STATE_DIR_ENV]
 
 
 def _curl(cluster: str, pod: str, vip: str) -> subprocess.CompletedProcess[str]:
