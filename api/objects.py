@@ -165,10 +165,9 @@ def _validate_service(obj: Obj, c: _Checker) -> None:
 
 
 def _refuse(c: _Checker, problems: list[schema.Problem]) -> None:
-    """One line for the user: the first problem, and how many more there are."""
     if problems:
-        first, more = problems[0], len(problems) - 1
-        c.fail(first.field, first.reason + (f" (and {more} more)" if more else ""))
+        line = schema.summary(problems)
+        c.fail(line.field, line.reason)
 
 
 _ISTIO_RULES: dict[str, Callable[[Mapping[str, Any]], list[schema.Problem]]] = {

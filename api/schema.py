@@ -15,7 +15,7 @@ import copy
 import difflib
 import functools
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,12 @@ class Problem:
 
     field: str
     reason: str
+
+
+def summary(problems: Sequence[Problem]) -> Problem:
+    """The one line a user reads: the first problem, and how many more there are."""
+    first, more = problems[0], len(problems) - 1
+    return Problem(first.field, first.reason + (f" (and {more} more)" if more else ""))
 
 
 @dataclass(frozen=True)

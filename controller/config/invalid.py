@@ -20,19 +20,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from api.meshconfig import MAX_REASON
-from api.schema import Problem
+from api.schema import Problem, summary
 
 _SELECTION = ("selector", "targetRef", "targetRefs")
 
 
 def reason(problems: Sequence[Problem]) -> str:
     """One line: the first problem, and how many more there are."""
-    first, more = problems[0], len(problems) - 1
-    tail = f" (and {more} more)" if more else ""
-    text = f"{first.field}: {first.reason}"
-    if len(text) + len(tail) > MAX_REASON:  # a 320-character service account, quoted
-        text = text[: MAX_REASON - len(tail) - 3] + "..."
-    return text + tail
+    line = summary(problems)
+    text = f"{line.field}: {line.reason}"
+    # A 320-character service account, quoted, and more: cut to what a resource may carry.
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
 
 
 def _selection(spec: Any, problems: Sequence[Problem], allowed: Sequence[str]) -> dict[str, Any]:
