@@ -59,27 +59,32 @@ class _Rule:
 
 
 @functools.cache
+def _crds() -> tuple[Mapping[str, Any], ...]:
+    return tuple(
+        crd for path in CRD_FILES for crd in yaml.safe_load_all(path.read_text(encoding="utf-8"))
+    )
+
+
+@functools.cache
 def schemas() -> dict[tuple[str, str], Mapping[str, Any]]:
     """(apiVersion, kind) -> the version's openAPIV3Schema, for every CRD we ship."""
-    out: dict[tuple[str, str], Mapping[str, Any]] = {}
-    for path in CRD_FILES:
-        for crd in yaml.safe_load_all(path.read_text(encoding="utf-8")):
-            spec = crd["spec"]
-            for version in spec["versions"]:
-                key = (f"{spec['group']}/{version['name']}", spec["names"]["kind"])
-                out[key] = version["schema"]["openAPIV3Schema"]
-    return out
+    return {
+        (f"{crd['spec']['group']}/{v['name']}", crd["spec"]["names"]["kind"]): v["schema"][
+            "openAPIV3Schema"
+        ]
+        for crd in _crds()
+        for v in crd["spec"]["versions"]
+    }
 
 
 @functools.cache
 def crd_names() -> dict[str, str]:
     """Every name kubectl accepts for the kinds of our CRDs: plural, singular, short names."""
     out: dict[str, str] = {}
-    for path in CRD_FILES:
-        for crd in yaml.safe_load_all(path.read_text(encoding="utf-8")):
-            names = crd["spec"]["names"]
-            for name in (names["plural"], names["singular"], *names.get("shortNames", ())):
-                out[name] = names["kind"]
+    for crd in _crds():
+        names = crd["spec"]["names"]
+        for name in (names["plural"], names["singular"], *names.get("shortNames", ())):
+            out[name] = names["kind"]
     return out
 
 
@@ -89,7 +94,7 @@ def problems(api_version: str, kind: str, obj: Mapping[str, Any]) -> list[Proble
     schema = schemas().get((api_version, kind))
     if schema is None:
         return []
-    body = pruned({k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")})
+    body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
     return list(_walk(schema, stored(api_version, kind, body), ""))
 
 
