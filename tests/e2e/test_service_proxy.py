@@ -1,7 +1,8 @@
 """Services for pods outside the mesh (issue 26): the local cluster's kube-proxy (nftables in
 each node netns) takes an unenrolled pod's connection to a ClusterIP to a ready endpoint, with
 session affinity, and the destination's PeerAuthentication then treats it as Istio documents
-for a plaintext client — PERMISSIVE lets it in, STRICT refuses it."""
+for a plaintext client — PERMISSIVE lets it in, STRICT refuses it. A dry-run policy at that
+destination is counted, never enforced."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from typing import Any
 
 import pytest
 
+from api import ports
 from localcluster import naming
+from localcluster.netns import http_get_in
 from localcluster.servicerules import TABLE
 from tests.support import (
     ambientctl,
@@ -152,3 +155,38 @@ def _table(cluster: str, node: str) -> str:
         check=True,
     )
     return done.stdout
+
+
+def _dry_runs(cluster: str) -> float:
+    netns = naming.ztunnel_netns(cluster, "node2")
+    status, body = http_get_in(netns, "127.0.0.1", ports.ZTUNNEL_METRICS, "/metrics")
+    assert status == 200
+    for line in body.decode().splitlines():
+        if line.startswith("istio_dry_run_deny_shadow_denied_total "):
+            return float(line.split()[1])
+    raise AssertionError("no istio_dry_run_deny_shadow_denied_total")
+
+
+def test_a_dry_run_deny_all_is_counted_and_lets_traffic_through(cluster: dict[str, str]) -> None:
+    # Before: the annotation was ignored and this policy reset every connection to the server.
+    name, vip = cluster["cluster"], cluster["echo"]
+    deny_all = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {
+            "name": "deny-all",
+            "namespace": "mesh",
+            "annotations": {"istio.io/dry-run": "true"},
+        },
+        "spec": {"action": "DENY", "rules": [{}]},
+    }
+    before = _dry_runs(name)
+    ambientctl(name, "apply", "-f", "-", stdin=json.dumps(deny_all))
+    try:
+
+        def shadow_denied_and_served() -> bool:
+            return _served_by(name, "plain/client", vip) == "server" and _dry_runs(name) > before
+
+        wait_for(shadow_denied_and_served, 5, "a shadow denial of a request that got through")
+    finally:
+        ambientctl(name, "delete", "-f", "-", stdin=json.dumps(deny_all))

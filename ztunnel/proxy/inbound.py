@@ -146,9 +146,7 @@ class InboundProxy(ProxyCore):
             listener_uid=getattr(conn, "workload_uid", None),
         )
         plan = judge(self.snapshot())
-        if plan.decision is not None and plan.decision.shadow:
-            what = f"inbound {src_ip} ({principal}) -> {request.authority}"
-            self.metrics.shadowed(plan.decision.shadow, what)
+        self._shadowed(plan, f"inbound {src_ip} ({principal}) -> {request.authority}")
         if not plan.allowed:
             self.metrics.reject("inbound", plan.reason)
             log.info(
@@ -207,6 +205,11 @@ class InboundProxy(ProxyCore):
         conn.respond(request.stream_id, 200)
         tunnel.attach(conn, request.stream_id)
 
+    def _shadowed(self, plan: routing.Inbound, what: str) -> None:
+        """The dry-run policies' verdicts on a connection (HBONE or plaintext) are reported."""
+        if plan.decision is not None and plan.decision.shadow:
+            self.metrics.shadowed(plan.decision.shadow, what)
+
     def _on_inbound_plain(self, held: Held) -> None:
         if self._over_capacity(held, "inbound"):
             return
@@ -226,6 +229,7 @@ class InboundProxy(ProxyCore):
             src_principal=None,
         )
         plan = judge(snap)
+        self._shadowed(plan, f"inbound plaintext {src_ip} -> {dst[0]}:{dst[1]}")
         if not plan.allowed:
             self.metrics.reject("inbound", plan.reason)
             held.refuse()
