@@ -19,7 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controller.config.compile import compile_mesh
+from api.meshconfig import key_of
+from controller.config.compile import workloads_and_services
 from localcluster.store import ObjectSet
 
 TABLE = "ambientmesh-services"
@@ -43,7 +44,7 @@ def service_ports(objects: ObjectSet) -> list[ServicePort]:
     """Every ClusterIP port, its backends from the same endpoint selection the ztunnels use
     (ready pods with an IP that the selector matches). Named target ports are skipped, as the
     ztunnels skip them (not resolved yet)."""
-    resources = compile_mesh(objects).resources
+    resources = {key_of(r): r for r in workloads_and_services(objects)[0]}
     ips = {r["uid"]: r["ip"] for r in resources.values() if r["type"] == "workload"}
     out = []
     for svc in objects.list("Service"):

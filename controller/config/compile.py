@@ -210,8 +210,9 @@ class Mesh:
     remote: dict[str, Resource]
 
 
-def compile_mesh(objects: ObjectSet) -> Mesh:
-    """Every resource of the mesh, by key."""
+def workloads_and_services(objects: ObjectSet) -> tuple[list[Resource], dict[str, list[Obj]]]:
+    """The workload and service resources (endpoints included), and the pods by namespace:
+    what a Service load-balancer needs, without compiling (and validating) every policy."""
     namespaces = {ns["metadata"]["name"]: ns for ns in objects.list("Namespace")}
     pods_by_ns: dict[str, list[Obj]] = {}
     services_by_ns: dict[str, list[Obj]] = {}
@@ -225,6 +226,12 @@ def compile_mesh(objects: ObjectSet) -> Mesh:
             out.append(w)
     for ns, services in services_by_ns.items():
         out += [_service(svc, pods_by_ns.get(ns, []), namespaces.get(ns)) for svc in services]
+    return out, pods_by_ns
+
+
+def compile_mesh(objects: ObjectSet) -> Mesh:
+    """Every resource of the mesh, by key."""
+    out, pods_by_ns = workloads_and_services(objects)
     for gateway in objects.list("Gateway"):
         if wp := _waypoint(gateway, pods_by_ns.get(gateway["metadata"]["namespace"], [])):
             out.append(wp)
